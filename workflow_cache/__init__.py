@@ -1,0 +1,1 @@
+"""workflow-cache: workflow steps that run once and are remembered."""
