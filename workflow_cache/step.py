@@ -1,0 +1,268 @@
+"""``step(thunk, key=...)``: run a piece of work once per key and unwrap its outcome.
+
+The logic of one step lives in :meth:`Step._plan`, a generator driven either
+synchronously or asynchronously (see :mod:`workflow_cache.drive`), so sync and
+``async`` workflows behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from workflow_cache.drive import Plan, drive_async, drive_sync
+from workflow_cache.duration import TTL, to_seconds
+from workflow_cache.envelope import Envelope
+from workflow_cache.events import EventKind, StepEvent
+from workflow_cache.result import Result, UnexpectedError, err, ok
+
+if TYPE_CHECKING:
+    from workflow_cache.workflow import Workflow
+
+
+class CachingSkippedWarning(UserWarning):
+    """A keyed step was given a value, not a thunk, so there was nothing to cache."""
+
+
+class EarlyExit(BaseException):
+    """Unwinds the workflow function when a step returns ``err``.
+
+    A ``BaseException`` so that a workflow's own ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, result: Result[Any, Any]) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    key: str | None = None
+    ttl: float | None = None
+    cache_errors: bool = True
+    cache_exceptions: bool = False
+    returns: Any = None
+
+
+def check_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise TypeError(f"step key must be a non-empty string, not {type(key).__name__}")
+    if not key:
+        raise ValueError("step key must be a non-empty string, got ''")
+    return key
+
+
+class Step:
+    """The ``step`` a workflow function receives; one per workflow run."""
+
+    def __init__(self, workflow: Workflow, *, is_async: bool) -> None:
+        self._workflow = workflow
+        self._store = workflow.store
+        self._is_async = is_async
+        self._inflight: dict[str, asyncio.Task[Result[Any, Any]]] = {}
+
+    # -- public -------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        thunk: Any,
+        /,
+        *,
+        key: str | None = None,
+        ttl: TTL | None = UNSET,
+        cache_errors: bool = UNSET,
+        cache_exceptions: bool = UNSET,
+        returns: Any = None,
+    ) -> Any:
+        """Run ``thunk`` (or reuse its stored outcome) and return its value.
+
+        An ``err`` outcome ends the workflow: its result becomes that ``err``.
+        In an ``async`` workflow this returns an awaitable.
+        """
+        options = self._options(key, ttl, cache_errors, cache_exceptions, returns)
+        if self._is_async:
+            return self._run_async(thunk, options)
+        return _unwrap(drive_sync(self._plan(thunk, options)))
+
+    def all(
+        self,
+        thunks: Sequence[Any],
+        /,
+        *,
+        keys: Sequence[str | None] | None = None,
+        ttl: TTL | None = UNSET,
+        cache_errors: bool = UNSET,
+        cache_exceptions: bool = UNSET,
+        returns: Any = None,
+    ) -> Any:
+        """Run several steps, reading all their keys from the cache in one round trip.
+
+        Returns their values in order. Misses run one after another in a sync
+        workflow (stopping at the first ``err``) and concurrently in an async one.
+        """
+        thunks = list(thunks)
+        if keys is None:
+            keys = [None] * len(thunks)
+        keys = list(keys)
+        if len(keys) != len(thunks):
+            raise ValueError(f"step.all got {len(thunks)} thunks but {len(keys)} keys")
+        base = self._options(None, ttl, cache_errors, cache_exceptions, returns)
+        each = [replace(base, key=check_key(k)) for k in keys]
+        if self._is_async:
+            return self._all_async(thunks, each)
+        found = drive_sync(self._lookup_many(each))
+        values = []
+        for thunk, options, hit in zip(thunks, each, found, strict=True):
+            result = hit if hit is not None else drive_sync(self._plan(thunk, options, True))
+            values.append(_unwrap(result))
+        return values
+
+    # -- options ----------------------------------------------------------------------
+
+    def _options(
+        self, key: Any, ttl: Any, cache_errors: Any, cache_exceptions: Any, returns: Any
+    ) -> StepOptions:
+        defaults = self._workflow.defaults
+        return StepOptions(
+            key=check_key(key),
+            ttl=defaults.ttl if ttl is UNSET else to_seconds(ttl),
+            cache_errors=defaults.cache_errors if cache_errors is UNSET else bool(cache_errors),
+            cache_exceptions=(
+                defaults.cache_exceptions if cache_exceptions is UNSET else bool(cache_exceptions)
+            ),
+            returns=returns,
+        )
+
+    # -- the plan ---------------------------------------------------------------------
+
+    def _plan(self, thunk: Any, options: StepOptions, known_miss: bool = False) -> Plan[Result]:
+        key, store = options.key, self._store
+        started = time.perf_counter()
+        self._emit("start", key, started)
+        cacheable = key is not None and store is not None
+        if not callable(thunk):
+            if key is not None:
+                self._workflow.warn_skipped(key)
+            cacheable = False
+        if cacheable and not known_miss:
+            envelope = yield lambda: store.load(key)
+            if envelope is not None:
+                result = envelope.to_result(key, options.returns)
+                self._emit("cache_hit", key, started, result)
+                return result
+        if cacheable:
+            self._emit("cache_miss", key, started)
+        result = yield from _execute(thunk)
+        if cacheable and _keeps(result, options):
+            stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
+            stored.dumps(key)  # refuse what JSON cannot hold before anything is written
+            yield lambda: store.save(key, stored)
+        self._emit("success" if result.ok else "error", key, started, result)
+        return result
+
+    def _lookup_many(self, each: list[StepOptions]) -> Plan[list[Result | None]]:
+        """One batched read for every keyed step; hits become results, misses ``None``."""
+        store = self._store
+        keyed = [o.key for o in each if o.key is not None]
+        if store is None or not keyed:
+            return [None] * len(each)
+        envelopes = iter((yield lambda: store.load_many(keyed)))
+        found: list[Result | None] = []
+        for options in each:
+            envelope = next(envelopes) if options.key is not None else None
+            if envelope is None:
+                found.append(None)
+                continue
+            started = time.perf_counter()
+            self._emit("start", options.key, started)
+            result = envelope.to_result(options.key, options.returns)  # type: ignore[arg-type]
+            self._emit("cache_hit", options.key, started, result)
+            found.append(result)
+        return found
+
+    # -- async --------------------------------------------------------------------------
+
+    async def _run_async(self, thunk: Any, options: StepOptions, known_miss: bool = False) -> Any:
+        return _unwrap(await self._result_async(thunk, options, known_miss))
+
+    async def _result_async(
+        self, thunk: Any, options: StepOptions, known_miss: bool = False
+    ) -> Result[Any, Any]:
+        """Concurrent steps with one key in one run share a single execution."""
+        key = options.key
+        if key is None:
+            return await drive_async(self._plan(thunk, options, known_miss))
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(drive_async(self._plan(thunk, options, known_miss)))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _all_async(self, thunks: list[Any], each: list[StepOptions]) -> list[Any]:
+        found = await drive_async(self._lookup_many(each))
+        results = await asyncio.gather(
+            *(
+                _ready(hit) if hit is not None else self._result_async(thunk, options, True)
+                for thunk, options, hit in zip(thunks, each, found, strict=True)
+            )
+        )
+        return [_unwrap(result) for result in results]
+
+    # -- events -------------------------------------------------------------------------
+
+    def _emit(
+        self,
+        kind: EventKind,
+        key: str | None,
+        started: float,
+        result: Result[Any, Any] | None = None,
+    ) -> None:
+        hook = self._workflow.on_event
+        if hook is None:
+            return
+        outcome = None if result is None else ("ok" if result.ok else "err")
+        hook(StepEvent(kind, key, time.perf_counter() - started, outcome))
+
+
+def _execute(thunk: Any) -> Plan[Result]:
+    """Call the thunk (or take the value); an escaping exception becomes an ``err``."""
+    try:
+        produced = yield (thunk if callable(thunk) else lambda: thunk)
+    except Exception as exc:
+        return err(UnexpectedError.from_exception(exc))
+    return produced if isinstance(produced, Result) else ok(produced)
+
+
+def _keeps(result: Result[Any, Any], options: StepOptions) -> bool:
+    if result.ok:
+        return True
+    if isinstance(result.error, UnexpectedError):
+        return options.cache_exceptions
+    return options.cache_errors
+
+
+def _unwrap(result: Result[Any, Any]) -> Any:
+    if not result.ok:
+        raise EarlyExit(result)
+    return result.value
+
+
+async def _ready(result: Result[Any, Any]) -> Result[Any, Any]:
+    return result
+
+
+__all__ = ["CachingSkippedWarning", "EarlyExit", "Step", "StepOptions", "check_key"]

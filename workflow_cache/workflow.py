@@ -1,0 +1,134 @@
+"""``create_workflow(deps, cache=...)``: ordinary Python functions whose steps are remembered."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from workflow_cache.cache.base import OutcomeStore, as_store
+from workflow_cache.duration import TTL, to_seconds
+from workflow_cache.events import EventHook
+from workflow_cache.result import Result, ok
+from workflow_cache.step import CachingSkippedWarning, EarlyExit, Step
+
+D = TypeVar("D")
+
+
+@dataclass(frozen=True, slots=True)
+class StepDefaults:
+    """Workflow-wide step options; each ``step(...)`` call may override them."""
+
+    ttl: float | None = None
+    cache_errors: bool = True
+    cache_exceptions: bool = False
+
+
+class Workflow:
+    """Call it with a function ``fn(step)`` or ``fn(step, deps)``; get a :class:`Result`.
+
+    An ``async def`` function makes the call awaitable.
+    """
+
+    def __init__(
+        self,
+        deps: Any = None,
+        *,
+        cache: Any = None,
+        ttl: TTL | None = None,
+        cache_errors: bool = True,
+        cache_exceptions: bool = False,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.deps = deps
+        self.cache = cache
+        self.store: OutcomeStore | None = as_store(cache)
+        if ttl is None:
+            ttl = getattr(cache, "default_ttl", None)
+        self.defaults = StepDefaults(to_seconds(ttl), bool(cache_errors), bool(cache_exceptions))
+        self.on_event = on_event
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, fn: Callable[..., Any], /, **options: Any) -> Any:
+        if options:
+            names = ", ".join(sorted(options))
+            raise TypeError(
+                f"unknown option(s) for a workflow call: {names}. "
+                "Options go to create_workflow(deps, ...), not to the call."
+            )
+        if not callable(fn):
+            raise TypeError(f"a workflow runs a function, not {type(fn).__name__}")
+        args = (self.deps,) if _wants_deps(fn) else ()
+        if inspect.iscoroutinefunction(fn):
+            return self._run_async(fn, args)
+        step = Step(self, is_async=False)
+        try:
+            return _as_result(fn(step, *args))
+        except EarlyExit as exit_:
+            return exit_.result
+
+    async def _run_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result:
+        step = Step(self, is_async=True)
+        try:
+            return _as_result(await fn(step, *args))
+        except EarlyExit as exit_:
+            return exit_.result
+
+    def warn_skipped(self, key: str) -> None:
+        """Warn once per key that a value (not a thunk) was passed, so nothing is cached."""
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        warnings.warn(
+            f"step {key!r} got a value, not a thunk, so caching was skipped; "
+            f"pass a function: step(lambda: ..., key={key!r})",
+            CachingSkippedWarning,
+            stacklevel=5,
+        )
+
+
+def create_workflow(
+    deps: Any = None,
+    *,
+    cache: Any = None,
+    ttl: TTL | None = None,
+    cache_errors: bool = True,
+    cache_exceptions: bool = False,
+    on_event: EventHook | None = None,
+) -> Workflow:
+    """Make a workflow whose keyed steps are stored in ``cache``.
+
+    ``cache``: a ``dict``, ``RedisCache``, ``LocalCache``, any object with
+    get/set/has/delete methods (sync or async), or ``None`` for no caching.
+    ``ttl``: default lifetime of stored outcomes (seconds, ``timedelta`` or ``"PT1H"``).
+    ``cache_errors``: keep ``err`` outcomes (default True).
+    ``cache_exceptions``: keep exceptions that escaped a thunk (default False: a
+    dropped connection should be retried, not remembered).
+    ``on_event``: called with a :class:`StepEvent` as steps start, hit, miss and end.
+    """
+    return Workflow(
+        deps,
+        cache=cache,
+        ttl=ttl,
+        cache_errors=cache_errors,
+        cache_exceptions=cache_exceptions,
+        on_event=on_event,
+    )
+
+
+def _wants_deps(fn: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def _as_result(value: Any) -> Result:
+    return value if isinstance(value, Result) else ok(value)
