@@ -62,8 +62,7 @@ def to_timedelta(value: TTL | None, *, name: str = "ttl") -> timedelta | None:
             raise DurationError(f"{name}: {exc}") from None
     else:
         raise TypeError(
-            f"{name} must be seconds, a timedelta or an ISO 8601 string, "
-            f"not {type(value).__name__}"
+            f"{name} must be seconds, a timedelta or an ISO 8601 string, not {type(value).__name__}"
         )
     if delta <= timedelta(0):
         raise DurationError(f"{name} must be positive, got {value!r}")
