@@ -1,0 +1,417 @@
+"""Run a flow: fresh folders, cache restore and save around WorkingDirectory children.
+
+For each WorkingDirectory the order is: fresh folder, restore (ttl read from the
+spec being run, so raising or lowering it takes effect at once), input files,
+children in order, save when every child succeeded and no valid entry was
+restored, output files copied out, folder removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.patterns import match_files
+from workflow_cache.workdir.runner import (
+    SCRIPTS_DIR,
+    OutputSink,
+    check_runners,
+    print_sink,
+    run_script,
+)
+from workflow_cache.workdir.spec import (
+    CacheSpec,
+    Flow,
+    FlowError,
+    ScriptLike,
+    WorkingDirectory,
+)
+
+log = logging.getLogger("workflow_cache.flow")
+
+ORIGIN_FILE = ".workflow-cache/origin"
+"""Saved with every entry: the folder it was built in, so absolute paths can be moved."""
+
+_RELOCATE_LIMIT = 1 << 20
+_BINARY_SUFFIXES = frozenset({".pyc", ".so", ".dylib", ".o", ".a", ".whl", ".gz", ".zip", ".node"})
+
+
+@dataclass
+class TaskSummary:
+    """What one task did: its outcome, and for a WorkingDirectory what the cache did."""
+
+    task_id: str
+    kind: str
+    parent: str | None = None
+    status: str = "success"
+    cache: str = "off"
+    cache_reason: str = ""
+    restored_files: int = 0
+    restored_bytes: int = 0
+    restore_seconds: float = 0.0
+    saved: bool = False
+    save_reason: str = ""
+    saved_files: int = 0
+    saved_bytes: int = 0
+    save_seconds: float = 0.0
+    run_seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class FlowSummary:
+    """The outcome of a flow run; plain data so it travels as JSON from Celery workers."""
+
+    flow_id: str
+    namespace: str
+    ok: bool = True
+    seconds: float = 0.0
+    tasks: list[TaskSummary] = field(default_factory=list)
+
+    def task(self, task_id: str) -> TaskSummary:
+        for summary in self.tasks:
+            if summary.task_id == task_id:
+                return summary
+        raise KeyError(task_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowSummary:
+        tasks = [TaskSummary(**item) for item in data.get("tasks", [])]
+        return cls(**{**data, "tasks": tasks})
+
+
+def run_flow(
+    flow: Flow,
+    *,
+    cache: FileCache | None = None,
+    storage: str | None = None,
+    work_root: str | Path | None = None,
+    outputs_dir: str | Path | None = None,
+    sink: OutputSink | None = None,
+    env: Mapping[str, str] | None = None,
+) -> FlowSummary:
+    """Run every task of ``flow`` in order and stop at the first failure.
+
+    ``cache`` (or ``storage``, an fsspec URL; default the local folder) holds the
+    archives; ``work_root`` is where fresh folders are made (default the system
+    temp dir); ``outputs_dir`` receives ``outputFiles`` (default ``./outputs``).
+    Bad input raises :class:`FlowError` before any script runs; a failing script
+    only marks the summary as failed.
+    """
+    check_runners(flow.script_tasks())
+    runner = _FlowRun(
+        flow,
+        cache=cache,
+        storage=storage,
+        work_root=Path(work_root) if work_root else None,
+        outputs_dir=Path(outputs_dir) if outputs_dir else Path.cwd() / "outputs",
+        sink=sink or print_sink,
+        env=env,
+    )
+    return runner.run()
+
+
+class _FlowRun:
+    """State of one run: the lazily opened cache and the summaries built so far."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        *,
+        cache: FileCache | None,
+        storage: str | None,
+        work_root: Path | None,
+        outputs_dir: Path,
+        sink: OutputSink,
+        env: Mapping[str, str] | None,
+    ) -> None:
+        self.flow = flow
+        self._cache = cache
+        self._storage = storage
+        self.work_root = work_root
+        self.outputs_dir = outputs_dir
+        self.sink = sink
+        self.env = env
+        self.summary = FlowSummary(flow_id=flow.id, namespace=flow.namespace)
+
+    @property
+    def cache(self) -> FileCache:
+        if self._cache is None:
+            self._cache = FileCache(self._storage)
+        return self._cache
+
+    def run(self) -> FlowSummary:
+        started = time.monotonic()
+        for task in self.flow.tasks:
+            if not self.summary.ok or task.disabled:
+                self._skip(task, None)
+                if isinstance(task, WorkingDirectory):
+                    for child in task.tasks:
+                        self._skip(child, task.id)
+                continue
+            if isinstance(task, WorkingDirectory):
+                self._working_directory(task)
+            else:
+                self._standalone(task)
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _skip(self, task: WorkingDirectory | ScriptLike, parent: str | None) -> None:
+        self.summary.tasks.append(
+            TaskSummary(task_id=task.id, kind=_kind(task), parent=parent, status="skipped")
+        )
+
+    def _fresh_folder(self, task_id: str) -> Path:
+        if self.work_root is not None:
+            self.work_root.mkdir(parents=True, exist_ok=True)
+        made = tempfile.mkdtemp(prefix=f"wfc-{task_id}-", dir=self.work_root)
+        return Path(made).resolve()
+
+    def _standalone(self, task: ScriptLike) -> None:
+        """A script outside any WorkingDirectory gets its own folder and no cache."""
+        folder = self._fresh_folder(task.id)
+        try:
+            _write_inputs(folder, task.input_files)
+            summary = self._script(task, folder, parent=None)
+            if summary.status != "failed":
+                summary.outputs = self._collect(task, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _script(self, task: ScriptLike, folder: Path, parent: str | None) -> TaskSummary:
+        summary = TaskSummary(task_id=task.id, kind=_kind(task), parent=parent)
+        self.summary.tasks.append(summary)
+        result = run_script(task, folder, sink=self.sink, env=self.env)
+        summary.run_seconds = result.seconds
+        if result.timed_out:
+            summary.status = "failed"
+            summary.error = f"timed out after {task.timeout}"
+        elif result.exit_code != 0:
+            summary.status = "failed"
+            detail = f": {result.stderr_tail[-1]}" if result.stderr_tail else ""
+            summary.error = f"exit code {result.exit_code}{detail}"
+        elif result.warning:
+            summary.status = "warning"
+            summary.warnings.append("the script wrote to stderr (warningOnStdErr is true)")
+        if summary.status == "failed":
+            self.summary.ok = False
+        return summary
+
+    def _working_directory(self, task: WorkingDirectory) -> None:
+        summary = TaskSummary(task_id=task.id, kind=_kind(task))
+        self.summary.tasks.append(summary)
+        folder = self._fresh_folder(task.id)
+        started = time.monotonic()
+        try:
+            _write_inputs(folder, task.input_files)
+            key = self._restore(task, folder, summary) if task.cache else None
+            failed = self._children(task, folder)
+            if failed:
+                summary.status = "failed"
+                summary.error = f"task {failed!r} failed"
+                summary.save_reason = "not saved: a child task failed"
+            elif key is not None and task.cache is not None:
+                self._save(key, task.cache, folder, summary)
+            if not failed:
+                summary.outputs = self._collect(task, folder)
+        except FlowError as exc:
+            summary.status = "failed"
+            summary.error = str(exc)
+            self.summary.ok = False
+        finally:
+            summary.run_seconds = time.monotonic() - started
+            shutil.rmtree(folder, ignore_errors=True)
+        if any(child.status == "warning" for child in self._children_of(task.id)):
+            summary.status = "warning" if summary.status == "success" else summary.status
+
+    def _children_of(self, parent: str) -> list[TaskSummary]:
+        return [item for item in self.summary.tasks if item.parent == parent]
+
+    def _children(self, task: WorkingDirectory, folder: Path) -> str | None:
+        """Run the children in order; return the id of the one that failed, if any."""
+        failed: str | None = None
+        for child in task.tasks:
+            if failed is not None or child.disabled:
+                self._skip(child, task.id)
+                continue
+            _write_inputs(folder, child.input_files)
+            if self._script(child, folder, parent=task.id).status == "failed":
+                failed = child.id
+        shutil.rmtree(folder / SCRIPTS_DIR, ignore_errors=True)
+        return failed
+
+    def _key(self, task: WorkingDirectory, spec: CacheSpec, folder: Path) -> EntryKey:
+        """The entry's key; lock files and ``cache.key`` make a separate entry per content."""
+        key = EntryKey(self.flow.namespace, self.flow.id, task.id)
+        if spec.key_files:
+            missing = [name for name in spec.key_files if not (folder / name).is_file()]
+            if missing:
+                raise FlowError(
+                    f"task {task.id!r}: cache.keyFiles {missing} do not exist in the working "
+                    "folder; list files written by inputFiles"
+                )
+            key = EntryKey.with_files(key, folder, spec.key_files)
+        if spec.key is not None:
+            content = spec.key if key.content is None else f"{spec.key}-{key.content}"
+            key = EntryKey(key.namespace, key.flow, key.task, content)
+        return key
+
+    def _restore(self, task: WorkingDirectory, folder: Path, summary: TaskSummary) -> EntryKey:
+        assert task.cache is not None
+        key = self._key(task, task.cache, folder)
+        try:
+            result = self.cache.restore(key, folder, task.cache.ttl)
+        except Exception as exc:  # a broken entry must never stop the run
+            _empty(folder)
+            _write_inputs(folder, task.input_files)
+            summary.cache = "miss"
+            summary.cache_reason = f"restore failed: {exc}"
+            summary.warnings.append(f"cache restore failed, running without it: {exc}")
+            log.warning("task %s: cache restore failed, running without it: %s", task.id, exc)
+            return key
+        summary.restore_seconds = result.seconds
+        summary.cache_reason = result.reason
+        if result.hit:
+            summary.cache = "hit"
+            summary.restored_files = result.files
+            summary.restored_bytes = result.bytes
+            relocate(folder)
+            _write_inputs(folder, task.input_files)
+        else:
+            summary.cache = "expired" if "expire" in result.reason.lower() else "miss"
+        return key
+
+    def _save(self, key: EntryKey, spec: CacheSpec, folder: Path, summary: TaskSummary) -> None:
+        if summary.cache == "hit":
+            summary.save_reason = "not saved: a valid entry was restored"
+            return
+        if not match_files(folder, spec.patterns):
+            summary.save_reason = "not saved: no files matched the cache patterns"
+            return
+        marker = folder / ORIGIN_FILE
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(folder), encoding="utf-8")
+        try:
+            result = self.cache.save(key, folder, [*spec.patterns, ORIGIN_FILE])
+        except Exception as exc:  # the work is done; a failed save only costs the next run
+            summary.save_reason = f"save failed: {exc}"
+            summary.warnings.append(f"cache save failed: {exc}")
+            log.warning("task %s: cache save failed: %s", summary.task_id, exc)
+            return
+        finally:
+            marker.unlink(missing_ok=True)
+        summary.saved = result.saved
+        summary.save_reason = result.reason
+        summary.saved_files = result.files
+        summary.saved_bytes = result.bytes
+        summary.save_seconds = result.seconds
+
+    def _collect(self, task: WorkingDirectory | ScriptLike, folder: Path) -> list[str]:
+        """Copy files matching ``outputFiles`` (the task's and its children's) out of the folder."""
+        patterns = list(task.output_files)
+        if isinstance(task, WorkingDirectory):
+            for child in task.tasks:
+                patterns.extend(child.output_files)
+        if not patterns:
+            return []
+        target = self.outputs_dir / task.id
+        copied = []
+        for relative in match_files(folder, patterns):
+            source = folder / relative
+            if source.is_dir():
+                continue
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination, follow_symlinks=True)
+            copied.append(str(destination))
+        return copied
+
+
+def _kind(task: WorkingDirectory | ScriptLike) -> str:
+    return type(task).__name__.removesuffix("Task")
+
+
+def _write_inputs(folder: Path, files: Mapping[str, str]) -> None:
+    for name, content in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+
+
+def _empty(folder: Path) -> None:
+    """Remove whatever a failed restore left behind, so the run starts from a clean folder."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def relocate(folder: Path) -> int:
+    """Rewrite absolute paths of the folder an entry was built in to this run's folder.
+
+    Every run gets a fresh folder, but tools write absolute paths: a venv's
+    ``bin/pip`` starts with ``#!/old/folder/venv/bin/python`` and its ``activate``
+    sets ``VIRTUAL_ENV`` to the old folder. Text files and symlinks naming the old
+    folder are rewritten so a restored venv works where it lands. Returns the
+    number of paths changed.
+    """
+    marker = folder / ORIGIN_FILE
+    if not marker.is_file():
+        return 0
+    old = marker.read_text(encoding="utf-8").strip()
+    marker.unlink()
+    _remove_empty_parent(marker.parent, folder)
+    new = str(folder)
+    if not old or old == new:
+        return 0
+    old_bytes, new_bytes = old.encode(), new.encode()
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                changed += _relink(path, old, new)
+            elif name in filenames and path.suffix not in _BINARY_SUFFIXES:
+                changed += _rewrite(path, old_bytes, new_bytes)
+    return changed
+
+
+def _relink(path: Path, old: str, new: str) -> int:
+    target = os.readlink(path)
+    if target != old and not target.startswith(old + os.sep):
+        return 0
+    path.unlink()
+    os.symlink(new + target[len(old) :], path)
+    return 1
+
+
+def _rewrite(path: Path, old: bytes, new: bytes) -> int:
+    try:
+        if path.stat().st_size > _RELOCATE_LIMIT:
+            return 0
+        data = path.read_bytes()
+    except OSError:
+        return 0
+    if old not in data or b"\0" in data:
+        return 0
+    path.write_bytes(data.replace(old, new))
+    return 1
+
+
+def _remove_empty_parent(directory: Path, folder: Path) -> None:
+    if directory != folder and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
