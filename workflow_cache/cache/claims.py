@@ -1,0 +1,787 @@
+"""Single flight in Redis: at most one process runs a step, every caller gets its outcome.
+
+The protocol is four Lua scripts, each one atomic step on the keys of one step (see
+``keys.py``; they share a cluster hash slot):
+
+``claim``
+    Outcome stored -> ``Done``.  Lock held -> ``Running(owner, remaining lease)``.
+    Otherwise ``INCR`` the epoch and ``SET lock "<owner>|<epoch>" PX lease`` ->
+    ``Claimed(token, epoch)``.  The epoch is a fencing token: it only grows, so a token
+    names one claim and no other.
+``renew``
+    Extend the lease, only if the lock still holds this exact token.
+``commit``
+    Fenced write of the outcome, delete of the lock and ``PUBLISH`` of the outcome to
+    waiters, all or nothing.  Accepted when the lock holds this token, **or** when the lock
+    has expired but nobody has claimed since (the epoch key still equals this claim's
+    epoch) and no outcome is stored: a holder that overran its lease without a successor
+    keeps its work, which is safe because any later claim would have bumped the epoch.
+    A refused commit writes nothing and notifies nobody.
+``release``
+    Owner-checked delete of the lock and a "released" notice, so waiters claim at once
+    instead of waiting for the lease to run out.
+
+Notifications on the step's channel are ``b"o" + outcome`` (commit) or ``b"r"``
+(release).  Waiters wake on them; if the holder dies silently they wake when its lease
+runs out and claim in turn, which is how a crashed holder is taken over.
+
+Epoch expiry (trade-off): the epoch key gets a long expiry (7 days) refreshed at every
+claim.  Without it, every step key ever claimed would leave an integer in Redis
+forever.  With it, an epoch can restart at 1 after a step has seen no claim for a week;
+fencing then relies on the owner part of the token (hostname:pid:uuid), so a holder
+paused for more than a week could only be confused with a claim made by the very same
+``SingleFlight`` instance.  Pass ``epoch_ttl_ms=None`` to ``Claims`` to keep epochs forever.
+
+Outcomes are opaque ``bytes`` here (the JSON envelope lives elsewhere); nothing is
+pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from workflow_cache.cache.keys import Keys, KeySpace
+
+__all__ = [
+    "EPOCH_TTL_MS",
+    "CacheUnavailable",
+    "ClaimTimeout",
+    "Claimed",
+    "Claims",
+    "Done",
+    "Holder",
+    "Running",
+    "SingleFlight",
+    "connect",
+]
+
+log = logging.getLogger(__name__)
+
+EPOCH_TTL_MS = 7 * 24 * 3600 * 1000
+"""Expiry of a step's epoch key, refreshed at each claim (see the module docstring)."""
+
+NOTICE_OUTCOME = b"o"
+NOTICE_RELEASED = b"r"
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CacheUnavailable(ConnectionError):
+    """Redis could not be reached (or stopped answering) at the address named in the message."""
+
+
+class ClaimTimeout(TimeoutError):
+    """``acquire`` gave up: another holder kept the step running past the caller's timeout."""
+
+
+# --------------------------------------------------------------------------- states
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The step has an outcome; nobody needs to run it."""
+
+    outcome: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """Another owner holds the claim; its lease runs out in ``remaining_ms`` unless renewed."""
+
+    owner: str
+    remaining_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The caller holds the claim: ``token`` is ``"<owner>|<epoch>"``."""
+
+    token: str
+    epoch: int
+
+    @property
+    def owner(self) -> str:
+        return self.token.rpartition("|")[0]
+
+
+ClaimState = Done | Running | Claimed
+
+
+# --------------------------------------------------------------------------- scripts
+
+# KEYS: out, lock, epoch   ARGV: owner, lease_ms, epoch_ttl_ms (0 = no expiry)
+_CLAIM = """
+local out = redis.call('GET', KEYS[1])
+if out then
+  return {'done', out}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  return {'running', holder, redis.call('PTTL', KEYS[2])}
+end
+local epoch = redis.call('INCR', KEYS[3])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local token = ARGV[1] .. '|' .. epoch
+redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+return {'claimed', token, epoch}
+"""
+
+# KEYS: lock   ARGV: token, lease_ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: out, lock, epoch   ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel
+_COMMIT = """
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  if holder ~= ARGV[1] then
+    return 0
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[5] == '1' then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('SET', KEYS[1], ARGV[3])
+  end
+end
+if holder then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[6], 'o' .. ARGV[3])
+return 1
+"""
+
+# KEYS: lock   ARGV: token, channel
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'r')
+  return 1
+end
+return 0
+"""
+
+
+def _as_bytes(value: bytes | str | memoryview) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def describe(client: redis.Redis) -> str:
+    """The address of ``client`` for error messages, without credentials."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    scheme = (
+        "rediss" if "ssl" in client.connection_pool.connection_class.__name__.lower() else "redis"
+    )
+    return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
+    """A client that fails fast: ``timeout``-second connect/socket timeouts, one quick retry.
+
+    redis-py's defaults (5 s timeouts, 3 retries with backoff) turn a down server into
+    several seconds of silence; a cache should say so at once.
+    """
+    kwargs.setdefault("socket_connect_timeout", timeout)
+    kwargs.setdefault("socket_timeout", timeout)
+    kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.05, base=0.01), 1))
+    return redis.Redis.from_url(url, **kwargs)
+
+
+class Claims:
+    """The four protocol scripts bound to one client (registered once, run by EVALSHA)."""
+
+    def __init__(self, client: redis.Redis, *, epoch_ttl_ms: int | None = EPOCH_TTL_MS) -> None:
+        self.client = client
+        self.where = describe(client)
+        self._epoch_ttl_ms = int(epoch_ttl_ms or 0)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._commit = client.register_script(_COMMIT)
+        self._release = client.register_script(_RELEASE)
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` and turn a connection failure into ``CacheUnavailable`` naming the server."""
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise CacheUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+
+    def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
+        """Done, Running or Claimed (one atomic script)."""
+        if lease_ms <= 0:
+            raise ValueError(f"lease_ms must be positive, got {lease_ms}")
+        reply = self.call(
+            lambda: self._claim(
+                keys=[keys.out, keys.lock, keys.epoch],
+                args=[owner, int(lease_ms), self._epoch_ttl_ms],
+            )
+        )
+        kind = _as_str(reply[0])
+        if kind == "done":
+            return Done(_as_bytes(reply[1]))
+        if kind == "running":
+            return Running(owner=_as_str(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
+        return Claimed(token=_as_str(reply[1]), epoch=int(reply[2]))
+
+    def renew(self, keys: Keys, claim: Claimed, lease_ms: int) -> bool:
+        """Extend the lease to ``lease_ms`` from now, if ``claim`` still holds the lock."""
+        return bool(
+            self.call(lambda: self._renew(keys=[keys.lock], args=[claim.token, int(lease_ms)]))
+        )
+
+    def commit(
+        self,
+        keys: Keys,
+        claim: Claimed,
+        outcome: bytes | str,
+        ttl_ms: int | None = None,
+        keep: bool = True,
+    ) -> bool:
+        """Fenced: store (if ``keep``) and announce ``outcome``, drop the lock; False if refused."""
+        if ttl_ms is not None and ttl_ms <= 0:
+            raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
+        args = [
+            claim.token,
+            claim.epoch,
+            _as_bytes(outcome),
+            int(ttl_ms or 0),
+            1 if keep else 0,
+            keys.channel,
+        ]
+        return bool(
+            self.call(lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch], args=args))
+        )
+
+    def release(self, keys: Keys, claim: Claimed) -> bool:
+        """Give the claim up without an outcome; waiters are told to claim again at once."""
+        return bool(
+            self.call(lambda: self._release(keys=[keys.lock], args=[claim.token, keys.channel]))
+        )
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+class _Watch:
+    """One waiting thread's mailbox for the notices of one channel."""
+
+    __slots__ = ("channel", "inbox")
+
+    def __init__(self, channel: bytes) -> None:
+        self.channel = channel
+        self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def get(self, timeout: float) -> bytes | None:
+        try:
+            return self.inbox.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+
+
+class _Channel:
+    """Subscription state of one channel on the shared connection."""
+
+    __slots__ = ("acked", "sent", "subscribed", "watches")
+
+    def __init__(self) -> None:
+        self.watches: set[_Watch] = set()
+        self.subscribed = False  # the last command sent for it was SUBSCRIBE
+        self.sent = 0  # SUBSCRIBE commands sent since connecting
+        self.acked = 0  # subscribe confirmations received since connecting
+
+    @property
+    def live(self) -> bool:
+        return self.subscribed and self.acked == self.sent
+
+
+class _Listener:
+    """One pub/sub connection shared by every waiting thread of a ``SingleFlight``.
+
+    A daemon thread owns the connection: it sends (UN)SUBSCRIBE when waiters come and
+    go (woken through a socket pair) and hands each message to the mailboxes of the
+    threads watching its channel.  Subscribing is reference-counted per channel, so 64
+    threads waiting on one key cost one connection and one subscription.  After a
+    connection loss it reconnects with backoff and resubscribes; notices sent meanwhile
+    are lost, which waiters survive because they never wait longer than the lease.
+    """
+
+    IDLE_PING_S = 15.0
+
+    def __init__(self, make_connection: Callable[[], Any]) -> None:
+        self._make_connection = make_connection
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._channels: dict[bytes, _Channel] = {}
+        self._dirty: set[bytes] = set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+
+    # -- called by waiting threads
+
+    def watch(self, channel: str) -> _Watch:
+        name = channel.encode()
+        w = _Watch(name)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("SingleFlight is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wfc-listener", daemon=True)
+                self._thread.start()
+            ch = self._channels.get(name)
+            if ch is None:
+                ch = self._channels[name] = _Channel()
+            ch.watches.add(w)
+            wake = not ch.subscribed
+            if wake:
+                self._dirty.add(name)
+        if wake:
+            self._wake()
+        return w
+
+    def wait_live(self, w: _Watch, timeout: float) -> bool:
+        """Wait until the server has confirmed the subscription ``w`` relies on."""
+        with self._lock:
+            ch = self._channels.get(w.channel)
+            return ch is not None and self._changed.wait_for(lambda: ch.live, timeout)
+
+    def unwatch(self, w: _Watch) -> None:
+        with self._lock:
+            ch = self._channels.get(w.channel)
+            if ch is None:
+                return
+            ch.watches.discard(w)
+            wake = not ch.watches
+            if wake:
+                self._dirty.add(w.channel)
+        if wake:
+            self._wake()
+
+    def subscriptions(self) -> int:
+        """Channels currently subscribed (for tests and benchmarks)."""
+        with self._lock:
+            return sum(1 for ch in self._channels.values() if ch.subscribed)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._wake()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full pipe: a wake-up is already pending
+            self._wake_w.send(b"!")
+
+    # -- the listener thread
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            conn = None
+            try:
+                conn = self._connect()
+                backoff = 0.05
+                self._pump(conn)
+            except Exception as exc:  # any failure: drop the connection, then reconnect
+                if self._closed:
+                    break
+                log.warning("workflow-cache pub/sub connection lost (%s); reconnecting", exc)
+                with self._lock:
+                    self._conn = None
+                    for ch in self._channels.values():  # confirmations died with it
+                        ch.subscribed, ch.sent, ch.acked = False, 0, 0
+                    self._changed.notify_all()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if conn is not None:
+                    conn.disconnect()
+        with self._lock:
+            self._conn = None
+            self._changed.notify_all()
+
+    def _connect(self) -> Any:
+        conn = self._make_connection()
+        conn.connect()
+        with self._lock:
+            self._conn = conn
+            for name, ch in list(self._channels.items()):
+                ch.subscribed, ch.sent, ch.acked = False, 0, 0
+                if ch.watches:
+                    self._dirty.add(name)
+                else:
+                    del self._channels[name]
+        return conn
+
+    def _pump(self, conn: Any) -> None:
+        sock = conn._sock  # select() on it together with the wake-up socket
+        last_rx = time.monotonic()
+        ping_sent = False
+        while not self._closed:
+            with self._lock:
+                self._sync_subscriptions(conn)
+            while conn.can_read(timeout=0):
+                self._dispatch(conn.read_response())
+                last_rx, ping_sent = time.monotonic(), False
+            if getattr(sock, "pending", None) and sock.pending():
+                continue  # TLS bytes already decrypted but not yet parsed
+            ready, _, _ = select.select([sock, self._wake_r], [], [], self.IDLE_PING_S)
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while self._wake_r.recv(4096):
+                        pass
+            if not ready and time.monotonic() - last_rx >= self.IDLE_PING_S:
+                if ping_sent:
+                    raise TimeoutError("no answer to PING on the pub/sub connection")
+                conn.send_command("PING", check_health=False)
+                ping_sent = True
+
+    def _sync_subscriptions(self, conn: Any) -> None:
+        """Bring the server's subscriptions in line with the watchers (lock held)."""
+        if not self._dirty:
+            return
+        commands: list[tuple[str, bytes]] = []
+        for name in self._dirty:
+            ch = self._channels.get(name)
+            if ch is None:
+                continue
+            if ch.watches and not ch.subscribed:
+                ch.subscribed = True
+                ch.sent += 1
+                commands.append(("SUBSCRIBE", name))
+            elif not ch.watches and ch.subscribed:
+                ch.subscribed = False
+                commands.append(("UNSUBSCRIBE", name))
+            if not ch.watches and not ch.subscribed and ch.acked == ch.sent:
+                del self._channels[name]
+        self._dirty.clear()
+        if commands:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return  # PONG
+        kind, name, data = reply[0], _as_bytes(reply[1]), reply[2]
+        with self._lock:
+            ch = self._channels.get(name)
+            if ch is None:
+                return
+            if kind == b"message":
+                for w in ch.watches:
+                    w.inbox.put(_as_bytes(data))
+            elif kind == b"subscribe":
+                ch.acked += 1
+                if not ch.watches and not ch.subscribed and ch.acked == ch.sent:
+                    del self._channels[name]
+                self._changed.notify_all()
+
+
+# --------------------------------------------------------------------------- single flight
+
+
+def default_owner() -> str:
+    """``hostname:pid:uuid``: unique per instance, readable in ``Running.owner``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class Holder:
+    """The caller runs the step: commit its outcome, or release (leaving the block releases).
+
+    A daemon thread renews the lease every lease/3 while the holder is open.  If renewal is
+    refused (the lease ran out and someone else claimed) or Redis stays unreachable for a
+    whole lease, ``lost`` becomes True; ``commit`` is still fenced, so a lost holder's
+    commit is refused unless nobody took over.
+    """
+
+    def __init__(self, flight: SingleFlight, key: str, keys: Keys, claim: Claimed) -> None:
+        self.key = key
+        self.keys = keys
+        self.claim = claim
+        self._flight = flight
+        self._lost = False
+        self._finished = False
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name=f"wfc-renew:{key}", daemon=True
+        )
+        self._renewer.start()
+
+    @property
+    def token(self) -> str:
+        return self.claim.token
+
+    @property
+    def epoch(self) -> int:
+        return self.claim.epoch
+
+    @property
+    def lost(self) -> bool:
+        """True once the lease is known to be gone (renewal refused or Redis silent a lease)."""
+        return self._lost
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def __repr__(self) -> str:
+        return f"Holder(key={self.key!r}, token={self.token!r}, lost={self._lost})"
+
+    def _renew_loop(self) -> None:
+        flight = self._flight
+        interval = flight.lease / 3
+        last_ok = time.monotonic()
+        while not self._stop.wait(interval):
+            try:
+                ok = flight.claims.renew(self.keys, self.claim, flight.lease_ms)
+            except CacheUnavailable as exc:
+                if time.monotonic() - last_ok < flight.lease:
+                    continue
+                log.warning("lease of %r lost: %s", self.key, exc)
+                ok = False
+            if self._stop.is_set():
+                return
+            if not ok:
+                self._lost = True
+                return
+            last_ok = time.monotonic()
+
+    def _finish(self) -> None:
+        if self._finished:
+            raise RuntimeError(f"the claim on {self.key!r} was already committed or released")
+        self._finished = True
+        self._stop.set()
+
+    def commit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
+        """Store (if ``keep``) and announce ``outcome``; False if a successor took over."""
+        self._finish()
+        ok = self._flight.claims.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+        if not ok:
+            self._lost = True
+        return ok
+
+    def release(self) -> bool:
+        """Give up without an outcome so a waiter runs the step now; False if already lost."""
+        self._finish()
+        ok = self._flight.claims.release(self.keys, self.claim)
+        if not ok:
+            self._lost = True
+        return ok
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._finished:
+            try:
+                self.release()
+            except CacheUnavailable:
+                if exc is None:
+                    raise
+                log.warning("could not release %r (the lease will expire)", self.key)
+
+
+class SingleFlight:
+    """Run each step key at most once across processes; everyone else gets its outcome.
+
+    ``acquire(key)`` returns ``Done(outcome)`` or a ``Holder`` that must commit.  Waiting is
+    notification-driven over one pub/sub connection per instance, shared by all threads.
+    Redis failures surface as ``CacheUnavailable``.  Use one instance per process (it is
+    thread-safe); after ``fork`` the child transparently opens its own pub/sub connection.
+    """
+
+    #: Added to a holder's remaining lease before a waiter re-checks the claim.
+    MARGIN_S = 0.025
+    #: Longest wait for the server to confirm a subscription before claiming anyway.
+    CONFIRM_S = 2.0
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keyspace: KeySpace | str,
+        *,
+        lease: float = 5.0,
+        owner: str | None = None,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
+        self.client = client
+        self.keyspace = keyspace if isinstance(keyspace, KeySpace) else KeySpace(keyspace)
+        self.lease = float(lease)
+        self.lease_ms = max(1, round(lease * 1000))
+        self.owner = owner or default_owner()
+        self.claims = Claims(client)
+        self._listener_lock = threading.Lock()
+        self._listener: _Listener | None = None
+        self._listener_pid = os.getpid()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        keyspace: KeySpace | str,
+        *,
+        lease: float = 5.0,
+        owner: str | None = None,
+        timeout: float = 2.0,
+    ) -> SingleFlight:
+        """A ``SingleFlight`` on a fail-fast client (see ``connect``)."""
+        return cls(connect(url, timeout=timeout), keyspace, lease=lease, owner=owner)
+
+    @property
+    def where(self) -> str:
+        return self.claims.where
+
+    # -- pub/sub
+
+    def _make_pubsub_connection(self) -> Any:
+        pool = self.client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        kwargs.update(
+            decode_responses=False,
+            protocol=2,  # messages as plain replies, not RESP3 pushes
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 0),  # the listener retries
+            health_check_interval=0,
+        )
+        return pool.connection_class(**kwargs)
+
+    def _notifier(self) -> _Listener:
+        with self._listener_lock:
+            if self._listener_pid != os.getpid():  # forked: the parent's thread is not here
+                self._listener, self._listener_pid = None, os.getpid()
+            if self._listener is None:
+                self._listener = _Listener(self._make_pubsub_connection)
+            return self._listener
+
+    # -- the protocol
+
+    def acquire(self, key: str, *, timeout: float | None = None) -> Done | Holder:
+        """``Done(outcome)`` if the step has (or gets) an outcome, else a ``Holder`` to run it.
+
+        Waits while another owner holds the claim: woken by its commit (returning its
+        outcome, kept or not) or release (claiming at once), or by its lease running out
+        (claiming in its place).  ``timeout`` seconds (None = no limit, 0 = do not wait)
+        bound the wait; past it ``ClaimTimeout`` is raised.
+        """
+        keys = self.keyspace.for_step(key)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = self.claims.claim(keys, self.owner, self.lease_ms)
+        if not isinstance(state, Running):  # the common cases need no subscription
+            return self._wrap(key, keys, state)
+        listener = self._notifier()
+        watch = listener.watch(keys.channel)
+        try:
+            # Subscribed (and confirmed) *before* the claim we wait on: a commit landing
+            # between that claim and the wait is still delivered to our mailbox.
+            confirm = self.CONFIRM_S if deadline is None else max(0.0, deadline - time.monotonic())
+            listener.wait_live(watch, min(confirm, self.CONFIRM_S))
+            while True:
+                state = self.claims.claim(keys, self.owner, self.lease_ms)
+                if not isinstance(state, Running):
+                    return self._wrap(key, keys, state)
+                remaining = state.remaining_ms if state.remaining_ms >= 0 else self.lease_ms
+                wait = remaining / 1000 + self.MARGIN_S
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ClaimTimeout(
+                            f"step {key!r} in namespace {self.keyspace.namespace!r} is still "
+                            f"running under {state.owner!r} after {timeout:g} s"
+                        )
+                    wait = min(wait, left)
+                notice = watch.get(wait)
+                if notice is not None and notice[:1] == NOTICE_OUTCOME:
+                    return Done(notice[1:])
+                # released, lease ran out, or deadline: claim again (or time out)
+        finally:
+            listener.unwatch(watch)
+
+    def _wrap(self, key: str, keys: Keys, state: Done | Claimed) -> Done | Holder:
+        if isinstance(state, Done):
+            return state
+        return Holder(self, key, keys, state)
+
+    def read(self, key: str) -> bytes | None:
+        """The stored outcome of ``key``, or None."""
+        out = self.keyspace.for_step(key).out
+        value = self.claims.call(lambda: self.client.get(out))
+        return None if value is None else _as_bytes(value)
+
+    def read_many(self, keys: Iterable[str]) -> list[bytes | None]:
+        """Stored outcomes of ``keys`` in order (one MGET)."""
+        outs = [self.keyspace.for_step(k).out for k in keys]
+        if not outs:
+            return []
+        values: Sequence[Any] = self.claims.call(lambda: self.client.mget(outs))
+        return [None if v is None else _as_bytes(v) for v in values]
+
+    # -- lifetime
+
+    def subscriptions(self) -> int:
+        """Channels the shared pub/sub connection is subscribed to right now."""
+        with self._listener_lock:
+            listener = self._listener
+        return 0 if listener is None else listener.subscriptions()
+
+    def close(self) -> None:
+        """Stop the listener thread and close its connection (the client stays open)."""
+        with self._listener_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
