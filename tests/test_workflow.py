@@ -296,7 +296,7 @@ def test_unknown_options_are_type_errors_naming_them() -> None:
     with pytest.raises(TypeError, match="cahce"):
         create_workflow({}, cahce={})
     workflow = create_workflow({}, cache={})
-    with pytest.raises(TypeError, match="cache.*create_workflow"):
+    with pytest.raises(TypeError, match=r"cache.*create_workflow"):
         workflow(lambda step: 1, cache={})
     with pytest.raises(TypeError, match="tll"):
         workflow(lambda step: step(lambda: 1, key="k", tll=5))

@@ -7,6 +7,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any, TypeVar
 
 from workflow_cache.cache.base import OutcomeStore, as_store
@@ -122,6 +123,9 @@ def create_workflow(
 
 
 def _wants_deps(fn: Callable[..., Any]) -> bool:
+    if isinstance(fn, FunctionType):  # the common case, without inspect.signature's cost
+        code = fn.__code__
+        return bool(code.co_flags & inspect.CO_VARARGS) or code.co_argcount >= 2
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):

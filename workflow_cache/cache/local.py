@@ -20,7 +20,7 @@ from workflow_cache.step import check_key
 
 
 class LocalCache(NativeCache):
-    """``LocalCache()`` stores under ``$WORKFLOW_CACHE_HOME/steps`` (``~/.cache/workflow-cache``)."""
+    """Stores under ``$WORKFLOW_CACHE_HOME/steps`` (by default ``~/.cache/workflow-cache``)."""
 
     def __init__(
         self, directory: str | Path | None = None, *, default_ttl: TTL | None = None

@@ -1,0 +1,121 @@
+"""Step outcomes in Redis, shared by every producer and worker that points at it.
+
+Each outcome is one JSON envelope at ``wfc:<namespace>:{<key>}:out`` with its
+time-to-live set in Redis itself. One client (one connection pool) per cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from workflow_cache.cache.base import NativeCache
+from workflow_cache.cache.claims import CacheUnavailable
+from workflow_cache.cache.keys import KeySpace
+from workflow_cache.duration import TTL, to_seconds
+from workflow_cache.envelope import Envelope
+from workflow_cache.step import check_key
+
+_SCAN_BATCH = 500
+
+
+class RedisCache(NativeCache):
+    """``RedisCache("redis://host:6379/0", namespace="prod")``; TLS and passwords via the URL."""
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        namespace: str = "default",
+        default_ttl: TTL | None = None,
+        lease: float = 5.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.keyspace = KeySpace(namespace)
+        self.default_ttl = to_seconds(default_ttl, name="default_ttl")
+        self.lease = float(lease)
+        self.client = client or redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+        )
+
+    def _out(self, key: str) -> str:
+        return self.keyspace.for_step(check_key(key)).out  # type: ignore[arg-type]
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.AuthenticationError:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise CacheUnavailable(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+
+    # -- what workflows use -------------------------------------------------------------
+
+    def load(self, key: str) -> Envelope | None:
+        with self._reaching():
+            raw = self.client.get(self._out(key))
+        return None if raw is None else Envelope.loads(key, raw)
+
+    def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
+        if not keys:
+            return []
+        with self._reaching():
+            rows = self.client.mget([self._out(key) for key in keys])
+        return [
+            None if raw is None else Envelope.loads(k, raw)
+            for k, raw in zip(keys, rows, strict=True)
+        ]
+
+    def save(self, key: str, envelope: Envelope) -> None:
+        text = envelope.dumps(key)
+        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+        with self._reaching():
+            self.client.set(self._out(key), text, px=ttl_ms)
+
+    # -- Map-like management --------------------------------------------------------------
+
+    def has(self, key: str) -> bool:
+        with self._reaching():
+            return bool(self.client.exists(self._out(key)))
+
+    def delete(self, key: str) -> bool:
+        with self._reaching():
+            return bool(self.client.delete(self._out(key)))
+
+    def clear(self) -> int:
+        """Delete this namespace's keys (SCAN + UNLINK in batches); other namespaces stay."""
+        removed = 0
+        with self._reaching():
+            batch: list[Any] = []
+            for name in self.client.scan_iter(match=self.keyspace.pattern, count=_SCAN_BATCH):
+                batch.append(name)
+                if len(batch) >= _SCAN_BATCH:
+                    removed += self.client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                removed += self.client.unlink(*batch)
+        return removed
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisCache({_safe(self.url)!r}, namespace={self.namespace!r})"
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
