@@ -1,0 +1,374 @@
+"""Cache entries of working directories: one archive per (namespace, flow, task[, content]).
+
+Layout in storage, per entry (names are percent-encoded segments)::
+
+    <namespace>/<flow>/<task>[/@<content>]/entry.json
+    <namespace>/<flow>/<task>[/@<content>]/archive-<created>-<random>.tar.zst
+
+How entries stay immutable while still expiring: every save writes a new archive
+under a name nobody else uses, then publishes ``entry.json`` (JSON, never pickle)
+with "create only if absent" semantics. ``entry.json`` names the archive and
+records ``created_at``. Nothing is ever rewritten in place: an entry found
+expired (by the ttl of the *current* spec, passed to every restore) or corrupt
+is deleted, pointer first, and the next save publishes a fresh pair. Two savers
+racing for one key both upload an archive, but only one ``entry.json`` can be
+created; the loser deletes its archive and reports "already saved".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote, unquote
+
+from workflow_cache import paths
+from workflow_cache.workdir.archive import ArchiveError, pack, unpack
+from workflow_cache.workdir.patterns import match_files, validate_patterns
+from workflow_cache.workdir.storage import Storage
+
+log = logging.getLogger(__name__)
+
+POINTER = "entry.json"
+_FORMAT = 1
+
+Clock = Callable[[], datetime]
+ProgressFactory = Callable[[str, int | None], Callable[[int], None]]
+
+
+class CacheRestoreWarning(UserWarning):
+    """A cache entry could not be restored; the run goes on as a cache miss."""
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    """Which entry a working directory uses; ``content`` optionally hashes lock files."""
+
+    namespace: str
+    flow: str
+    task: str
+    content: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("namespace", "flow", "task"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"cache key {name} must be a non-empty string, got {value!r}")
+        if self.content is not None and (not isinstance(self.content, str) or not self.content):
+            raise ValueError(f"cache key content must be a non-empty string, got {self.content!r}")
+
+    def with_files(self, root: Path, files: list[str]) -> EntryKey:
+        """This key with ``content`` = sha256 over the names and bytes of ``files`` in ``root``.
+
+        A change to ``package-lock.json`` then selects a different entry.
+        """
+        digest = hashlib.sha256()
+        for name in sorted(files):
+            pure = PurePosixPath(name)
+            if not name or pure.is_absolute() or ".." in pure.parts:
+                raise ValueError(f"cache key file {name!r} must be a path inside the folder")
+            try:
+                with open(Path(root) / pure, "rb") as handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    # Name and length first, so no two file lists hash alike.
+                    digest.update(pure.as_posix().encode() + b"\0" + size.to_bytes(8, "big"))
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"cache key file {name!r} not found in {root}") from None
+        return replace(self, content=digest.hexdigest())
+
+    @property
+    def name(self) -> str:
+        """The entry's folder in storage, e.g. ``dev/my_flow/working_dir``."""
+        parts = [_segment(self.namespace), _segment(self.flow), _segment(self.task)]
+        if self.content is not None:
+            parts.append("@" + _segment(self.content))
+        return "/".join(parts)
+
+
+@dataclass
+class RestoreResult:
+    hit: bool
+    reason: str  # "restored" | "missing" | "expired" | "corrupt"
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    created_at: datetime | None = None
+
+
+@dataclass
+class SaveResult:
+    saved: bool
+    reason: str  # "saved" | "nothing matched" | "already saved"
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class EntryInfo:
+    key: EntryKey
+    created_at: datetime
+    size: int  # compressed archive bytes in storage
+    files: int
+    name: str
+    bytes: int = 0  # file bytes before compression
+    archive: str = ""
+    patterns: list[str] = field(default_factory=list)
+
+
+class FileCache:
+    """Restore and save the cached files of working directories in a :class:`Storage`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        progress_factory: ProgressFactory | None = None,
+        **storage_options: Any,
+    ) -> None:
+        """``url`` None means the local folder :func:`workflow_cache.paths.files_dir`.
+
+        ``progress_factory(label, total_bytes)`` returns a callable fed byte deltas.
+        """
+        self.storage = Storage(
+            url if url is not None else str(paths.files_dir()), **storage_options
+        )
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._progress_factory = progress_factory
+
+    def now(self) -> datetime:
+        moment = self._clock()
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    def restore(self, key: EntryKey, root: Path, ttl: timedelta | None) -> RestoreResult:
+        """Unpack the entry of ``key`` into ``root`` unless it is missing, expired or corrupt.
+
+        Every failure is a miss with a warning, and leaves ``root`` untouched.
+        """
+        start = time.perf_counter()
+        try:
+            entry = self._read_pointer(key.name)
+        except FileNotFoundError:
+            return RestoreResult(hit=False, reason="missing", seconds=time.perf_counter() - start)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._warn(f"cache entry {key.name!r} has unreadable metadata ({exc}); removing it")
+            self.delete(key)
+            return RestoreResult(hit=False, reason="corrupt", seconds=time.perf_counter() - start)
+        except OSError as exc:
+            self._warn(f"cannot read cache entry {key.name!r}: {exc}")
+            return RestoreResult(hit=False, reason="corrupt", seconds=time.perf_counter() - start)
+
+        if ttl is not None and self.now() >= entry.created_at + ttl:
+            self._remove(entry)
+            return RestoreResult(
+                hit=False,
+                reason="expired",
+                seconds=time.perf_counter() - start,
+                created_at=entry.created_at,
+            )
+        progress = self._progress(f"restore {entry.name}", entry.bytes)
+        try:
+            with self.storage.open_read(f"{entry.name}/{entry.archive}") as src:
+                stats = unpack(src, Path(root), progress=progress)
+        except (ArchiveError, FileNotFoundError) as exc:
+            self._warn(f"cache entry {entry.name!r} is corrupt ({exc}); removing it")
+            self._remove(entry)
+            return self._corrupt(start, entry)
+        except OSError as exc:
+            self._warn(f"cannot restore cache entry {entry.name!r}: {exc}")
+            return self._corrupt(start, entry)
+        return RestoreResult(
+            hit=True,
+            reason="restored",
+            files=stats.files,
+            bytes=stats.bytes,
+            seconds=time.perf_counter() - start,
+            created_at=entry.created_at,
+        )
+
+    def save(self, key: EntryKey, root: Path, patterns: list[str]) -> SaveResult:
+        """Archive the files of ``root`` matching ``patterns`` as the entry of ``key``.
+
+        An entry that already exists is kept ("already saved"): restore removes
+        expired ones first, so a save after an expired restore does write.
+        """
+        start = time.perf_counter()
+        patterns = validate_patterns(patterns)
+        pointer = f"{key.name}/{POINTER}"
+        if self.storage.exists(pointer):
+            return SaveResult(
+                saved=False, reason="already saved", seconds=time.perf_counter() - start
+            )
+        found = match_files(Path(root), patterns)
+        if not found:
+            return SaveResult(
+                saved=False, reason="nothing matched", seconds=time.perf_counter() - start
+            )
+
+        created_at = self.now()
+        archive = f"archive-{created_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:16]}.tar.zst"
+        progress = self._progress(f"save {key.name}", _total_size(Path(root), found))
+        stats = self.storage.publish(
+            f"{key.name}/{archive}", lambda dest: pack(Path(root), found, dest, progress=progress)
+        )
+        document = {
+            "v": _FORMAT,
+            "key": {
+                "namespace": key.namespace,
+                "flow": key.flow,
+                "task": key.task,
+                "content": key.content,
+            },
+            "created_at": created_at.isoformat(),
+            "archive": archive,
+            "size": self.storage.info(f"{key.name}/{archive}")["size"],
+            "files": stats.files,
+            "bytes": stats.bytes,
+            "patterns": patterns,
+        }
+        payload = json.dumps(document, indent=2).encode()
+        published = self.storage.create(pointer, lambda dest: dest.write(payload))
+        if not published.created:
+            self.storage.delete(f"{key.name}/{archive}")
+            return SaveResult(
+                saved=False, reason="already saved", seconds=time.perf_counter() - start
+            )
+        return SaveResult(
+            saved=True,
+            reason="saved",
+            files=stats.files,
+            bytes=stats.bytes,
+            seconds=time.perf_counter() - start,
+        )
+
+    def entries(self, prefix: str = "") -> list[EntryInfo]:
+        """Entries under ``prefix`` (whole segments: ``dev`` or ``dev/my_flow``), by name."""
+        found = []
+        for name in self.storage.list(_prefix(prefix)):
+            if name.rsplit("/", 1)[-1] != POINTER:
+                continue
+            try:
+                found.append(self._read_pointer(name[: -len(POINTER) - 1]))
+            except FileNotFoundError:
+                continue  # deleted while we listed
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping cache entry %s: unreadable metadata (%s)", name, exc)
+        return found
+
+    def show(self, key_or_name: EntryKey | str) -> EntryInfo | None:
+        """One entry by key or by name (as in :attr:`EntryInfo.name`); None if absent."""
+        if isinstance(key_or_name, EntryKey):
+            name = key_or_name.name
+        else:
+            name = key_or_name.strip("/").removesuffix(f"/{POINTER}")
+        try:
+            return self._read_pointer(name)
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: EntryKey) -> bool:
+        """Remove the entry of ``key`` (not entries with other content); True if it existed."""
+        names = [
+            name
+            for name in self.storage.list(f"{key.name}/")
+            if "/" not in name[len(key.name) + 1 :]
+        ]
+        return self._delete_names(names) > 0
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every entry under ``prefix`` (whole segments); return how many."""
+        return self._delete_names(self.storage.list(_prefix(prefix)))
+
+    def clear(self) -> int:
+        """Remove every entry in this storage; return how many."""
+        return self.delete_prefix("")
+
+    def _delete_names(self, names: list[str]) -> int:
+        # Pointers first: an entry without its archive must never be visible.
+        pointers = [n for n in names if n.rsplit("/", 1)[-1] == POINTER]
+        for name in pointers:
+            self.storage.delete(name)
+        for name in names:
+            if name not in pointers:
+                self.storage.delete(name)
+        return len(pointers)
+
+    def _read_pointer(self, name: str) -> EntryInfo:
+        with self.storage.open_read(f"{name}/{POINTER}") as handle:
+            document = json.loads(handle.read(1 << 20))
+        if not isinstance(document, dict) or document.get("v") != _FORMAT:
+            raise ValueError("not an entry document of format version 1")
+        archive = document["archive"]
+        if not isinstance(archive, str) or "/" in archive or not archive.startswith("archive-"):
+            raise ValueError(f"bad archive name {archive!r}")
+        created_at = datetime.fromisoformat(document["created_at"])
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        return EntryInfo(
+            key=EntryKey(**document["key"]),
+            created_at=created_at,
+            size=int(document["size"]),
+            files=int(document["files"]),
+            name=name,
+            bytes=int(document["bytes"]),
+            archive=archive,
+            patterns=list(document.get("patterns", [])),
+        )
+
+    def _remove(self, entry: EntryInfo) -> None:
+        self.storage.delete(f"{entry.name}/{POINTER}")
+        self.storage.delete(f"{entry.name}/{entry.archive}")
+
+    def _corrupt(self, start: float, entry: EntryInfo) -> RestoreResult:
+        return RestoreResult(
+            hit=False,
+            reason="corrupt",
+            seconds=time.perf_counter() - start,
+            created_at=entry.created_at,
+        )
+
+    def _progress(self, label: str, total: int | None) -> Callable[[int], None] | None:
+        return None if self._progress_factory is None else self._progress_factory(label, total)
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        log.warning("%s", message)
+        warnings.warn(message, CacheRestoreWarning, stacklevel=3)
+
+
+def _total_size(root: Path, found: list[Path]) -> int:
+    total = 0
+    for rel in found:
+        st = (root / rel).lstat()
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
+def _segment(text: str) -> str:
+    """One storage path segment: percent-encoded, never ``.``/``..``, never hidden."""
+    encoded = quote(text, safe="")
+    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+
+
+def _prefix(prefix: str) -> str:
+    """A user prefix (``dev/my_flow``) as a storage prefix ending in ``/``, or ``""``."""
+    parts = [p for p in prefix.strip("/").split("/") if p]
+    encoded = [
+        "@" + _segment(unquote(p[1:])) if i == 3 and p.startswith("@") else _segment(p)
+        for i, p in enumerate(parts)
+    ]
+    return "/".join(encoded) + "/" if encoded else ""
