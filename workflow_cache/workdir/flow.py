@@ -77,6 +77,7 @@ class FlowSummary:
     ok: bool = True
     seconds: float = 0.0
     tasks: list[TaskSummary] = field(default_factory=list)
+    worker: str | None = None
 
     def task(self, task_id: str) -> TaskSummary:
         for summary in self.tasks:

@@ -82,10 +82,9 @@ def _ttl(value: Any) -> Any:
 
 def _patterns(value: list[str]) -> list[str]:
     try:
-        validate_patterns(value)
+        return validate_patterns(value)
     except PatternError as exc:
         raise ValueError(str(exc)) from None
-    return value
 
 
 TextMap = Annotated[dict[str, str], BeforeValidator(_text_mapping)]

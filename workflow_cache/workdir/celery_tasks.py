@@ -1,0 +1,134 @@
+"""Run flows on Celery workers: the flow travels as YAML text and the summary comes back as JSON.
+
+Workers find storage in this order: the ``storage`` argument of the call, the
+app setting ``workflow_cache_storage``, the ``WORKFLOW_CACHE_STORAGE`` variable,
+then the local default folder. Workers on many machines need shared storage
+(``s3://...`` or a shared file system) to restore each other's entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, Task, shared_task
+
+from workflow_cache.workdir.flow import FlowSummary, run_flow
+from workflow_cache.workdir.loader import parse_flow
+from workflow_cache.workdir.spec import FlowError
+
+RUN_FLOW = "workflow_cache.workdir.run_flow"
+"""The registered task name; producers only need this name, not this module."""
+
+log = logging.getLogger("workflow_cache.workdir.celery")
+
+
+def _setting(app: Celery, name: str) -> str | None:
+    """An app setting ``workflow_cache_<name>``, else ``$WORKFLOW_CACHE_<NAME>``."""
+    value = app.conf.get(f"workflow_cache_{name}")
+    return value or os.environ.get(f"WORKFLOW_CACHE_{name.upper()}") or None
+
+
+@shared_task(bind=True, name=RUN_FLOW, acks_late=True)
+def run_flow_task(
+    self: Task,
+    flow_yaml: str,
+    source: str = "<flow>",
+    storage: str | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """Run a flow on this worker; return ``{"summary": ...}`` or ``{"error": message}``.
+
+    Bad flows come back as a message rather than an exception, so the producer
+    shows the same one-line error it would show for a local run.
+    """
+    try:
+        flow = parse_flow(flow_yaml, source=source)
+        if namespace:
+            flow = flow.model_copy(update={"namespace": namespace})
+
+        def sink(task_id: str, stream: str, line: str) -> None:
+            log.info("[%s] %s", task_id, line)
+
+        summary = run_flow(
+            flow,
+            storage=storage or _setting(self.app, "storage"),
+            work_root=_setting(self.app, "work_root"),
+            outputs_dir=_setting(self.app, "outputs"),
+            sink=sink,
+        )
+    except FlowError as exc:
+        return {"error": str(exc)}
+    summary.worker = self.request.hostname or socket.gethostname()
+    return {"summary": summary.to_dict()}
+
+
+def make_app(
+    broker: str,
+    backend: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Celery:
+    """A Celery app that knows the flow task; the result backend defaults to a Redis broker."""
+    if backend is None and broker.startswith(("redis://", "rediss://")):
+        backend = broker
+    app = Celery("workflow_cache", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        **(settings or {}),
+    )
+    return app  # shared tasks such as run_flow_task join every app when it is finalised
+
+
+def submit_flow(
+    flow_yaml: str,
+    *,
+    app: Celery,
+    source: str = "<flow>",
+    storage: str | None = None,
+    namespace: str | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+) -> FlowSummary:
+    """Send a flow to the workers, wait for it, and return its summary."""
+    parse_flow(flow_yaml, source=source)  # refuse bad flows here, before they reach a queue
+    result = app.send_task(
+        RUN_FLOW,
+        args=[flow_yaml],
+        kwargs={"source": source, "storage": storage, "namespace": namespace},
+        queue=queue,
+    )
+    try:
+        reply = result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+    finally:
+        result.forget()
+    if "error" in reply:
+        raise FlowError(reply["error"])
+    return FlowSummary.from_dict(reply["summary"])
+
+
+_env_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A workflow_cache.workdir.celery_tasks worker`` finds ``app`` here.
+
+    The app is built on first use from ``$WORKFLOW_CACHE_BROKER`` (and
+    ``$WORKFLOW_CACHE_RESULT_BACKEND``), so importing this module creates no app.
+    """
+    global _env_app
+    if name != "app":
+        raise AttributeError(name)
+    if _env_app is None:
+        broker = os.environ.get("WORKFLOW_CACHE_BROKER")
+        if not broker:
+            raise RuntimeError(
+                "set WORKFLOW_CACHE_BROKER to the broker URL, e.g. redis://host:6379/0"
+            )
+        _env_app = make_app(broker, os.environ.get("WORKFLOW_CACHE_RESULT_BACKEND"))
+    return _env_app
