@@ -687,6 +687,9 @@ class SingleFlight:
     def _make_pubsub_connection(self) -> Any:
         pool = self.client.connection_pool
         kwargs = dict(pool.connection_kwargs)
+        if "maint_notifications_config" in kwargs:  # redis-py >= 6.3, RESP3-only feature
+            kwargs.pop("maint_notifications_pool_handler", None)
+            kwargs["maint_notifications_config"] = None
         kwargs.update(
             decode_responses=False,
             protocol=2,  # messages as plain replies, not RESP3 pushes

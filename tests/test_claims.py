@@ -1,0 +1,506 @@
+"""The single-flight claim protocol against a real redis-server: scripts, threads, processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from tests.servers import RedisServer, free_port
+from workflow_cache.cache.claims import (
+    EPOCH_TTL_MS,
+    CacheUnavailable,
+    Claimed,
+    Claims,
+    ClaimTimeout,
+    Done,
+    Holder,
+    Running,
+    SingleFlight,
+    connect,
+)
+from workflow_cache.cache.keys import Keys, KeySpace
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE = 1.0
+
+# A separate Python process using the protocol; driven through stdin/stdout.
+#   race <threads>: wait for "go", then every thread acquires; the holder INCRs the
+#                   counter key, sleeps, commits "by-<pid>"; prints "OUT <outcome>" per thread.
+#   hold:           acquire, print "CLAIMED <epoch>", then on "commit" print "COMMIT <bool>".
+CHILD = r"""
+import os, sys, threading, time
+import redis
+from workflow_cache.cache.claims import Done, SingleFlight, connect
+
+url, namespace, key, mode, lease, arg = sys.argv[1:7]
+flight = SingleFlight(connect(url), namespace, lease=float(lease))
+counter = redis.Redis.from_url(url)
+
+def body():
+    got = flight.acquire(key, timeout=20)
+    if isinstance(got, Done):
+        return got.outcome.decode()
+    with got:
+        counter.incr(namespace + ":executions")
+        time.sleep(0.3)
+        outcome = f"by-{os.getpid()}"
+        assert got.commit(outcome)
+        return outcome
+
+if mode == "race":
+    print("READY", flush=True)
+    sys.stdin.readline()
+    outs = [None] * int(arg)
+    def run(i):
+        outs[i] = body()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(int(arg))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out in outs:
+        print("OUT", out, flush=True)
+elif mode == "hold":
+    holder = flight.acquire(key)
+    print("CLAIMED", holder.epoch, flush=True)
+    sys.stdin.readline()
+    ok = holder.commit("stale")
+    print("COMMIT", ok, holder.lost, flush=True)
+"""
+
+
+def spawn(
+    redis_url: str, namespace: str, key: str, mode: str, *, lease: float = LEASE, arg: str = "0"
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, redis_url, namespace, key, mode, str(lease), arg],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def expect_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(prefix), f"expected {prefix!r} from the child, got {line!r}"
+    return line.strip()
+
+
+@pytest.fixture
+def keyspace(namespace: str) -> KeySpace:
+    return KeySpace(namespace)
+
+
+@pytest.fixture
+def claims(redis_client: redis.Redis) -> Claims:
+    return Claims(redis_client)
+
+
+@pytest.fixture
+def flight(redis_url: str, namespace: str) -> Iterator[SingleFlight]:
+    with SingleFlight.from_url(redis_url, namespace, lease=LEASE) as sf:
+        yield sf
+
+
+def in_thread(fn, *args):  # type: ignore[no-untyped-def]
+    """Run ``fn`` in a thread; returns (thread, box) where box[0] is its result or exception."""
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(fn(*args))
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def test_keys_share_one_hash_slot_and_name_the_namespace() -> None:
+    keys = KeySpace("prod").for_step("user:1")
+    assert keys == Keys(
+        out="wfc:prod:{user:1}:out",
+        lock="wfc:prod:{user:1}:lock",
+        epoch="wfc:prod:{user:1}:epoch",
+        channel="wfc:prod:{user:1}:done",
+    )
+    for step in ("user:1", "a{b}c", "x}y", "{weird", "ü*?"):
+        k = KeySpace("prod").for_step(step)
+        assert len({key_slot(name.encode()) for name in (k.out, k.lock, k.epoch, k.channel)}) == 1
+
+
+@pytest.mark.parametrize("namespace", ["", "a:b", "a{b", "a}b"])
+def test_bad_namespaces_are_refused(namespace: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        KeySpace(namespace)
+
+
+def test_bad_step_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        KeySpace("ns").for_step("")
+    with pytest.raises(ValueError, match="start with"):
+        KeySpace("ns").for_step("}x")
+
+
+def test_pattern_matches_exactly_one_namespace(redis_client: redis.Redis, namespace: str) -> None:
+    mine, other = KeySpace(namespace), KeySpace(namespace + "x")
+    redis_client.set(mine.for_step("a").out, 1)
+    redis_client.set(other.for_step("a").out, 1)
+    assert set(redis_client.scan_iter(match=mine.pattern)) == {mine.for_step("a").out.encode()}
+    assert KeySpace("a*b").pattern == r"wfc:a\*b:*"
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+def test_claim_commit_then_done(
+    claims: Claims, keyspace: KeySpace, redis_client: redis.Redis
+) -> None:
+    keys = keyspace.for_step("k")
+    first = claims.claim(keys, "alice", 1000)
+    assert isinstance(first, Claimed)
+    assert first.token == f"alice|{first.epoch}" and first.owner == "alice"
+    running = claims.claim(keys, "bob", 1000)
+    assert isinstance(running, Running)
+    assert running.owner == "alice" and 0 < running.remaining_ms <= 1000
+    assert 0 < redis_client.pttl(keys.epoch) <= EPOCH_TTL_MS
+    assert claims.commit(keys, first, b"\x00binary\xff", ttl_ms=60_000)
+    assert claims.claim(keys, "bob", 1000) == Done(b"\x00binary\xff")
+    assert redis_client.exists(keys.lock) == 0
+    assert 0 < redis_client.pttl(keys.out) <= 60_000
+    assert not claims.commit(keys, first, b"again")  # a second commit is refused
+
+
+def test_renew_is_owner_checked(
+    claims: Claims, keyspace: KeySpace, redis_client: redis.Redis
+) -> None:
+    keys = keyspace.for_step("k")
+    mine = claims.claim(keys, "alice", 200)
+    assert isinstance(mine, Claimed)
+    assert claims.renew(keys, mine, 5000)
+    assert redis_client.pttl(keys.lock) > 1000
+    forged = Claimed(token=f"mallory|{mine.epoch}", epoch=mine.epoch)
+    assert not claims.renew(keys, forged, 5000)
+    assert not claims.release(keys, forged)
+    assert claims.release(keys, mine)
+    assert not claims.renew(keys, mine, 5000)
+
+
+def test_epoch_only_grows(claims: Claims, keyspace: KeySpace) -> None:
+    keys = keyspace.for_step("k")
+    epochs = []
+    for _ in range(5):
+        c = claims.claim(keys, "alice", 1000)
+        assert isinstance(c, Claimed)
+        epochs.append(c.epoch)
+        assert claims.release(keys, c)
+    assert epochs == sorted(set(epochs)) and len(epochs) == 5
+
+
+def test_stale_holder_cannot_commit_over_successor(claims: Claims, keyspace: KeySpace) -> None:
+    keys = keyspace.for_step("k")
+    stale = claims.claim(keys, "alice", 50)
+    assert isinstance(stale, Claimed)
+    time.sleep(0.1)  # lease over
+    successor = claims.claim(keys, "bob", 1000)
+    assert isinstance(successor, Claimed) and successor.epoch > stale.epoch
+    assert not claims.commit(keys, stale, b"stale")  # successor still running
+    assert claims.commit(keys, successor, b"fresh")
+    assert not claims.commit(keys, stale, b"stale")  # successor done
+    assert claims.claim(keys, "carol", 1000) == Done(b"fresh")
+
+
+def test_stale_holder_cannot_commit_after_successor_released(
+    claims: Claims, keyspace: KeySpace, redis_client: redis.Redis
+) -> None:
+    keys = keyspace.for_step("k")
+    stale = claims.claim(keys, "alice", 50)
+    time.sleep(0.1)
+    successor = claims.claim(keys, "bob", 1000)
+    assert isinstance(stale, Claimed) and isinstance(successor, Claimed)
+    assert claims.release(keys, successor)
+    assert not claims.commit(keys, stale, b"stale")
+    assert redis_client.exists(keys.out) == 0
+
+
+def test_expired_holder_without_successor_may_commit(claims: Claims, keyspace: KeySpace) -> None:
+    """Documented choice: nobody claimed since (same epoch, no outcome), so the work is kept."""
+    keys = keyspace.for_step("k")
+    late = claims.claim(keys, "alice", 50)
+    assert isinstance(late, Claimed)
+    time.sleep(0.1)
+    assert claims.commit(keys, late, b"late but alone")
+    assert claims.claim(keys, "bob", 1000) == Done(b"late but alone")
+
+
+def test_refused_commit_stores_and_announces_nothing(
+    claims: Claims, keyspace: KeySpace, redis_client: redis.Redis
+) -> None:
+    keys = keyspace.for_step("k")
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(keys.channel)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+    claim = claims.claim(keys, "alice", 1000)
+    assert isinstance(claim, Claimed)
+    forged = Claimed(token=f"alice|{claim.epoch + 1}", epoch=claim.epoch + 1)
+    assert not claims.commit(keys, forged, b"nope")
+    assert redis_client.exists(keys.out) == 0
+    assert pubsub.get_message(timeout=0.1) is None
+    assert claims.commit(keys, claim, b"yes", keep=False)
+    assert pubsub.get_message(timeout=1)["data"] == b"oyes"  # type: ignore[index]
+    assert redis_client.exists(keys.out) == 0 and redis_client.exists(keys.lock) == 0
+    pubsub.close()
+
+
+# ----------------------------------------------------------------------------- SingleFlight
+
+
+def test_acquire_commit_read(flight: SingleFlight) -> None:
+    holder = flight.acquire("a")
+    assert isinstance(holder, Holder)
+    assert flight.read("a") is None
+    assert holder.commit("A")
+    assert flight.acquire("a") == Done(b"A")
+    assert flight.read_many(["a", "b", "a"]) == [b"A", None, b"A"]
+    assert flight.read_many([]) == []
+    with pytest.raises(RuntimeError, match="already"):
+        holder.commit("again")
+
+
+def test_holder_renews_past_its_lease(
+    redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    with SingleFlight.from_url(redis_url, namespace, lease=0.3) as sf:
+        holder = sf.acquire("k")
+        assert isinstance(holder, Holder)
+        time.sleep(1.0)
+        assert not holder.lost
+        assert redis_client.pttl(sf.keyspace.for_step("k").lock) > 0
+        with pytest.raises(ClaimTimeout):  # still held: nobody else gets it
+            sf.acquire("k", timeout=0)
+        assert holder.commit("ok")
+
+
+def test_holder_notices_lost_lease(
+    redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    with SingleFlight.from_url(redis_url, namespace, lease=0.3) as sf:
+        holder = sf.acquire("k")
+        assert isinstance(holder, Holder)
+        keys = sf.keyspace.for_step("k")
+        redis_client.delete(keys.lock)
+        successor = Claims(redis_client).claim(keys, "bob", 5000)
+        assert isinstance(successor, Claimed)
+        deadline = time.monotonic() + 2
+        while not holder.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert holder.lost
+        assert not holder.commit("stale")
+
+
+def test_leaving_the_block_releases_and_wakes_a_waiter(flight: SingleFlight) -> None:
+    holder = flight.acquire("k")
+    assert isinstance(holder, Holder)
+    thread, box = in_thread(flight.acquire, "k")
+    time.sleep(0.2)
+    start = time.monotonic()
+    with pytest.raises(KeyError), holder:
+        raise KeyError("the step failed without an outcome")
+    thread.join(5)
+    assert time.monotonic() - start < 0.3 * LEASE  # woken by the notice, not the lease
+    successor = box[0]
+    assert isinstance(successor, Holder) and successor.epoch > holder.epoch
+    successor.commit("second try")
+
+
+def test_err_outcome_not_kept_still_reaches_waiters(flight: SingleFlight) -> None:
+    holder = flight.acquire("k")
+    assert isinstance(holder, Holder)
+    waiters = [in_thread(flight.acquire, "k") for _ in range(4)]
+    time.sleep(0.2)
+    assert holder.commit(b'{"status":"err"}', keep=False)
+    for thread, box in waiters:
+        thread.join(1)
+        assert box == [Done(b'{"status":"err"}')]
+    assert flight.read("k") is None
+    retry = flight.acquire("k")  # not kept: the next caller runs the step again
+    assert isinstance(retry, Holder)
+    retry.release()
+
+
+def test_acquire_timeout(flight: SingleFlight) -> None:
+    holder = flight.acquire("k")
+    assert isinstance(holder, Holder)
+    with pytest.raises(ClaimTimeout, match="still running"):
+        flight.acquire("k", timeout=0)
+    start = time.monotonic()
+    with pytest.raises(ClaimTimeout):
+        flight.acquire("k", timeout=0.2)
+    assert 0.2 <= time.monotonic() - start < 0.6
+    holder.commit("done")
+
+
+def test_many_waiters_share_one_subscription(
+    flight: SingleFlight, redis_client: redis.Redis
+) -> None:
+    holder = flight.acquire("k")
+    assert isinstance(holder, Holder)
+    waiters = [in_thread(flight.acquire, "k") for _ in range(64)]
+    channel = flight.keyspace.for_step("k").channel
+    deadline = time.monotonic() + 3
+    while redis_client.pubsub_numsub(channel)[0][1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert redis_client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    assert flight.subscriptions() == 1
+    holder.commit("shared")
+    for thread, box in waiters:
+        thread.join(2)
+        assert box == [Done(b"shared")]
+    time.sleep(0.05)
+    assert flight.subscriptions() == 0
+    assert redis_client.pubsub_numsub(channel) == [(channel.encode(), 0)]
+
+
+def run_once(flight: SingleFlight, key: str, counter: redis.Redis, counter_key: str) -> bytes:
+    got = flight.acquire(key, timeout=20)
+    if isinstance(got, Done):
+        return got.outcome
+    with got:
+        counter.incr(counter_key)
+        time.sleep(0.3)
+        assert got.commit(f"by-thread-{threading.get_ident()}")
+    return f"by-thread-{threading.get_ident()}".encode()
+
+
+def test_threads_and_processes_race_one_key_and_it_runs_once(
+    redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    counter_key = namespace + ":executions"
+    procs = [spawn(redis_url, namespace, "hot", "race", arg="4") for _ in range(4)]
+    try:
+        for proc in procs:
+            expect_line(proc, "READY")
+        with SingleFlight.from_url(redis_url, namespace, lease=LEASE) as sf:
+            barrier = threading.Barrier(16)
+
+            def contender() -> bytes:
+                barrier.wait()
+                return run_once(sf, "hot", redis_client, counter_key)
+
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            threads = [in_thread(contender) for _ in range(16)]
+            outcomes = set()
+            for thread, box in threads:
+                thread.join(20)
+                assert isinstance(box[0], bytes), box
+                outcomes.add(box[0].decode())
+        for proc in procs:
+            out, _ = proc.communicate(timeout=20)
+            assert proc.returncode == 0
+            lines = out.split()
+            outcomes.update(lines[i + 1] for i, word in enumerate(lines) if word == "OUT")
+            assert lines.count("OUT") == 4
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert redis_client.get(counter_key) == b"1"
+    assert len(outcomes) == 1, outcomes
+
+
+def test_killed_holder_is_taken_over_within_the_lease(
+    redis_url: str, namespace: str, flight: SingleFlight
+) -> None:
+    child = spawn(redis_url, namespace, "k", "hold")
+    try:
+        expect_line(child, "CLAIMED")
+        thread, box = in_thread(flight.acquire, "k")
+        time.sleep(0.3)
+        assert not box  # waiting on the live holder
+        killed = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        thread.join(LEASE + 2)
+        assert time.monotonic() - killed <= LEASE + 2
+        successor = box[0]
+        assert isinstance(successor, Holder), box
+        assert successor.commit("after crash")
+        assert flight.read("k") == b"after crash"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_paused_holder_cannot_overwrite_successor(
+    redis_url: str, namespace: str, flight: SingleFlight
+) -> None:
+    child = spawn(redis_url, namespace, "k", "hold", lease=0.5)
+    try:
+        epoch = int(expect_line(child, "CLAIMED").split()[1])
+        child.send_signal(signal.SIGSTOP)
+        successor = flight.acquire("k", timeout=3)  # waits out the paused holder's lease
+        assert isinstance(successor, Holder) and successor.epoch > epoch
+        assert successor.commit("fresh")
+        child.send_signal(signal.SIGCONT)
+        assert child.stdin is not None
+        child.stdin.write("commit\n")
+        child.stdin.flush()
+        assert expect_line(child, "COMMIT") == "COMMIT False True"
+        assert flight.read("k") == b"fresh"
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGCONT)
+            child.kill()
+            child.wait()
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_unreachable_redis_fails_fast_and_names_the_server() -> None:
+    port = free_port()
+    sf = SingleFlight.from_url(f"redis://127.0.0.1:{port}/0", "ns")
+    start = time.monotonic()
+    with pytest.raises(CacheUnavailable, match=f"127.0.0.1:{port}") as info:
+        sf.acquire("k")
+    assert isinstance(info.value, ConnectionError)
+    with pytest.raises(CacheUnavailable):
+        sf.read_many(["k"])
+    assert time.monotonic() - start < 2
+    sf.close()
+
+
+def test_server_going_away_gives_cache_unavailable(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    sf = SingleFlight(connect(server.url, timeout=0.5), "ns", lease=LEASE)
+    holder = sf.acquire("k")
+    assert isinstance(holder, Holder)
+    server.stop()
+    start = time.monotonic()
+    with pytest.raises(CacheUnavailable, match=str(server.port)):
+        holder.commit("x")
+    assert time.monotonic() - start < 2
+    sf.close()
