@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from workflow_cache.cache.base import ClaimingStore
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
-from workflow_cache.envelope import Envelope
+from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.events import EventKind, StepEvent
+from workflow_cache.options import UNSET, StepOptions, check_key
 from workflow_cache.result import Result, UnexpectedError, err, ok
 
 if TYPE_CHECKING:
@@ -36,33 +38,6 @@ class EarlyExit(BaseException):
     def __init__(self, result: Result[Any, Any]) -> None:
         super().__init__(result.error)
         self.result = result
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()
-
-
-@dataclass(frozen=True, slots=True)
-class StepOptions:
-    key: str | None = None
-    ttl: float | None = None
-    cache_errors: bool = True
-    cache_exceptions: bool = False
-    returns: Any = None
-
-
-def check_key(key: object) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str):
-        raise TypeError(f"step key must be a non-empty string, not {type(key).__name__}")
-    if not key:
-        raise ValueError("step key must be a non-empty string, got ''")
-    return key
 
 
 class Step:
@@ -124,6 +99,16 @@ class Step:
         if self._is_async:
             return self._all_async(thunks, each)
         found = drive_sync(self._lookup_many(each))
+        dispatcher = self._workflow.dispatcher
+        remote = [
+            i
+            for i, hit in enumerate(found)
+            if hit is None and dispatcher is not None and dispatcher.accepts(thunks[i])
+        ]
+        if len(remote) > 1:
+            sent = self._run_remote_many([thunks[i] for i in remote], [each[i] for i in remote])
+            for i, result in zip(remote, sent, strict=True):
+                found[i] = result
         values = []
         for thunk, options, hit in zip(thunks, each, found, strict=True):
             result = hit if hit is not None else drive_sync(self._plan(thunk, options, True))
@@ -152,11 +137,15 @@ class Step:
         key, store = options.key, self._store
         started = time.perf_counter()
         self._emit("start", key, started)
-        cacheable = key is not None and store is not None
-        if not callable(thunk):
+        dispatcher = self._workflow.dispatcher
+        remote = dispatcher is not None and dispatcher.accepts(thunk)
+        if not remote and not callable(thunk):
             if key is not None:
                 self._workflow.warn_skipped(key)
-            cacheable = False
+            result = yield from _execute(thunk)
+            self._emit("success" if result.ok else "error", key, started, result)
+            return result
+        cacheable = key is not None and store is not None
         if cacheable and not known_miss:
             envelope = yield lambda: store.load(key)
             if envelope is not None:
@@ -165,13 +154,65 @@ class Step:
                 return result
         if cacheable:
             self._emit("cache_miss", key, started)
-        result = yield from _execute(thunk)
-        if cacheable and _keeps(result, options):
-            stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
-            stored.dumps(key)  # refuse what JSON cannot hold before anything is written
-            yield lambda: store.save(key, stored)
+        if remote:
+            result = yield self._offload(lambda: dispatcher.run(thunk, options))
+        elif cacheable and isinstance(store, ClaimingStore):
+            result = yield from self._run_claimed(thunk, options, store)
+        else:
+            result = yield from _execute(thunk)
+            if cacheable and _keeps(result, options):
+                stored = _envelope(result, options)
+                yield lambda: store.save(key, stored)
         self._emit("success" if result.ok else "error", key, started, result)
         return result
+
+    def _run_claimed(self, thunk: Any, options: StepOptions, store: ClaimingStore) -> Plan[Result]:
+        """Run under the key's claim: one process in the fleet executes, the rest wait."""
+        key = options.key
+        assert key is not None
+        got = yield self._offload(lambda: store.acquire(key))
+        if isinstance(got, Envelope):  # another process finished it while we waited
+            return got.to_result(key, options.returns)
+        claim = got
+        keep = False
+        try:
+            result = yield from _execute(thunk)
+            keep = _keeps(result, options)
+            outcome = _envelope(result, options)
+        except NotStorableError:
+            claim.release()
+            if keep:
+                raise
+            return result  # an err that is not kept and cannot be announced
+        except BaseException:
+            claim.release()
+            raise
+        committed = yield self._offload(lambda: claim.commit(outcome, keep=keep))
+        if not committed and keep:  # our lease ran out and a successor's outcome stands
+            newer = yield lambda: store.load(key)
+            if newer is not None:
+                return newer.to_result(key, options.returns)
+        return result
+
+    def _offload(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Blocking work (waiting on another process) goes to a thread in async workflows."""
+        if self._is_async:
+            return lambda: asyncio.to_thread(fn)
+        return fn
+
+    def _run_remote_many(self, thunks: list[Any], each: list[StepOptions]) -> list[Result]:
+        """Send every dispatched miss first, then wait for them all (sync fan-out)."""
+        dispatcher = self._workflow.dispatcher
+        assert dispatcher is not None
+        started = time.perf_counter()
+        for options in each:
+            self._emit("start", options.key, started)
+            if options.key is not None and self._store is not None:
+                self._emit("cache_miss", options.key, started)
+        results = dispatcher.run_many(list(zip(thunks, each, strict=True)))
+        for options, result in zip(each, results, strict=True):
+            self._emit("success" if result.ok else "error", options.key, started, result)
+        return results
 
     def _lookup_many(self, each: list[StepOptions]) -> Plan[list[Result | None]]:
         """One batched read for every keyed step; hits become results, misses ``None``."""
@@ -247,6 +288,15 @@ def _execute(thunk: Any) -> Plan[Result]:
     return produced if isinstance(produced, Result) else ok(produced)
 
 
+def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
+    """The outcome as stored; refuses what JSON cannot hold before anything is written."""
+    key = options.key
+    assert key is not None
+    stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
+    stored.dumps(key)
+    return stored
+
+
 def _keeps(result: Result[Any, Any], options: StepOptions) -> bool:
     if result.ok:
         return True
@@ -265,4 +315,4 @@ async def _ready(result: Result[Any, Any]) -> Result[Any, Any]:
     return result
 
 
-__all__ = ["CachingSkippedWarning", "EarlyExit", "Step", "StepOptions", "check_key"]
+__all__ = ["CachingSkippedWarning", "EarlyExit", "Step"]

@@ -11,6 +11,7 @@ from types import FunctionType
 from typing import Any, TypeVar
 
 from workflow_cache.cache.base import OutcomeStore, as_store
+from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.events import EventHook
 from workflow_cache.result import Result, ok
@@ -43,8 +44,10 @@ class Workflow:
         cache_errors: bool = True,
         cache_exceptions: bool = False,
         on_event: EventHook | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.deps = deps
+        self.dispatcher = dispatcher
         self.cache = cache
         self.store: OutcomeStore | None = as_store(cache)
         if ttl is None:
@@ -101,6 +104,7 @@ def create_workflow(
     cache_errors: bool = True,
     cache_exceptions: bool = False,
     on_event: EventHook | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> Workflow:
     """Make a workflow whose keyed steps are stored in ``cache``.
 
@@ -111,6 +115,7 @@ def create_workflow(
     ``cache_exceptions``: keep exceptions that escaped a thunk (default False: a
     dropped connection should be retried, not remembered).
     ``on_event``: called with a :class:`StepEvent` as steps start, hit, miss and end.
+    ``dispatcher``: sends some steps elsewhere, e.g. ``CeleryDispatcher`` for signatures.
     """
     return Workflow(
         deps,
@@ -119,6 +124,7 @@ def create_workflow(
         cache_errors=cache_errors,
         cache_exceptions=cache_exceptions,
         on_event=on_event,
+        dispatcher=dispatcher,
     )
 
 

@@ -36,6 +36,27 @@ class OutcomeStore(Protocol):
     def save(self, key: str, envelope: Envelope) -> MaybeAwaitable[None]: ...
 
 
+class Claim(Protocol):
+    """The right to run one keyed step, held by this process until commit or release."""
+
+    def commit(self, envelope: Envelope, *, keep: bool) -> bool:
+        """Announce the outcome to waiters (and store it if ``keep``); False if fenced off."""
+        ...
+
+    def release(self) -> None: ...
+
+
+@runtime_checkable
+class ClaimingStore(OutcomeStore, Protocol):
+    """A store shared by many processes that lets exactly one of them run a missing key.
+
+    ``acquire`` blocks while another process runs the key, and returns its
+    outcome (an :class:`Envelope`) when it is known, or a :class:`Claim`.
+    """
+
+    def acquire(self, key: str) -> Envelope | Claim: ...
+
+
 def then(value: MaybeAwaitable[T], fn: Callable[[T], U]) -> MaybeAwaitable[U]:
     """Apply ``fn`` now, or after awaiting, so one adapter serves sync and async caches."""
     if inspect.isawaitable(value):

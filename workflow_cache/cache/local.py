@@ -16,7 +16,7 @@ from workflow_cache import paths
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
-from workflow_cache.step import check_key
+from workflow_cache.options import check_key
 
 
 class LocalCache(NativeCache):

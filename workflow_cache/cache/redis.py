@@ -2,10 +2,13 @@
 
 Each outcome is one JSON envelope at ``wfc:<namespace>:{<key>}:out`` with its
 time-to-live set in Redis itself. One client (one connection pool) per cache.
+A missing key is run under the single-flight claim of ``claims.py``: of all the
+processes that reach it at once, one executes and the others get its outcome.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,11 +16,11 @@ from typing import Any
 import redis
 
 from workflow_cache.cache.base import NativeCache
-from workflow_cache.cache.claims import CacheUnavailable
+from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, SingleFlight
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
-from workflow_cache.step import check_key
+from workflow_cache.options import check_key
 
 _SCAN_BATCH = 500
 
@@ -32,6 +35,7 @@ class RedisCache(NativeCache):
         namespace: str = "default",
         default_ttl: TTL | None = None,
         lease: float = 5.0,
+        wait_timeout: float | None = None,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         client: redis.Redis | None = None,
@@ -41,6 +45,9 @@ class RedisCache(NativeCache):
         self.keyspace = KeySpace(namespace)
         self.default_ttl = to_seconds(default_ttl, name="default_ttl")
         self.lease = float(lease)
+        self.wait_timeout = wait_timeout
+        self._flight: SingleFlight | None = None
+        self._flight_lock = threading.Lock()
         self.client = client or redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
@@ -82,6 +89,21 @@ class RedisCache(NativeCache):
         with self._reaching():
             self.client.set(self._out(key), text, px=ttl_ms)
 
+    @property
+    def flight(self) -> SingleFlight:
+        """The claim protocol on this cache's client; made on first use."""
+        with self._flight_lock:
+            if self._flight is None:
+                self._flight = SingleFlight(self.client, self.keyspace, lease=self.lease)
+            return self._flight
+
+    def acquire(self, key: str) -> Envelope | RedisClaim:
+        """The key's outcome once known (waiting while another process runs it), or its claim."""
+        got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
+        if isinstance(got, Done):
+            return Envelope.loads(key, got.outcome)
+        return RedisClaim(key, got)
+
     # -- Map-like management --------------------------------------------------------------
 
     def has(self, key: str) -> bool:
@@ -107,10 +129,28 @@ class RedisCache(NativeCache):
         return removed
 
     def close(self) -> None:
+        if self._flight is not None:
+            self._flight.close()
         self.client.close()
 
     def __repr__(self) -> str:
         return f"RedisCache({_safe(self.url)!r}, namespace={self.namespace!r})"
+
+
+class RedisClaim:
+    """This process runs the key: commit its outcome (fenced) or release the claim."""
+
+    def __init__(self, key: str, holder: Holder) -> None:
+        self.key = key
+        self.holder = holder
+
+    def commit(self, envelope: Envelope, *, keep: bool) -> bool:
+        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+        return self.holder.commit(envelope.dumps(self.key), ttl_ms=ttl_ms, keep=keep)
+
+    def release(self) -> None:
+        if not self.holder.finished:
+            self.holder.release()
 
 
 def _safe(url: str) -> str:

@@ -1,0 +1,34 @@
+"""Per-step options after defaults are applied, and the rule for keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""An option left out of a ``step(...)`` call, so the workflow's default applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    key: str | None = None
+    ttl: float | None = None
+    cache_errors: bool = True
+    cache_exceptions: bool = False
+    returns: Any = None
+
+
+def check_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise TypeError(f"step key must be a non-empty string, not {type(key).__name__}")
+    if not key:
+        raise ValueError("step key must be a non-empty string, got ''")
+    return key
