@@ -379,6 +379,33 @@ def test_many_waiters_share_one_subscription(
     assert redis_client.pubsub_numsub(channel) == [(channel.encode(), 0)]
 
 
+def test_waiters_survive_a_dropped_pubsub_connection(
+    flight: SingleFlight, redis_client: redis.Redis
+) -> None:
+    holder = flight.acquire("k")
+    assert isinstance(holder, Holder)
+    channel = flight.keyspace.for_step("k").channel
+
+    def subscribers() -> int:
+        return redis_client.pubsub_numsub(channel)[0][1]
+
+    thread, box = in_thread(flight.acquire, "k")
+    deadline = time.monotonic() + 3
+    while subscribers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert redis_client.client_kill_filter(_type="pubsub") >= 1
+    time.sleep(0.05)
+    deadline = time.monotonic() + 3
+    while subscribers() == 0 and time.monotonic() < deadline:  # resubscribed by the listener
+        time.sleep(0.01)
+    assert subscribers() == 1
+    committed = time.monotonic()
+    holder.commit("after reconnect")
+    thread.join(2)
+    assert box == [Done(b"after reconnect")]
+    assert time.monotonic() - committed < 0.3 * LEASE  # the notice, not the lease
+
+
 def run_once(flight: SingleFlight, key: str, counter: redis.Redis, counter_key: str) -> bytes:
     got = flight.acquire(key, timeout=20)
     if isinstance(got, Done):

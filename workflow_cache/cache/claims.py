@@ -47,6 +47,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -406,6 +407,8 @@ class _Listener:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             thread = self._thread
         self._wake()
@@ -704,6 +707,8 @@ class SingleFlight:
                 self._listener, self._listener_pid = None, os.getpid()
             if self._listener is None:
                 self._listener = _Listener(self._make_pubsub_connection)
+                # An instance dropped without close() must not leave its thread and socket.
+                weakref.finalize(self, self._listener.close)
             return self._listener
 
     # -- the protocol
