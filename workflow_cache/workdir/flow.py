@@ -264,7 +264,7 @@ class _FlowRun:
                     f"task {task.id!r}: cache.keyFiles {missing} do not exist in the working "
                     "folder; list files written by inputFiles"
                 )
-            key = EntryKey.with_files(key, folder, spec.key_files)
+            key = key.with_files(folder, spec.key_files)
         if spec.key is not None:
             content = spec.key if key.content is None else f"{spec.key}-{key.content}"
             key = EntryKey(key.namespace, key.flow, key.task, content)
@@ -287,12 +287,16 @@ class _FlowRun:
         summary.cache_reason = result.reason
         if result.hit:
             summary.cache = "hit"
-            summary.restored_files = result.files
-            summary.restored_bytes = result.bytes
+            marker = folder / ORIGIN_FILE
+            hidden = marker.stat().st_size if marker.is_file() else None
+            summary.restored_files = result.files - (hidden is not None)
+            summary.restored_bytes = result.bytes - (hidden or 0)
             relocate(folder)
             _write_inputs(folder, task.input_files)
         else:
-            summary.cache = "expired" if "expire" in result.reason.lower() else "miss"
+            summary.cache = "expired" if result.reason == "expired" else "miss"
+            if result.reason == "corrupt":
+                summary.warnings.append("the cache entry could not be restored; ran without it")
         return key
 
     def _save(self, key: EntryKey, spec: CacheSpec, folder: Path, summary: TaskSummary) -> None:
@@ -304,7 +308,7 @@ class _FlowRun:
             return
         marker = folder / ORIGIN_FILE
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(folder), encoding="utf-8")
+        marker.write_bytes(str(folder).encode())
         try:
             result = self.cache.save(key, folder, [*spec.patterns, ORIGIN_FILE])
         except Exception as exc:  # the work is done; a failed save only costs the next run
@@ -316,8 +320,9 @@ class _FlowRun:
             marker.unlink(missing_ok=True)
         summary.saved = result.saved
         summary.save_reason = result.reason
-        summary.saved_files = result.files
-        summary.saved_bytes = result.bytes
+        if result.saved:  # report the user's files, not the origin marker
+            summary.saved_files = result.files - 1
+            summary.saved_bytes = result.bytes - len(str(folder).encode())
         summary.save_seconds = result.seconds
 
     def _collect(self, task: WorkingDirectory | ScriptLike, folder: Path) -> list[str]:

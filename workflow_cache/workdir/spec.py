@@ -62,6 +62,12 @@ def _scalar_text(value: Any) -> Any:
     return value
 
 
+def _text_list(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_scalar_text(item) for item in value]
+    return value
+
+
 def _text_mapping(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _scalar_text(item) for key, item in value.items()}
@@ -88,6 +94,7 @@ def _patterns(value: list[str]) -> list[str]:
 
 
 TextMap = Annotated[dict[str, str], BeforeValidator(_text_mapping)]
+TextList = Annotated[list[str], BeforeValidator(_text_list)]
 Duration = Annotated[timedelta | None, BeforeValidator(_ttl)]
 
 
@@ -147,7 +154,7 @@ class _Task(_Model):
 class _ScriptBase(_Task):
     """What the script plugins share: setup commands, environment and runner choice."""
 
-    before_commands: list[str] = Field(default_factory=list)
+    before_commands: TextList = Field(default_factory=list)
     env: TextMap = Field(default_factory=dict)
     runner: Runner = Runner.PROCESS
     warning_on_std_err: bool = True
@@ -175,7 +182,7 @@ class CommandsTask(_ScriptBase):
     """A ``Commands`` task: each command runs in one shell after ``beforeCommands``."""
 
     type: Literal[COMMANDS_TYPES]  # type: ignore[valid-type]
-    commands: list[str] = Field(min_length=1)
+    commands: TextList = Field(min_length=1)
 
     @property
     def language(self) -> str:

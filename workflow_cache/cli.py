@@ -1,0 +1,368 @@
+"""The ``workflow-cache`` command: run flows locally or on Celery workers, and manage cached files.
+
+Exit codes: 0 success, 1 a task failed, 2 the input was wrong (flow, option or
+storage). Errors are one message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """Bad input the user can fix: printed as one line and exit code 2."""
+
+
+def _version() -> str:
+    try:
+        return version("workflow-cache")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workflow-cache",
+        description="Run Kestra-style flows with cached working directories.",
+    )
+    parser.add_argument("--version", action="version", version=f"workflow-cache {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a flow file", description="Run a flow file.")
+    run.add_argument("flow", type=Path, help="the flow's YAML file")
+    _storage_option(run)
+    run.add_argument("--namespace", help="run the flow under this namespace instead of its own")
+    run.add_argument(
+        "--outputs", type=Path, default=Path("outputs"), help="folder for outputFiles (./outputs)"
+    )
+    run.add_argument("--work-dir", type=Path, help="where fresh task folders are made (temp dir)")
+    run.add_argument(
+        "--broker",
+        default=os.environ.get("WORKFLOW_CACHE_BROKER"),
+        help="send the flow to Celery workers on this broker ($WORKFLOW_CACHE_BROKER)",
+    )
+    run.add_argument(
+        "--result-backend",
+        default=os.environ.get("WORKFLOW_CACHE_RESULT_BACKEND"),
+        help="Celery result backend (default: the broker, when it is Redis)",
+    )
+    run.add_argument("--queue", help="Celery queue to send the flow to")
+    run.add_argument("--timeout", type=float, help="seconds to wait for a worker's answer")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    cache = commands.add_parser("cache", help="list, show or delete cached folders")
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list entries, optionally under a key prefix")
+    listing.add_argument("prefix", nargs="?", default="")
+    _storage_option(listing)
+    listing.add_argument("--json", action="store_true", help="print entries as JSON")
+    show = actions.add_parser("show", help="show one entry")
+    show.add_argument("name")
+    _storage_option(show)
+    show.add_argument("--json", action="store_true", help="print the entry as JSON")
+    delete = actions.add_parser("delete", help="delete one entry, a prefix, or everything")
+    delete.add_argument("name", nargs="?")
+    delete.add_argument("--prefix", help="delete every entry whose key starts with this")
+    delete.add_argument("--all", action="store_true", help="delete every entry")
+    _storage_option(delete)
+    return parser
+
+
+def _storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("WORKFLOW_CACHE_STORAGE"),
+        help="where archives live: a folder or fsspec URL such as s3://bucket/prefix "
+        "($WORKFLOW_CACHE_STORAGE, default: the local cache folder)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        if args.command == "run":
+            return _run(args, out, err)
+        return _cache(args, out)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:
+        message = _user_message(exc)
+        if message is None:
+            raise
+        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        return EXIT_USAGE
+
+
+def _user_message(exc: Exception) -> str | None:
+    """The one-line message for errors a user can act on; ``None`` for real bugs."""
+    from workflow_cache.duration import DurationError
+    from workflow_cache.workdir.patterns import PatternError
+    from workflow_cache.workdir.spec import FlowError
+
+    if isinstance(exc, FlowError | CliError | PatternError | DurationError):
+        return str(exc)
+    if isinstance(exc, OSError | ValueError | TimeoutError | ConnectionError):
+        return f"{type(exc).__name__}: {exc}"
+    module = type(exc).__module__
+    if module.startswith(("kombu", "celery", "redis", "fsspec", "botocore", "s3fs")):
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from workflow_cache.workdir.loader import load_flow
+
+    flow = load_flow(args.flow)
+    run = _run_remote if args.broker else _run_local
+    summary = run(args, flow, out, err)
+    if args.json:
+        out.print_json(json.dumps(summary.to_dict()))
+    else:
+        _summary_table(summary, out)
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) -> Any:
+    from workflow_cache.workdir.filecache import FileCache
+    from workflow_cache.workdir.flow import run_flow
+
+    if args.namespace:
+        flow = flow.model_copy(update={"namespace": args.namespace})
+    colors = {"stdout": "", "stderr": "yellow"}
+
+    def sink(task_id: str, stream: str, line: str) -> None:
+        style = colors.get(stream, "")
+        err.print(f"[dim]\\[{task_id}][/] ", end="", markup=True)
+        err.print(line, style=style or None, markup=False, highlight=False)
+
+    progress = _SlowProgress(err)
+    cache = FileCache(args.storage, progress_factory=progress.track)
+    try:
+        return run_flow(
+            flow,
+            cache=cache,
+            work_root=args.work_dir,
+            outputs_dir=args.outputs,
+            sink=sink,
+        )
+    finally:
+        progress.stop()
+
+
+class _SlowProgress:
+    """Rich progress bars for archive work, shown only once it has taken a moment.
+
+    Quick restores stay silent; a venv of hundreds of megabytes shows a bar.
+    """
+
+    def __init__(self, console: Console, delay: float = 0.5) -> None:
+        self._console = console
+        self._delay = delay
+        self._progress: Progress | None = None
+
+    def track(self, label: str, total: int | None) -> Callable[[int], None]:
+        started = time.monotonic()
+        done = 0
+        task: TaskID | None = None
+
+        def advance(delta: int) -> None:
+            nonlocal done, task
+            done += delta
+            if task is None:
+                if time.monotonic() - started < self._delay:
+                    return
+                task = self._bars().add_task(label, total=total, completed=done)
+            else:
+                self._bars().update(task, completed=done)
+
+        return advance
+
+    def _bars(self) -> Progress:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+        return self._progress
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _run_remote(args: argparse.Namespace, flow: Any, out: Console, err: Console) -> Any:
+    from workflow_cache.workdir.celery_tasks import make_app, submit_flow
+
+    app = make_app(args.broker, args.result_backend)
+    if app.conf.result_backend is None:
+        raise CliError(
+            "the broker is not Redis, so give --result-backend (or $WORKFLOW_CACHE_RESULT_BACKEND) "
+            "for the summary to come back"
+        )
+    text = args.flow.read_text(encoding="utf-8")
+    return submit_flow(
+        text,
+        app=app,
+        source=str(args.flow),
+        storage=args.storage,
+        namespace=args.namespace,
+        queue=args.queue,
+        timeout=args.timeout,
+    )
+
+
+def _summary_table(summary: Any, out: Console) -> None:
+    title = f"{summary.namespace}.{summary.flow_id}: " + ("success" if summary.ok else "FAILED")
+    if summary.worker:
+        title += f" on {summary.worker}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("task", overflow="fold")
+    for column in ("status", "cache", "files", "size", "restore", "run", "save"):
+        justify = "left" if column in {"status", "cache"} else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for task in summary.tasks:
+        name = f"  {task.task_id}" if task.parent else task.task_id
+        cached = task.cache if task.kind == "WorkingDirectory" else ""
+        files = task.restored_files or task.saved_files
+        size = task.restored_bytes or task.saved_bytes
+        status = {"failed": "[red]failed[/]", "warning": "[yellow]warning[/]"}.get(
+            task.status, task.status
+        )
+        table.add_row(
+            name,
+            status,
+            cached,
+            str(files) if files else "",
+            _size(size) if size else "",
+            _seconds(task.restore_seconds),
+            _seconds(task.run_seconds),
+            _seconds(task.save_seconds) if task.saved else "",
+        )
+    out.print(table)
+    for task in summary.tasks:
+        for warning in task.warnings:
+            out.print(f"[yellow]warning[/] {task.task_id}: {warning}")
+        if task.error:
+            out.print(f"[red]error[/] {task.task_id}: {task.error}")
+        elif task.kind == "WorkingDirectory" and task.cache != "off":
+            out.print(
+                f"{task.task_id}: cache {task.cache} ({task.cache_reason}); {task.save_reason}"
+            )
+        for path in task.outputs:
+            out.print(f"{task.task_id}: output {path}")
+    out.print(f"total {summary.seconds:.2f}s")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}s" if value else ""
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def _cache(args: argparse.Namespace, out: Console) -> int:
+    from workflow_cache.workdir.filecache import FileCache
+
+    cache = FileCache(args.storage)
+    if args.action == "list":
+        entries = cache.entries(args.prefix)
+        if args.json:
+            out.print_json(json.dumps([_entry_dict(entry) for entry in entries]))
+            return EXIT_OK
+        table = Table(title=f"{len(entries)} cached folder(s)", title_justify="left")
+        table.add_column("name", overflow="fold")
+        table.add_column("created (UTC)", no_wrap=True)
+        for column in ("files", "size", "archive"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for entry in entries:
+            table.add_row(
+                entry.name,
+                entry.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                str(entry.files),
+                _size(entry.bytes),
+                _size(entry.size),
+            )
+        out.print(table)
+        return EXIT_OK
+    if args.action == "show":
+        entry = cache.show(args.name)
+        if entry is None:
+            raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
+        data = _entry_dict(entry)
+        if args.json:
+            out.print_json(json.dumps(data))
+        else:
+            for name, value in data.items():
+                out.print(f"{name}: {value}")
+        return EXIT_OK
+    chosen = sum(bool(choice) for choice in (args.name, args.prefix, args.all))
+    if chosen != 1:
+        raise CliError("cache delete needs exactly one of NAME, --prefix PREFIX or --all")
+    if args.all:
+        count = cache.clear()
+    elif args.prefix:
+        count = cache.delete_prefix(args.prefix)
+    else:
+        count = 1 if cache.delete(args.name) else 0
+        if not count:
+            raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
+    out.print(f"deleted {count} entr{'y' if count == 1 else 'ies'}")
+    return EXIT_OK
+
+
+def _entry_dict(entry: Any) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "namespace": entry.key.namespace,
+        "flow": entry.key.flow,
+        "task": entry.key.task,
+        "content": entry.key.content,
+        "created_at": entry.created_at.isoformat(),
+        "files": entry.files,
+        "bytes": entry.bytes,
+        "archive_size": entry.size,
+        "patterns": entry.patterns,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
