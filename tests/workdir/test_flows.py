@@ -315,9 +315,7 @@ tasks:
     assert not marker.exists()
 
 
-def test_warning_on_stderr_marks_the_task_and_its_folder(
-    cache: FileCache, tmp_path: Path
-) -> None:
+def test_warning_on_stderr_marks_the_task_and_its_folder(cache: FileCache, tmp_path: Path) -> None:
     text = """
 id: noisy
 namespace: dev
