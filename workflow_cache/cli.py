@@ -342,9 +342,10 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
     elif args.prefix:
         count = cache.delete_prefix(args.prefix)
     else:
-        count = 1 if cache.delete(args.name) else 0
-        if not count:
+        entry = cache.show(args.name)
+        if entry is None or not cache.delete(entry.key):
             raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
+        count = 1
     out.print(f"deleted {count} entr{'y' if count == 1 else 'ies'}")
     return EXIT_OK
 
