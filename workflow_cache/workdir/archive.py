@@ -2,14 +2,24 @@
 
 tar keeps what a restored ``venv`` or ``node_modules/.bin`` needs (modes, exec
 bits, symlinks, mtimes); zstd compresses it on all cores. Both ends stream: the
-archive is never held in memory, whatever its size.
+archive is never held in memory, whatever its size, and the result is a plain
+``.tar.zst`` that ``tar -I zstd`` reads too.
+
+Speed: a venv is tens of thousands of small files, so the per-file cost in
+Python decides. Writing uses tarfile's own header encoder (``TarInfo.tobuf``)
+but batches headers and small files into 1 MiB writes to the compressor instead
+of going through ``TarFile.addfile``. Reading parses headers with ``TarFile`` in
+stream mode (``r|``) and writes each file with a single ``open``/``write``.
 
 Extraction treats the archive as hostile. Members go first into a fresh staging
-folder inside ``root`` through Python's ``data`` filter plus checks of our own:
-no absolute names, no ``..``, nothing written through a symlink, no devices or
-fifos, hard links only to files already extracted. Only when the whole stream
-has been read and verified (tar end marker, zstd checksum) is the staging folder
-moved into ``root``; any failure leaves ``root`` as it was.
+folder inside ``root``. Every member passes Python's ``data`` filter (which also
+sets the safe mode and drops ownership) and checks of our own: no absolute
+names, no ``..``, nothing written through a symlink (a member whose parent path
+is a symlink is refused), no existing path reused, no devices or fifos, hard
+links only to regular files extracted before them. Files are created with
+``O_EXCL | O_NOFOLLOW``. Only when the whole stream has been read and verified
+(tar end marker, zstd checksum) is the staging folder moved into ``root``; any
+failure leaves ``root`` as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
@@ -33,10 +43,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
-_COPY_BUFSIZE = 1 << 20  # file data moves in 1 MiB chunks
-_STREAM_BUFSIZE = 64 * 1024  # tarfile's own stream buffer (small writes are concatenated)
+_CHUNK = 1 << 20  # writes to the compressor and file copies move 1 MiB at a time
+_STREAM_BUFSIZE = 256 * 1024  # tarfile's read buffer over the decompressor
 _ZSTD_READ_SIZE = 1 << 20
 _MAX_TRAILER = 1 << 20  # bytes allowed after the tar end marker (record padding)
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_ENCODING = "utf-8"
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Failures of the machine, not of the archive: these propagate as they are.
 _ENVIRONMENT_ERRORS = {
     errno.ENOSPC,
@@ -77,56 +91,97 @@ def pack(
     ``threads=-1`` uses every core; ``dest`` is left open.
     """
     start = time.perf_counter()
-    root_text = os.fspath(root)
-    files = total = 0
     compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-    with (
-        compressor.stream_writer(dest, closefd=False) as compressed,
-        tarfile.open(
-            fileobj=compressed,
-            mode="w|",
-            format=tarfile.GNU_FORMAT,
-            bufsize=_STREAM_BUFSIZE,
-            copybufsize=_COPY_BUFSIZE,
-        ) as tar,
-    ):
+    with compressor.stream_writer(dest, closefd=False) as compressed:
+        writer = _TarWriter(compressed)
+        base = os.fspath(root)
         for path in paths:
-            name = _member_name(path)
-            full = os.path.join(root_text, name)
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:
-                raise ArchiveError(f"cannot archive {name!r}: it disappeared from {root}") from None
-            info = tarfile.TarInfo(name)
-            info.mode = stat.S_IMODE(st.st_mode)
-            info.mtime = int(st.st_mtime)
-            if stat.S_ISREG(st.st_mode):
-                info.size = st.st_size
-                with open(full, "rb") as handle:
-                    tar.addfile(info, handle)
-                files += 1
-                total += st.st_size
-                if progress is not None:
-                    progress(st.st_size)
-            elif stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type = tarfile.SYMTYPE
-                info.linkname = os.readlink(full)
-                tar.addfile(info)
-                files += 1
-            else:
-                log.warning("not caching %s: sockets, fifos and devices cannot be archived", name)
-    return ArchiveStats(files=files, bytes=total, seconds=time.perf_counter() - start)
+            writer.add(base, _member_name(path), progress)
+        writer.close()
+    return ArchiveStats(writer.files, writer.bytes, time.perf_counter() - start)
 
 
 def _member_name(path: Path | str) -> str:
-    name = PurePosixPath(path).as_posix()
-    parts = PurePosixPath(name).parts
-    if not parts or name.startswith("/") or ".." in parts or name == ".":
-        raise ArchiveError(f"cannot archive {str(path)!r}: paths must be relative and inside root")
-    return name
+    name = os.fspath(path)
+    parts = name.split("/")
+    if not name or name.startswith("/") or ".." in parts or "\\" in name:
+        raise ArchiveError(f"cannot archive {name!r}: paths must be relative and inside root")
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+class _TarWriter:
+    """Tar members in GNU format, batched into large writes to the compressor."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.buffer = bytearray()
+        self.written = 0
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, base: str, name: str, progress: Progress | None) -> None:
+        full = f"{base}/{name}"
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            raise ArchiveError(f"cannot archive {name!r}: it disappeared from {base}") from None
+        info = tarfile.TarInfo(name)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.mtime = int(st.st_mtime)
+        if stat.S_ISREG(st.st_mode):
+            info.size = st.st_size
+            self._header(info)
+            self._data(full, name, st.st_size)
+            self.files += 1
+            self.bytes += st.st_size
+            if progress is not None:
+                progress(st.st_size)
+        elif stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            self._header(info)
+        elif stat.S_ISLNK(st.st_mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(full)
+            self._header(info)
+            self.files += 1
+        else:
+            log.warning("not caching %s: sockets, fifos and devices cannot be archived", name)
+        if len(self.buffer) >= _CHUNK:
+            self._flush()
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self.buffer += info.tobuf(tarfile.GNU_FORMAT, _ENCODING, "surrogateescape")
+
+    def _data(self, full: str, name: str, size: int) -> None:
+        with open(full, "rb", buffering=0) as handle:
+            left = size
+            while left:
+                chunk = handle.read(min(left, _CHUNK))
+                if not chunk:
+                    raise ArchiveError(f"cannot archive {name!r}: it shrank while being archived")
+                left -= len(chunk)
+                if len(chunk) >= _CHUNK:  # large files skip the batch buffer
+                    self._flush()
+                    self.out.write(chunk)
+                    self.written += len(chunk)
+                else:
+                    self.buffer += chunk
+        if size % _BLOCK:
+            self.buffer += bytes(_BLOCK - size % _BLOCK)
+
+    def _flush(self) -> None:
+        if self.buffer:
+            self.out.write(self.buffer)
+            self.written += len(self.buffer)
+            self.buffer.clear()
+
+    def close(self) -> None:
+        """Two zero blocks end the archive; pad to a whole record like tar does."""
+        self.buffer += bytes(2 * _BLOCK)
+        total = self.written + len(self.buffer)
+        if total % _RECORD:
+            self.buffer += bytes(_RECORD - total % _RECORD)
+        self._flush()
 
 
 def unpack(src: BinaryIO, root: Path, *, progress: Progress | None = None) -> ArchiveStats:
@@ -139,20 +194,21 @@ def unpack(src: BinaryIO, root: Path, *, progress: Progress | None = None) -> Ar
     start = time.perf_counter()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".wfc-unpack-", dir=root))
+    staging = tempfile.mkdtemp(prefix=".wfc-unpack-", dir=root)
     try:
         try:
-            files, total = _extract(src, staging, progress)
+            extractor = _Extractor(staging, progress)
+            extractor.run(src)
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             raise ArchiveError(f"corrupt or truncated archive: {exc}") from exc
         except OSError as exc:
             if exc.errno in _ENVIRONMENT_ERRORS:
                 raise
             raise ArchiveError(f"cannot extract archive: {exc}") from exc
-        _merge(staging, root)
+        _merge(staging, os.fspath(root))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ArchiveStats(files=files, bytes=total, seconds=time.perf_counter() - start)
+    return ArchiveStats(extractor.files, extractor.bytes, time.perf_counter() - start)
 
 
 class _Header(tarfile.TarInfo):
@@ -167,116 +223,141 @@ class _Header(tarfile.TarInfo):
             raise
 
 
-def _extract(src: BinaryIO, staging: Path, progress: Progress | None) -> tuple[int, int]:
-    reader = zstandard.ZstdDecompressor().stream_reader(
-        src, read_size=_ZSTD_READ_SIZE, closefd=False
-    )
-    guard = _Guard(staging)
-    files = total = 0
-    directories: list[tarfile.TarInfo] = []
-    with (
-        reader,
-        tarfile.open(
-            fileobj=reader,
-            mode="r|",
-            bufsize=_STREAM_BUFSIZE,
-            copybufsize=_COPY_BUFSIZE,
-            tarinfo=_Header,
-            errorlevel=2,
-        ) as tar,
-    ):
-        while (member := tar.next()) is not None:
-            # Stream mode keeps every header it has read; we need none of them back.
-            tar.members.clear()
-            member = guard.check(member)
-            if member.isdir():
-                tar.extract(member, staging, set_attrs=False, filter=guard.filter)
-                directories.append(member)
-            elif member.islnk():
-                (staging / member.name).parent.mkdir(parents=True, exist_ok=True)
-                os.link(staging / member.linkname, staging / member.name, follow_symlinks=False)
-                files += 1
-            else:
-                tar.extract(member, staging, filter=guard.filter)
-                files += 1
-                if member.isreg():
-                    total += member.size
-                    if progress is not None:
-                        progress(member.size)
-        end = getattr(tar, "wfc_end", None)
-        if not isinstance(end, tarfile.EOFHeaderError):
-            raise ArchiveError(f"truncated archive: no end-of-archive marker ({end})")
-        # Read to the end of the zstd frame so that its checksum is verified.
-        trailer = 0
-        while chunk := tar.fileobj.read(_COPY_BUFSIZE):
-            trailer += len(chunk)
-            if trailer > _MAX_TRAILER:
-                raise ArchiveError("corrupt archive: unexpected data after the end marker")
-    for member in reversed(directories):
-        os.utime(staging / member.name, (member.mtime, member.mtime), follow_symlinks=False)
-    return files, total
+class _Extractor:
+    """Extracts one archive into a fresh staging folder, refusing anything unsafe."""
 
-
-class _Guard:
-    """Our checks on top of tarfile's ``data`` filter, with the state they need."""
-
-    def __init__(self, staging: Path) -> None:
+    def __init__(self, staging: str, progress: Progress | None) -> None:
         self.staging = staging
-        self.symlinks: set[str] = set()
+        self.progress = progress
+        self.files = 0
+        self.bytes = 0
+        self.symlinks: set[str] = set()  # archive symlinks: nothing may go through them
+        self.folders: set[str] = {""}  # folders known to exist in staging
+        self.directories: list[tuple[str, int]] = []  # (path, mtime), set at the end
 
-    def check(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
-        name = self._name(member, member.name)
+    def run(self, src: BinaryIO) -> None:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            src, read_size=_ZSTD_READ_SIZE, closefd=False
+        )
+        with (
+            reader,
+            tarfile.open(
+                fileobj=reader,
+                mode="r|",
+                bufsize=_STREAM_BUFSIZE,
+                tarinfo=_Header,
+                errorlevel=2,
+            ) as tar,
+        ):
+            while (member := tar.next()) is not None:
+                # Stream mode keeps every header it has read; we need none of them back.
+                tar.members.clear()
+                self.extract(tar, member)
+            end = getattr(tar, "wfc_end", None)
+            if not isinstance(end, tarfile.EOFHeaderError):
+                raise ArchiveError(f"truncated archive: no end-of-archive marker ({end})")
+            # Read to the end of the zstd frame so that its checksum is verified.
+            trailer = 0
+            while chunk := tar.fileobj.read(_CHUNK):
+                trailer += len(chunk)
+                if trailer > _MAX_TRAILER:
+                    raise ArchiveError("corrupt archive: unexpected data after the end marker")
+        for path, mtime in reversed(self.directories):
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+    def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = _checked_name(member, member.name)
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise ArchiveError(f"refusing {name!r}: special files (devices, fifos) are not allowed")
-        self._not_through_symlink(name, name)
-        target = self.staging / name
-        if os.path.lexists(target) and not (member.isdir() and target.is_dir()):
-            raise ArchiveError(f"refusing {name!r}: it appears twice in the archive")
-        if member.islnk():
-            link = self._name(member, member.linkname)
-            self._not_through_symlink(name, link)
-            try:
-                st = os.lstat(self.staging / link)
-            except FileNotFoundError:
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode):
-                raise ArchiveError(
-                    f"refusing hard link {name!r} -> {link!r}: the target is not a file "
-                    "extracted before it"
-                )
-            member = self.filter(member, os.fspath(self.staging))
-        if member.issym():
+        parent, _, _ = name.rpartition("/")
+        self._not_through_symlink(name, parent)
+        member = self._data_filter(member)
+        target = f"{self.staging}/{name}"
+        self._make_folder(parent)
+        if member.isreg():
+            self._write_file(tar, member, target)
+        elif member.isdir():
+            if name not in self.folders:
+                os.mkdir(target, 0o755)
+                self.folders.add(name)
+            self.directories.append((target, int(member.mtime)))
+        elif member.issym():
+            os.symlink(member.linkname, target)
             self.symlinks.add(name)
-        return member.replace(name=name, deep=False) if name != member.name else member
+            self.files += 1
+        else:
+            self._hard_link(member, name, target)
 
-    def filter(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    def _data_filter(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
         """tarfile's ``data`` filter, except that a symlink may point anywhere.
 
         A venv's ``bin/python -> /usr/bin/python3`` must survive; such a link is
         harmless by itself because nothing is ever written through a symlink.
         """
-        if member.issym():
-            checked = tarfile.data_filter(member.replace(linkname=".", deep=False), dest)
-            return checked.replace(linkname=member.linkname, deep=False)
-        return tarfile.data_filter(member, dest)
+        try:
+            if member.issym():
+                checked = tarfile.data_filter(
+                    member.replace(linkname=".", deep=False), self.staging
+                )
+                return checked.replace(linkname=member.linkname, deep=False)
+            return tarfile.data_filter(member, self.staging)
+        except tarfile.FilterError as exc:
+            raise ArchiveError(f"refusing {member.name!r}: {exc}") from exc
 
-    @staticmethod
-    def _name(member: tarfile.TarInfo, name: str) -> str:
-        pure = PurePosixPath(name)
-        if not name or pure.is_absolute() or "\\" in name or "\0" in name:
-            raise ArchiveError(f"refusing {member.name!r}: absolute or malformed name {name!r}")
-        if ".." in pure.parts:
-            raise ArchiveError(f"refusing {member.name!r}: {name!r} leaves the folder with '..'")
-        normal = pure.as_posix()
-        if normal == ".":
-            raise ArchiveError(f"refusing {member.name!r}: it names the folder itself")
-        return normal
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
+        try:
+            fd = os.open(target, _NEW_FILE, 0o600)
+        except FileExistsError:
+            raise ArchiveError(
+                f"refusing {member.name!r}: it appears twice in the archive"
+            ) from None
+        try:
+            left = member.size
+            while left:
+                chunk = tar.fileobj.read(min(left, _CHUNK))
+                if not chunk:
+                    raise tarfile.ReadError(f"unexpected end of data in {member.name!r}")
+                left -= len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fchmod(fd, member.mode)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+        self.files += 1
+        self.bytes += member.size
+        if self.progress is not None:
+            self.progress(member.size)
 
-    def _not_through_symlink(self, member: str, name: str) -> None:
-        if not self.symlinks:
+    def _hard_link(self, member: tarfile.TarInfo, name: str, target: str) -> None:
+        link = _checked_name(member, member.linkname)
+        self._not_through_symlink(name, link.rpartition("/")[0])
+        try:
+            is_file = stat.S_ISREG(os.lstat(f"{self.staging}/{link}").st_mode)
+        except FileNotFoundError:
+            is_file = False
+        if link in self.symlinks or not is_file:
+            raise ArchiveError(
+                f"refusing hard link {name!r} -> {link!r}: the target is not a file "
+                "extracted before it"
+            )
+        os.link(f"{self.staging}/{link}", target, follow_symlinks=False)
+        self.files += 1
+
+    def _make_folder(self, folder: str) -> None:
+        if folder in self.folders:
             return
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
+        os.makedirs(f"{self.staging}/{folder}", 0o755, exist_ok=True)
+        while folder and folder not in self.folders:
+            self.folders.add(folder)
+            folder = folder.rpartition("/")[0]
+
+    def _not_through_symlink(self, member: str, folder: str) -> None:
+        if not self.symlinks or not folder:
+            return
+        parts = folder.split("/")
+        for depth in range(1, len(parts) + 1):
             parent = "/".join(parts[:depth])
             if parent in self.symlinks:
                 raise ArchiveError(
@@ -284,7 +365,19 @@ class _Guard:
                 )
 
 
-def _merge(source: Path, dest: Path) -> None:
+def _checked_name(member: tarfile.TarInfo, name: str) -> str:
+    """A member (or hard link target) name in normal form, or ArchiveError."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name:
+        raise ArchiveError(f"refusing {member.name!r}: absolute or malformed name {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"refusing {member.name!r}: {name!r} leaves the folder with '..'")
+    if not parts:
+        raise ArchiveError(f"refusing {member.name!r}: it names the folder itself")
+    return "/".join(parts)
+
+
+def _merge(source: str, dest: str) -> None:
     """Move everything from ``source`` into ``dest``: renames, so no data is copied.
 
     An existing directory merges only if it is a real directory; a symlink in
@@ -292,14 +385,14 @@ def _merge(source: Path, dest: Path) -> None:
     """
     with os.scandir(source) as entries:
         for entry in entries:
-            target = dest / entry.name
+            target = f"{dest}/{entry.name}"
             try:
                 existing = os.lstat(target)
             except FileNotFoundError:
                 existing = None
             if existing is not None:
                 if stat.S_ISDIR(existing.st_mode) and entry.is_dir(follow_symlinks=False):
-                    _merge(Path(entry.path), target)
+                    _merge(entry.path, target)
                     continue
                 if stat.S_ISDIR(existing.st_mode):
                     shutil.rmtree(target)
