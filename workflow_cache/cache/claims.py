@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -67,6 +67,7 @@ __all__ = [
     "Claims",
     "Done",
     "Holder",
+    "Notices",
     "Running",
     "SingleFlight",
     "connect",
@@ -634,6 +635,21 @@ class Holder:
                 log.warning("could not release %r (the lease will expire)", self.key)
 
 
+class Notices:
+    """The notices of the keys a caller watches (see ``SingleFlight.watch_many``)."""
+
+    def __init__(self, watches: dict[str, _Watch]) -> None:
+        self._watches = watches
+
+    def outcome(self, key: str, timeout: float) -> bytes | None:
+        """The outcome committed for ``key`` within ``timeout`` seconds, else None
+        (also on a release notice: the caller then checks the claim itself)."""
+        notice = self._watches[key].get(timeout)
+        if notice is not None and notice[:1] == NOTICE_OUTCOME:
+            return notice[1:]
+        return None
+
+
 class SingleFlight:
     """Run each step key at most once across processes; everyone else gets its outcome.
 
@@ -772,6 +788,24 @@ class SingleFlight:
             return []
         values: Sequence[Any] = self.claims.call(lambda: self.client.mget(outs))
         return [None if v is None else _as_bytes(v) for v in values]
+
+    @contextlib.contextmanager
+    def watch_many(self, keys: Iterable[str]) -> Iterator[Notices]:
+        """Subscribe to the channels of ``keys`` (confirmed) for a caller that waits without
+        claiming, e.g. a producer that sent the work to a worker: subscribe, send, then wait.
+        """
+        listener = self._notifier()
+        watches: dict[str, _Watch] = {}
+        try:
+            for key in keys:
+                if key not in watches:
+                    watches[key] = listener.watch(self.keyspace.for_step(key).channel)
+            for w in watches.values():
+                listener.wait_live(w, self.CONFIRM_S)
+            yield Notices(watches)
+        finally:
+            for w in watches.values():
+                listener.unwatch(w)
 
     # -- lifetime
 

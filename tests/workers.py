@@ -1,0 +1,96 @@
+"""Real ``celery worker`` processes for the distributed tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CeleryWorker:
+    """One ``celery -A <app> worker`` subprocess consuming the given queues."""
+
+    def __init__(
+        self,
+        app_module: str,
+        name: str,
+        queues: str,
+        env: dict[str, str],
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        log: Path | None = None,
+    ) -> None:
+        self.name = f"{name}@{os.uname().nodename}"
+        self.log = log
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app_module,
+                "worker",
+                "-Q",
+                queues,
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                self.name,
+                "-l",
+                "warning",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_ready(app: Celery, workers: list[CeleryWorker], timeout: float = 60.0) -> None:
+    """Block until every worker answers a broadcast ping."""
+    wanted = {w.name for w in workers}
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        for w in workers:
+            if not w.alive():
+                raise RuntimeError(f"worker {w.name} exited with {w.proc.returncode}")
+        replies = app.control.ping(timeout=0.5) or []
+        seen |= {name for reply in replies for name in reply}
+        if wanted <= seen:
+            return
+    raise RuntimeError(f"workers not ready after {timeout} s: {sorted(wanted - seen)}")

@@ -1,0 +1,1 @@
+"""The Celery app that worker processes run: ``celery -A workers.app worker``."""
