@@ -1,0 +1,219 @@
+"""Benchmark: working-directory archives against ``tar -I 'zstd -T0'`` and zip/deflate.
+
+    python benchmarks/bench_archive.py                      # ~20,000 files, ~200 MB
+    python benchmarks/bench_archive.py --files 5000 --mb 50
+    python benchmarks/bench_archive.py --quick              # small sizes, seconds
+
+It generates a tree shaped like a ``venv``/``node_modules`` (many small files, a
+few large ones, hex text that compresses about 2:1, some symlinks and exec
+bits), then times pack + unpack three ways in the same run, on the same warm
+page cache:
+
+* ours: ``match_files`` + ``archive.pack`` / ``archive.unpack`` (tar + zstd);
+* the command line: ``tar -I 'zstd -T0' -cf`` / ``tar -I 'zstd -d -T0' -xf``;
+* Python's ``zipfile`` with ``ZIP_DEFLATED``.
+
+Targets: ours <= 1.25x tar+zstd, >= 3x faster than zip. Then it measures the
+peak RSS of a child process that packs and unpacks a small and a 10x larger
+tree: streaming means the peak must not grow with the archive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from workflow_cache.workdir.archive import pack, unpack
+from workflow_cache.workdir.patterns import match_files
+
+TARGET_VS_TAR = 1.25
+TARGET_VS_ZIP = 3.0
+
+
+def generate(root: Path, files: int, total_mb: float, seed: int = 7) -> tuple[int, int]:
+    """Write ``files`` files of ``total_mb`` MB under ``root/tree``; return (files, bytes).
+
+    90% of the files are small (0.5-8 KB); the remaining bytes go to the other 10%.
+    """
+    rng = random.Random(seed)
+    tree = root / "tree"
+    small_count = int(files * 0.9)
+    large_count = max(files - small_count, 1)
+    small_sizes = [rng.randint(512, 8192) for _ in range(small_count)]
+    rest = max(int(total_mb * 1e6) - sum(small_sizes), large_count * 1024)
+    weights = [rng.random() + 0.05 for _ in range(large_count)]
+    scale = rest / sum(weights)
+    sizes = small_sizes + [int(w * scale) for w in weights]
+    rng.shuffle(sizes)
+    written = 0
+    for index, size in enumerate(sizes):
+        folder = tree / f"pkg{index // 2000:03d}" / f"mod{index // 50 % 40:02d}"
+        if index % 50 == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"file{index:06d}.py"
+        # Hex of random bytes: about 2:1 for any compressor, like typical source/binaries mix.
+        path.write_bytes(os.urandom(size // 2 + 1).hex()[:size].encode())
+        if index % 97 == 0:
+            path.chmod(0o755)
+        written += size
+    (tree / "bin").mkdir(exist_ok=True)
+    (tree / "bin/python").symlink_to("/usr/bin/python3")
+    (tree / "bin/tool").symlink_to("../pkg000/mod00/file000000.py")
+    return len(sizes), written
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def ours(src: Path, work: Path) -> tuple[float, float, int]:
+    archive = work / "ours.tar.zst"
+
+    def do_pack() -> None:
+        with open(archive, "wb") as dest:
+            pack(src, match_files(src, ["tree/**"]), dest)
+
+    def do_unpack() -> None:
+        with open(archive, "rb") as source:
+            unpack(source, fresh(work / "out-ours"))
+
+    return timed(do_pack), timed(do_unpack), archive.stat().st_size
+
+
+def tar_zstd(src: Path, work: Path) -> tuple[float, float, int]:
+    archive = work / "cli.tar.zst"
+    pack_cmd = ["tar", "-I", "zstd -T0 -3", "-cf", str(archive), "-C", str(src), "tree"]
+    seconds_pack = timed(lambda: subprocess.run(pack_cmd, check=True))
+    out = fresh(work / "out-cli")
+    unpack_cmd = ["tar", "-I", "zstd -d -T0", "-xf", str(archive), "-C", str(out)]
+    seconds_unpack = timed(lambda: subprocess.run(unpack_cmd, check=True))
+    return seconds_pack, seconds_unpack, archive.stat().st_size
+
+
+def zip_deflate(src: Path, work: Path) -> tuple[float, float, int]:
+    archive = work / "base.zip"
+
+    def do_pack() -> None:
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in match_files(src, ["tree/**"]):
+                zf.write(src / path, path.as_posix())
+
+    def do_unpack() -> None:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(fresh(work / "out-zip"))
+
+    return timed(do_pack), timed(do_unpack), archive.stat().st_size
+
+
+def compare(files: int, mb: float, repeat: int, work: Path) -> bool:
+    src = fresh(work / "src")
+    start = time.perf_counter()
+    count, size = generate(src, files, mb)
+    print(
+        f"tree: {count:,} files, {size / 1e6:,.0f} MB (generated in {time.perf_counter() - start:.1f} s)"
+    )
+    print(f"cpus: {os.cpu_count()}, best of {repeat}, warm page cache\n")
+    results: dict[str, tuple[float, float, int]] = {}
+    for name, method in (("ours", ours), ("tar+zstd", tar_zstd), ("zip", zip_deflate)):
+        runs = [method(src, work) for _ in range(repeat)]
+        results[name] = min(runs, key=lambda r: r[0] + r[1])
+    print(f"{'method':<10}{'pack s':>9}{'unpack s':>10}{'total s':>9}{'archive MB':>12}")
+    for name, (p, u, a) in results.items():
+        print(f"{name:<10}{p:>9.2f}{u:>10.2f}{p + u:>9.2f}{a / 1e6:>12.1f}")
+    total = {name: p + u for name, (p, u, _) in results.items()}
+    vs_tar = total["ours"] / total["tar+zstd"]
+    vs_zip = total["zip"] / total["ours"]
+    ok_tar, ok_zip = vs_tar <= TARGET_VS_TAR, vs_zip >= TARGET_VS_ZIP
+    print()
+    print(
+        f"ours / tar+zstd = {vs_tar:.2f}x  (target <= {TARGET_VS_TAR}x: {'ok' if ok_tar else 'MISSED'})"
+    )
+    print(
+        f"zip / ours      = {vs_zip:.2f}x  (target >= {TARGET_VS_ZIP}x: {'ok' if ok_zip else 'MISSED'})"
+    )
+    for name in results:
+        shutil.rmtree(work / f"out-{'cli' if name == 'tar+zstd' else name}", ignore_errors=True)
+    return ok_tar and ok_zip
+
+
+def peak_rss_mb(files: int, mb: float, work: Path) -> float:
+    """Peak RSS of a child that generates nothing, only packs and unpacks the tree."""
+    src = fresh(work / f"mem-{mb:g}")
+    generate(src, files, mb)
+    proc = subprocess.Popen([sys.executable, __file__, "--memory-child", str(src)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("memory child failed")
+    shutil.rmtree(src, ignore_errors=True)
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def memory_child(src: Path) -> None:
+    archive = src / "archive.tar.zst"
+    with open(archive, "wb") as dest:
+        pack(src, match_files(src, ["tree/**"]), dest)
+    with open(archive, "rb") as source:
+        unpack(source, src / "out")
+
+
+def memory(files: int, mb: float, work: Path) -> bool:
+    small = peak_rss_mb(files, mb, work)
+    large = peak_rss_mb(files * 10, mb * 10, work)
+    growth = large / small
+    flat = growth < 1.3
+    print(f"\npeak RSS, pack+unpack in a child process (files and bytes both x10):")
+    print(f"  {mb:>6g} MB, {files:>7,} files: {small:6.1f} MB")
+    print(f"  {mb * 10:>6g} MB, {files * 10:>7,} files: {large:6.1f} MB")
+    print(f"  growth {growth:.2f}x  ({'flat' if flat else 'NOT FLAT'})")
+    return flat
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--mb", type=float, default=200)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--memory-files", type=int, default=5_000, help="files of the small tree")
+    parser.add_argument("--memory-mb", type=float, default=50, help="MB of the small tree (x10)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory part")
+    parser.add_argument("--dir", type=Path, help="where to build trees (default: a temp dir)")
+    parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
+    if args.quick:
+        args.files, args.mb, args.repeat = 2_000, 20, 1
+        args.memory_files, args.memory_mb = 500, 5
+    if not shutil.which("zstd"):
+        raise SystemExit("the zstd command is needed for the baseline: apt-get install -y zstd")
+    work = Path(tempfile.mkdtemp(prefix="bench-archive-", dir=args.dir))
+    try:
+        ok = compare(args.files, args.mb, args.repeat, work)
+        if not args.no_memory:
+            ok = memory(args.memory_files, args.memory_mb, work) and ok
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
