@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.workers import CeleryWorker, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/caching.md", "docs/distributed.md"]
@@ -16,10 +20,34 @@ def python_blocks(path: Path) -> list[str]:
     return FENCE.findall(path.read_text())
 
 
+@pytest.fixture
+def fleet_app(redis_url, tmp_path, monkeypatch) -> Iterator[None]:
+    """Real workers of ``workers.app`` for the distributed guide, configured like production."""
+    env = {"WFC_BROKER_URL": redis_url, "WFC_NAMESPACE": f"docs-{tmp_path.name}", "WFC_LEASE": "2"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sys.modules.pop("workers.app", None)
+    import workers.app
+
+    workers_ = [
+        CeleryWorker("workers.app", "docs-steps", "steps", env),
+        CeleryWorker("workers.app", "docs-flows", "workflows", env),
+    ]
+    try:
+        wait_ready(workers.app.app, workers_)
+        yield
+    finally:
+        for worker in workers_:
+            worker.stop()
+        sys.modules.pop("workers.app", None)
+
+
 @pytest.mark.parametrize("name", [d for d in DOCS if (ROOT / d).exists()])
-def test_python_examples_run(name, redis_url, tmp_path, monkeypatch) -> None:
+def test_python_examples_run(name, redis_url, tmp_path, monkeypatch, request) -> None:
     blocks = python_blocks(ROOT / name)
     assert blocks, f"{name} has no python examples"
+    if name == "docs/distributed.md":
+        request.getfixturevalue("fleet_app")
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("WORKFLOW_CACHE_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

@@ -435,12 +435,15 @@ class _Listener:
             except Exception as exc:  # any failure: drop the connection, then reconnect
                 if self._closed:
                     break
-                log.warning("workflow-cache pub/sub connection lost (%s); reconnecting", exc)
                 with self._lock:
                     self._conn = None
                     for ch in self._channels.values():  # confirmations died with it
                         ch.subscribed, ch.sent, ch.acked = False, 0, 0
                     self._changed.notify_all()
+                    if not any(ch.watches for ch in self._channels.values()):
+                        self._thread = None  # nobody waits: the next watch() starts again
+                        return
+                log.warning("workflow-cache pub/sub connection lost (%s); reconnecting", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:

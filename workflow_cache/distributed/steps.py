@@ -53,6 +53,7 @@ def install(app: Celery, cache: RedisCache, *, queue: str = STEP_QUEUE) -> None:
 
     @app.task(
         name=STEP_TASK,
+        shared=False,  # registered per app, not on every app in the process
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,

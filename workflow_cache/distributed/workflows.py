@@ -48,7 +48,9 @@ def workflow_task(
 
     route(app, task_name, queue)
 
-    @app.task(name=task_name, acks_late=True, reject_on_worker_lost=True, serializer="json")
+    @app.task(
+        name=task_name, shared=False, acks_late=True, reject_on_worker_lost=True, serializer="json"
+    )
     def run_workflow(*args: Any, **kwargs: Any) -> dict[str, Any]:
         store = cache or app.conf.workflow_cache["cache"]
         workflow = create_workflow(
