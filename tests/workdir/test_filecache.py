@@ -98,7 +98,7 @@ def test_entries_show_and_delete(cache: FileCache, tmp_path: Path) -> None:
     info = cache.show(KEY)
     assert info is not None
     assert (info.key, info.created_at, info.files, info.patterns) == (KEY, T0, 3, ["venv/**"])
-    assert info.size > 0
+    assert info.size == cache.storage.info(f"{info.name}/{info.archive}")["size"]
     assert cache.show(info.name) == info
     assert cache.show(EntryKey("no", "such", "entry")) is None
 

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
 from workflow_cache import paths
-from workflow_cache.workdir.archive import ArchiveError, pack, unpack
+from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, pack, unpack
 from workflow_cache.workdir.patterns import match_files, validate_patterns
 from workflow_cache.workdir.storage import Storage
 
@@ -220,10 +220,16 @@ class FileCache:
 
         created_at = self.now()
         archive = f"archive-{created_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:16]}.tar.zst"
-        progress = self._progress(f"save {key.name}", _total_size(Path(root), found))
-        stats = self.storage.publish(
-            f"{key.name}/{archive}", lambda dest: pack(Path(root), found, dest, progress=progress)
-        )
+        progress = None
+        if self._progress_factory is not None:
+            progress = self._progress_factory(f"save {key.name}", _total_size(Path(root), found))
+
+        def write(dest: BinaryIO) -> tuple[ArchiveStats, int]:
+            counted = _Counting(dest)
+            stats = pack(Path(root), found, cast(BinaryIO, counted), progress=progress)
+            return stats, counted.count
+
+        stats, size = self.storage.publish(f"{key.name}/{archive}", write)
         document = {
             "v": _FORMAT,
             "key": {
@@ -234,7 +240,7 @@ class FileCache:
             },
             "created_at": created_at.isoformat(),
             "archive": archive,
-            "size": self.storage.info(f"{key.name}/{archive}")["size"],
+            "size": size,
             "files": stats.files,
             "bytes": stats.bytes,
             "patterns": patterns,
@@ -347,6 +353,21 @@ class FileCache:
     def _warn(message: str) -> None:
         log.warning("%s", message)
         warnings.warn(message, CacheRestoreWarning, stacklevel=3)
+
+
+class _Counting:
+    """Counts the bytes written through it: the archive's size, without asking storage."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 def _total_size(root: Path, found: list[Path]) -> int:
