@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,3 +57,22 @@ def test_python_examples_run(name, redis_url, tmp_path, monkeypatch, request) ->
     for number, block in enumerate(blocks, 1):
         code = compile(block, f"{name} (python example {number})", "exec")
         exec(code, namespace)
+
+
+def test_the_readme_first_command_runs_and_shows_cache_hits(tmp_path) -> None:
+    """The README's first command, minus the install this test environment already did."""
+    first = re.search(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert first is not None
+    command = first.group(1).strip()
+    assert command.startswith("pip install -e . && ")
+    command = command.removeprefix("pip install -e . && ")
+    env = {**os.environ, "WORKFLOW_CACHE_HOME": str(tmp_path / "home")}
+    once = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert once.returncode == 0, once.stdout + once.stderr
+    assert "served from cache" in once.stdout and "cache miss" in once.stdout
+    twice = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert twice.returncode == 0, twice.stdout + twice.stderr
+    assert "executed" not in twice.stdout  # every step a hit, even in a new process
+    assert "cache hit (restored)" in twice.stdout

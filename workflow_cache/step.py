@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from workflow_cache.cache.base import ClaimingStore
@@ -95,7 +94,10 @@ class Step:
         if len(keys) != len(thunks):
             raise ValueError(f"step.all got {len(thunks)} thunks but {len(keys)} keys")
         base = self._options(None, ttl, cache_errors, cache_exceptions, returns)
-        each = [replace(base, key=check_key(k)) for k in keys]
+        each = [
+            StepOptions(check_key(k), base.ttl, base.cache_errors, base.cache_exceptions, returns)
+            for k in keys
+        ]
         if self._is_async:
             return self._all_async(thunks, each)
         found = drive_sync(self._lookup_many(each))

@@ -90,6 +90,10 @@ class KeySpace:
             out=f"{base}:out", lock=f"{base}:lock", epoch=f"{base}:epoch", channel=f"{base}:done"
         )
 
+    def out(self, key: str) -> str:
+        """Just the outcome key of ``key``: the hot path of every cache read."""
+        return f"{self._prefix}{{{_check_step_key(key)}}}:out"
+
     @property
     def pattern(self) -> str:
         """``SCAN MATCH`` pattern for every key of this namespace (and nothing else)."""

@@ -55,7 +55,7 @@ class RedisCache(NativeCache):
         )
 
     def _out(self, key: str) -> str:
-        return self.keyspace.for_step(check_key(key)).out  # type: ignore[arg-type]
+        return self.keyspace.out(check_key(key))  # type: ignore[arg-type]
 
     @contextmanager
     def _reaching(self) -> Iterator[None]:
