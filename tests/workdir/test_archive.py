@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from workflow_cache.workdir.archive import ArchiveError, pack, unpack
+from workflow_cache.workdir.archive import ArchiveError, _gnu_header, pack, unpack
 from workflow_cache.workdir.patterns import PatternError, match_files, validate_patterns
 
 MTIME = 1_700_000_000
@@ -330,3 +330,27 @@ def test_garbage_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError):
         unpack(io.BytesIO(b""), tmp_path)
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "mode", "mtime", "size", "linkname"),
+    [
+        ("venv/bin/python3.11", tarfile.REGTYPE, 0o755, MTIME, 12345, ""),
+        ("a", tarfile.REGTYPE, 0o4644, 0, 0, ""),
+        ("venv/include", tarfile.DIRTYPE, 0o700, MTIME, 0, ""),
+        ("venv/bin/python", tarfile.SYMTYPE, 0o777, MTIME, 0, "/usr/bin/python3"),
+        ("ünïcode/名前.txt", tarfile.REGTYPE, 0o644, MTIME, 7, ""),
+        ("n" * 100, tarfile.REGTYPE, 0o644, MTIME, 1, ""),
+        ("n" * 101, tarfile.REGTYPE, 0o644, MTIME, 1, ""),  # GNU long name
+        ("l", tarfile.SYMTYPE, 0o777, MTIME, 0, "t" * 150),  # GNU long link
+        ("big", tarfile.REGTYPE, 0o644, MTIME, 9 * 1024**3, ""),  # > 8 GiB
+        ("bad\udcff", tarfile.REGTYPE, 0o644, MTIME, 1, ""),  # undecodable byte
+    ],
+)
+def test_fast_headers_match_tarfile(
+    name: str, kind: bytes, mode: int, mtime: int, size: int, linkname: str
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.size, info.linkname = kind, mode, mtime, size, linkname
+    expected = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    assert _gnu_header(name, kind, mode, mtime, size, linkname) == expected
