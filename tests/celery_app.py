@@ -36,7 +36,7 @@ def count(name: str) -> int:
     return int(_redis.get(f"count:{name}") or 0)
 
 
-@app.task(name="tests.work")
+@app.task(name="tests.work", shared=False)
 def work(name: str, seconds: float = 0.0, value: object = None) -> object:
     """Counts itself, records which process runs it, sleeps, returns ``value`` or the count."""
     n = _redis.incr(f"count:{name}")
@@ -45,7 +45,7 @@ def work(name: str, seconds: float = 0.0, value: object = None) -> object:
     return {"count": n, "pid": os.getpid()} if value is None else value
 
 
-@app.task(name="tests.slow_first")
+@app.task(name="tests.slow_first", shared=False)
 def slow_first(name: str, seconds: float) -> dict[str, int]:
     """Sleeps only on its first execution: the one a test kills or stops."""
     n = _redis.incr(f"count:{name}")
@@ -56,13 +56,13 @@ def slow_first(name: str, seconds: float) -> dict[str, int]:
     return {"count": n, "pid": os.getpid()}
 
 
-@app.task(name="tests.fails")
+@app.task(name="tests.fails", shared=False)
 def fails(name: str) -> None:
     _redis.incr(f"count:{name}")
     raise ValueError(f"{name} always fails")
 
 
-@app.task(name="tests.not_found")
+@app.task(name="tests.not_found", shared=False)
 def not_found(name: str):
     _redis.incr(f"count:{name}")
     return err("NOT_FOUND")

@@ -32,7 +32,7 @@ cache = RedisCache(settings.cache, namespace=settings.namespace, lease=settings.
 install(app, cache, queue=settings.step_queue)
 
 
-@app.task(name="workers.fetch_user")
+@app.task(name="workers.fetch_user", shared=False)
 def fetch_user(user_id: str) -> dict[str, str]:
     """An ordinary Celery task; workflows may use it as a step."""
     return {"id": user_id, "name": f"user {user_id}"}
