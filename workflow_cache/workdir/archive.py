@@ -105,10 +105,10 @@ def pack(
 
 def _member_name(path: Path | str) -> str:
     name = os.fspath(path)
-    parts = name.split("/")
-    if not name or name.startswith("/") or ".." in parts or "\\" in name:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts or "\\" in name or not parts:
         raise ArchiveError(f"cannot archive {name!r}: paths must be relative and inside root")
-    return "/".join(p for p in parts if p not in ("", "."))
+    return "/".join(parts)
 
 
 class _TarWriter:
