@@ -4,12 +4,15 @@
     celery -A workers.app worker -Q workflows -c 4      # workflow workers
 
 Producers import the same module to enqueue work (see examples/distributed.py).
+Flows run here too: ``workflow-cache run FLOW.yaml --broker $WFC_BROKER_URL --queue workflows``;
+set ``WFC_STORAGE`` (e.g. ``s3://bucket/prefix``) so every machine shares archives.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
+import workflow_cache.workdir.celery_tasks  # noqa: F401  (flows run on this fleet too)
 from workflow_cache import RedisCache
 from workflow_cache.distributed import install, workflow_task
 from workflow_cache.distributed.settings import WorkerSettings
@@ -27,6 +30,7 @@ app.conf.update(
     task_default_queue=settings.step_queue,
     broker_transport_options={"visibility_timeout": settings.visibility_timeout},
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+    workflow_cache_storage=settings.storage,
 )
 cache = RedisCache(settings.cache, namespace=settings.namespace, lease=settings.lease)
 install(app, cache, queue=settings.step_queue)

@@ -19,6 +19,11 @@ class WorkerSettings(BaseSettings):
         default=None, description="Redis for step outcomes; defaults to the broker URL."
     )
     namespace: str = "default"
+    storage: str | None = Field(
+        default=None,
+        description="fsspec URL of working-directory archives (s3://bucket/prefix); "
+        "defaults to a local folder, which only one machine sees.",
+    )
     step_queue: str = "steps"
     workflow_queue: str = "workflows"
     lease: float = Field(default=5.0, gt=0, description="Seconds a claim lives unless renewed.")
