@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workflow_cache.result import Result, UnexpectedError
+
 
 class _Unset:
     def __repr__(self) -> str:
@@ -32,3 +34,12 @@ def check_key(key: object) -> str | None:
     if not key:
         raise ValueError("step key must be a non-empty string, got ''")
     return key
+
+
+def keeps(result: Result[Any, Any], options: StepOptions) -> bool:
+    """Whether an outcome is stored: values always, errors and exceptions as configured."""
+    if result.ok:
+        return True
+    if isinstance(result.error, UnexpectedError):
+        return options.cache_exceptions
+    return options.cache_errors

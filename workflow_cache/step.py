@@ -17,7 +17,7 @@ from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.events import EventKind, StepEvent
-from workflow_cache.options import UNSET, StepOptions, check_key
+from workflow_cache.options import UNSET, StepOptions, check_key, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class Step:
             result = yield from self._run_claimed(thunk, options, store)
         else:
             result = yield from _execute(thunk)
-            if cacheable and _keeps(result, options):
+            if cacheable and keeps(result, options):
                 stored = _envelope(result, options)
                 yield lambda: store.save(key, stored)
         self._emit("success" if result.ok else "error", key, started, result)
@@ -179,7 +179,7 @@ class Step:
         keep = False
         try:
             result = yield from _execute(thunk)
-            keep = _keeps(result, options)
+            keep = keeps(result, options)
             outcome = _envelope(result, options)
         except NotStorableError:
             claim.release()
@@ -297,14 +297,6 @@ def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
     stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
     stored.dumps(key)
     return stored
-
-
-def _keeps(result: Result[Any, Any], options: StepOptions) -> bool:
-    if result.ok:
-        return True
-    if isinstance(result.error, UnexpectedError):
-        return options.cache_exceptions
-    return options.cache_errors
 
 
 def _unwrap(result: Result[Any, Any]) -> Any:

@@ -96,16 +96,7 @@ class Workflow:
         )
 
 
-def create_workflow(
-    deps: Any = None,
-    *,
-    cache: Any = None,
-    ttl: TTL | None = None,
-    cache_errors: bool = True,
-    cache_exceptions: bool = False,
-    on_event: EventHook | None = None,
-    dispatcher: Dispatcher | None = None,
-) -> Workflow:
+def create_workflow(deps: Any = None, **options: Any) -> Workflow:
     """Make a workflow whose keyed steps are stored in ``cache``.
 
     ``cache``: a ``dict``, ``RedisCache``, ``LocalCache``, any object with
@@ -116,16 +107,9 @@ def create_workflow(
     dropped connection should be retried, not remembered).
     ``on_event``: called with a :class:`StepEvent` as steps start, hit, miss and end.
     ``dispatcher``: sends some steps elsewhere, e.g. ``CeleryDispatcher`` for signatures.
+    Any other option is a ``TypeError`` naming it.
     """
-    return Workflow(
-        deps,
-        cache=cache,
-        ttl=ttl,
-        cache_errors=cache_errors,
-        cache_exceptions=cache_exceptions,
-        on_event=on_event,
-        dispatcher=dispatcher,
-    )
+    return Workflow(deps, **options)
 
 
 def _wants_deps(fn: Callable[..., Any]) -> bool:

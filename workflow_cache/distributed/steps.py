@@ -27,7 +27,7 @@ from celery import Celery, Signature
 from workflow_cache.cache.claims import ClaimTimeout
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.envelope import Envelope, NotStorableError
-from workflow_cache.options import StepOptions
+from workflow_cache.options import StepOptions, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def execute_step(
     except BaseException:
         claim.release()
         raise
-    keep = policy.get("once", False) or _keeps(result, options)
+    keep = policy.get("once", False) or keeps(result, options)
     try:
         envelope = Envelope.from_result(key, result, ttl=options.ttl)
         envelope.dumps(key)
@@ -121,14 +121,6 @@ def execute_step(
         envelope = Envelope.from_result(key, err(UnexpectedError.from_exception(exc)), ttl=None)
     if not claim.commit(envelope, keep=keep):
         log.warning("step %r: lease lost before commit; a newer outcome stands", key)
-
-
-def _keeps(result: Result[Any, Any], options: StepOptions) -> bool:
-    if result.ok:
-        return True
-    if isinstance(result.error, UnexpectedError):
-        return options.cache_exceptions
-    return options.cache_errors
 
 
 class CeleryDispatcher:
