@@ -540,10 +540,10 @@ def default_owner() -> str:
 class Holder:
     """The caller runs the step: commit its outcome, or release (leaving the block releases).
 
-    A daemon thread renews the lease every lease/3 while the holder is open.  If renewal is
-    refused (the lease ran out and someone else claimed) or Redis stays unreachable for a
-    whole lease, ``lost`` becomes True; ``commit`` is still fenced, so a lost holder's
-    commit is refused unless nobody took over.
+    The flight's renewer thread renews the lease every lease/3 while the holder is open.
+    If renewal is refused (the lease ran out and someone else claimed) or Redis stays
+    unreachable for a whole lease, ``lost`` becomes True; ``commit`` is still fenced,
+    so a lost holder's commit is refused unless nobody took over.
     """
 
     def __init__(self, flight: SingleFlight, key: str, keys: Keys, claim: Claimed) -> None:
@@ -553,11 +553,8 @@ class Holder:
         self._flight = flight
         self._lost = False
         self._finished = False
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name=f"wfc-renew:{key}", daemon=True
-        )
-        self._renewer.start()
+        self._last_renewed = time.monotonic()
+        flight._renewer().add(self)
 
     @property
     def token(self) -> str:
@@ -579,30 +576,29 @@ class Holder:
     def __repr__(self) -> str:
         return f"Holder(key={self.key!r}, token={self.token!r}, lost={self._lost})"
 
-    def _renew_loop(self) -> None:
+    def _renew(self) -> None:
+        """One renewal, called by the flight's renewer thread every lease/3."""
         flight = self._flight
-        interval = flight.lease / 3
-        last_ok = time.monotonic()
-        while not self._stop.wait(interval):
-            try:
-                ok = flight.claims.renew(self.keys, self.claim, flight.lease_ms)
-            except CacheUnavailable as exc:
-                if time.monotonic() - last_ok < flight.lease:
-                    continue
-                log.warning("lease of %r lost: %s", self.key, exc)
-                ok = False
-            if self._stop.is_set():
+        try:
+            ok = flight.claims.renew(self.keys, self.claim, flight.lease_ms)
+        except CacheUnavailable as exc:
+            if time.monotonic() - self._last_renewed < flight.lease:
                 return
-            if not ok:
-                self._lost = True
-                return
-            last_ok = time.monotonic()
+            log.warning("lease of %r lost: %s", self.key, exc)
+            ok = False
+        if self._finished:
+            return
+        if not ok:
+            self._lost = True
+            flight._renewer().discard(self)
+            return
+        self._last_renewed = time.monotonic()
 
     def _finish(self) -> None:
         if self._finished:
             raise RuntimeError(f"the claim on {self.key!r} was already committed or released")
         self._finished = True
-        self._stop.set()
+        self._flight._renewer().discard(self)
 
     def commit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
         """Store (if ``keep``) and announce ``outcome``; False if a successor took over."""
@@ -636,6 +632,43 @@ class Holder:
                 if exc is None:
                     raise
                 log.warning("could not release %r (the lease will expire)", self.key)
+
+
+class _Renewer:
+    """One thread per ``SingleFlight`` renewing every open holder each lease/3.
+
+    A thread per claim would cost a thread start (and its scheduling) on the hot
+    path of every step; one shared thread costs nothing while nobody holds a claim:
+    it exits when the last holder finishes and starts again with the next one.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._holders: set[Holder] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, holder: Holder) -> None:
+        with self._lock:
+            self._holders.add(holder)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wfc-renew", daemon=True)
+                self._thread.start()
+
+    def discard(self, holder: Holder) -> None:
+        with self._lock:
+            self._holders.discard(holder)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                holders = list(self._holders)
+                if not holders:
+                    self._thread = None
+                    return
+            for holder in holders:
+                holder._renew()
 
 
 class Notices:
@@ -686,6 +719,8 @@ class SingleFlight:
         self._listener_lock = threading.Lock()
         self._listener: _Listener | None = None
         self._listener_pid = os.getpid()
+        self._renewer_obj: _Renewer | None = None
+        self._renewer_pid = os.getpid()
 
     @classmethod
     def from_url(
@@ -719,6 +754,12 @@ class SingleFlight:
             health_check_interval=0,
         )
         return pool.connection_class(**kwargs)
+
+    def _renewer(self) -> _Renewer:
+        with self._listener_lock:
+            if self._renewer_pid != os.getpid() or self._renewer_obj is None:
+                self._renewer_obj, self._renewer_pid = _Renewer(self.lease / 3), os.getpid()
+            return self._renewer_obj
 
     def _notifier(self) -> _Listener:
         with self._listener_lock:

@@ -151,10 +151,20 @@ class CeleryDispatcher:
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         keyed = [_Pending(sig, _with_key(options)) for sig, options in works]
         unique = {p.key: p for p in reversed(keyed)}  # one message per key, first one wins
-        with self.cache.flight.watch_many(unique) as notices:
-            for pending in unique.values():
-                self._send(pending)
-            outcomes = {key: self._wait(pending, notices) for key, pending in unique.items()}
+        flight = self.cache.flight
+        outcomes: dict[str, Result[Any, Any]] = {}
+        with flight.watch_many(unique) as notices:
+            # Subscribed first, then read: a commit landing before our subscription is
+            # found here, one landing after it is announced to us. Hits are never sent.
+            stored = flight.read_many(list(unique))
+            for (key, pending), raw in zip(unique.items(), stored, strict=True):
+                if raw is None:
+                    self._send(pending)
+                else:
+                    outcomes[key] = _decode(pending, raw)
+            for key, pending in unique.items():
+                if key not in outcomes:
+                    outcomes[key] = self._wait(pending, notices)
         return [outcomes[p.key] for p in keyed]
 
     def _send(self, pending: _Pending) -> None:
@@ -192,7 +202,7 @@ class CeleryDispatcher:
             if raw is None:
                 raw = flight.read(key)
             if raw is not None:
-                return Envelope.loads(key, raw).to_result(key, pending.options.returns)
+                return _decode(pending, raw)
             running = bool(self.cache.client.exists(lock))
             if running:
                 seen_running = True
@@ -205,6 +215,10 @@ class CeleryDispatcher:
 
 
 _ONCE = "_once:"
+
+
+def _decode(pending: _Pending, raw: bytes) -> Result[Any, Any]:
+    return Envelope.loads(pending.key, raw).to_result(pending.key, pending.options.returns)
 
 
 def _with_key(options: StepOptions) -> StepOptions:
