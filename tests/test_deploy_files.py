@@ -95,7 +95,7 @@ def test_object_store_bucket_is_made_at_start(services: dict[str, Any]) -> None:
     assert init["restart"] == "no"
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
     env = services["worker"]["environment"]
-    assert env["WORKFLOW_CACHE_STORAGE"].startswith("s3://workflow-cache/")
+    assert env["WFC_STORAGE"].startswith("s3://workflow-cache/")
     condition = services["worker"]["depends_on"]["minio-init"]["condition"]
     assert condition == "service_completed_successfully"
 
