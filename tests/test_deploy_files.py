@@ -181,3 +181,45 @@ def test_the_distributed_example_runs_on_two_real_workers(redis_url: str, tmp_pa
         assert cache.has("user:1")  # the step's outcome is where every producer finds it
     finally:
         cache.close()
+
+
+def test_the_fleet_app_runs_flows_and_shares_their_archives(redis_url: str, tmp_path: Path):
+    """``workflow-cache run --broker ... --queue workflows`` on workers.app, with WFC_STORAGE."""
+    tag = uuid.uuid4().hex[:8]
+    queue = f"workflows-{tag}"
+    storage = tmp_path / "shared-storage"
+    env = {
+        "WFC_BROKER_URL": redis_url,
+        "WFC_NAMESPACE": f"flows-{tag}",
+        "WFC_STORAGE": str(storage),
+        "WFC_WORKFLOW_QUEUE": queue,
+    }
+    worker = CeleryWorker("workers.app", f"flows-{tag}", queue, env, log=tmp_path / "worker.log")
+    control = Celery(broker=redis_url)
+    flow = ROOT / "examples" / "flows" / "offline_node_local_package.yaml"
+    command = [
+        "workflow-cache",
+        "run",
+        str(flow),
+        "--broker",
+        redis_url,
+        "--queue",
+        queue,
+        "--timeout",
+        "120",
+        "--json",
+    ]
+    try:
+        wait_ready(control, [worker], timeout=25)
+        runs = [
+            subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+            for _ in range(2)
+        ]
+    finally:
+        worker.stop()
+        control.close()
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+    caches = [json.loads(run.stdout)["tasks"][0]["cache"] for run in runs]
+    assert caches == ["miss", "hit"]
+    assert any(storage.rglob("*.tar.zst"))  # the archive went to WFC_STORAGE
