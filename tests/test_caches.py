@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pydantic
@@ -380,3 +381,40 @@ def test_local_cache_delete_clear_and_ttl(tmp_path) -> None:
     workflow(run)
     assert count.n == 2
     assert cache.clear() == 1
+
+
+RACER = textwrap.dedent(
+    """
+    import sys, time, redis
+    from workflow_cache import RedisCache, create_workflow
+
+    url, namespace, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    counter = redis.Redis.from_url(url)
+
+    def report():
+        counter.incr(f"{namespace}:executions")
+        time.sleep(0.5)
+        return {"rows": 1200, "by": sys.argv[4]}
+
+    cache = RedisCache(url, namespace=namespace, lease=2)
+    time.sleep(max(0.0, start_at - time.time()))  # all racers reach the key together
+    result = create_workflow({}, cache=cache)(lambda step: step(report, key="report"))
+    print(result.value["by"])
+    """
+)
+
+
+def test_producer_processes_racing_a_local_thunk_run_it_once(redis_url, redis_client, namespace):
+    start_at = f"{time.time() + 3:.3f}"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, redis_url, namespace, start_at, str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    outputs = [racer.communicate(timeout=60)[0].strip() for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers)
+    assert int(redis_client.get(f"{namespace}:executions")) == 1
+    assert len(set(outputs)) == 1  # every process got the one execution's outcome
