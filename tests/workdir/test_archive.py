@@ -354,3 +354,64 @@ def test_fast_headers_match_tarfile(
     info.type, info.mode, info.mtime, info.size, info.linkname = kind, mode, mtime, size, linkname
     expected = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
     assert _gnu_header(name, kind, mode, mtime, size, linkname) == expected
+
+
+def test_fast_header_parser_agrees_with_tarfile_on_valid_and_damaged_headers() -> None:
+    """The struct-based header parser must read (or refuse) exactly what tarfile does."""
+    import random
+
+    from workflow_cache.workdir.archive import _Header
+
+    rnd = random.Random(1234)
+    kinds = [
+        tarfile.REGTYPE,
+        tarfile.AREGTYPE,
+        tarfile.DIRTYPE,
+        tarfile.SYMTYPE,
+        tarfile.LNKTYPE,
+        tarfile.CHRTYPE,
+        tarfile.FIFOTYPE,
+    ]
+    blocks: list[bytes] = []
+    for i in range(1500):
+        info = tarfile.TarInfo("d/" * rnd.randint(0, 60) + f"f{i}" + "/" * (i % 7 == 0))
+        info.size, info.mtime = rnd.randint(0, 10**9), rnd.randint(0, 2**33 - 1)
+        info.mode, info.uid = rnd.randint(0, 0o7777), rnd.randint(0, 2**21)
+        info.type, info.linkname = rnd.choice(kinds), "x" * rnd.randint(0, 99)
+        info.uname = "ü" * rnd.randint(0, 10)
+        for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT):
+            try:
+                raw = info.tobuf(fmt, "utf-8", "surrogateescape")
+            except ValueError:
+                continue
+            blocks += [raw[k : k + 512] for k in range(0, len(raw), 512)]
+    damaged = []
+    for block in blocks[:1500]:
+        broken = bytearray(block)
+        broken[rnd.randrange(512)] = rnd.randrange(256)
+        damaged.append(bytes(broken))
+    fields = [
+        "name",
+        "mode",
+        "uid",
+        "gid",
+        "size",
+        "mtime",
+        "chksum",
+        "type",
+        "linkname",
+        "uname",
+        "gname",
+        "devmajor",
+        "devminor",
+    ]
+
+    def parse(parser, block):
+        try:
+            info = parser.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            return type(exc)
+        return [getattr(info, f) for f in fields]
+
+    for block in [*blocks, *damaged, bytes(512), b"", bytes(100)]:
+        assert parse(_Header, block) == parse(tarfile.TarInfo, block)
