@@ -11,29 +11,13 @@ from __future__ import annotations
 import time
 
 import redis
-from celery import Celery
 
-from workflow_cache import RedisCache
-from workflow_cache.distributed import install
+from workflow_cache.distributed.fleet import fleet_app
 from workflow_cache.distributed.settings import WorkerSettings
 
 settings = WorkerSettings()
 
-app = Celery("wfc_bench", broker=settings.broker_url, backend=settings.backend)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_default_queue=settings.step_queue,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-    result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
-    worker_hijack_root_logger=False,
-)
-cache = RedisCache(settings.cache, namespace=settings.namespace, lease=settings.lease)
-install(app, cache, queue=settings.step_queue)
+app, cache = fleet_app("wfc_bench", settings)
 _redis = redis.Redis.from_url(settings.cache)
 
 

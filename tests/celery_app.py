@@ -10,25 +10,14 @@ import os
 import time
 
 import redis
-from celery import Celery
 
-from workflow_cache import RedisCache, err
-from workflow_cache.distributed import install, workflow_task
+from workflow_cache import err
+from workflow_cache.distributed import workflow_task
+from workflow_cache.distributed.fleet import fleet_app
 from workflow_cache.distributed.settings import WorkerSettings
 
 settings = WorkerSettings()
-app = Celery("wfc_tests", broker=settings.broker_url, backend=settings.backend)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    worker_prefetch_multiplier=1,
-    task_default_queue=settings.step_queue,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-    worker_hijack_root_logger=False,
-)
-cache = RedisCache(settings.cache, namespace=settings.namespace, lease=settings.lease)
-install(app, cache, queue=settings.step_queue)
+app, cache = fleet_app("wfc_tests", settings)
 _redis = redis.Redis.from_url(settings.cache)
 
 

@@ -10,30 +10,14 @@ set ``WFC_STORAGE`` (e.g. ``s3://bucket/prefix``) so every machine shares archiv
 
 from __future__ import annotations
 
-from celery import Celery
-
 import workflow_cache.workdir.celery_tasks  # noqa: F401  (flows run on this fleet too)
-from workflow_cache import RedisCache
-from workflow_cache.distributed import install, workflow_task
+from workflow_cache.distributed import workflow_task
+from workflow_cache.distributed.fleet import fleet_app
 from workflow_cache.distributed.settings import WorkerSettings
 
 settings = WorkerSettings()
 
-app = Celery("workflow_cache_workers", broker=settings.broker_url, backend=settings.backend)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_default_queue=settings.step_queue,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-    result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
-    workflow_cache_storage=settings.storage,
-)
-cache = RedisCache(settings.cache, namespace=settings.namespace, lease=settings.lease)
-install(app, cache, queue=settings.step_queue)
+app, cache = fleet_app("workflow_cache_workers", settings)
 
 
 @app.task(name="workers.fetch_user", shared=False)
