@@ -418,3 +418,82 @@ def test_producer_processes_racing_a_local_thunk_run_it_once(redis_url, redis_cl
     assert all(racer.returncode == 0 for racer in racers)
     assert int(redis_client.get(f"{namespace}:executions")) == 1
     assert len(set(outputs)) == 1  # every process got the one execution's outcome
+
+
+def test_redis_cache_over_tls_with_rediss_url(tmp_path) -> None:
+    """``rediss://`` with the CA in the URL: a real TLS redis-server on loopback."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        cache = RedisCache(url, namespace="tls")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                cache.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        count = Counter()
+        workflow = create_workflow({}, cache=cache)
+        for _ in range(2):
+            assert workflow(lambda step: step(lambda: count("secret"), key="k")).value == "secret"
+        assert count.n == 1
+        plain = RedisCache(
+            f"redis://127.0.0.1:{port}/0", namespace="tls", connect_timeout=0.5, socket_timeout=0.5
+        )
+        with pytest.raises(CacheUnavailable):
+            plain.get("k")  # the server speaks only TLS
+        cache.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
