@@ -85,7 +85,8 @@ class Step:
         """Run several steps, reading all their keys from the cache in one round trip.
 
         Returns their values in order. Misses run one after another in a sync
-        workflow (stopping at the first ``err``) and concurrently in an async one.
+        workflow (stopping at the first ``err``) and concurrently in an async one;
+        Celery signatures among them are sent together and run side by side.
         """
         thunks = list(thunks)
         if keys is None:
