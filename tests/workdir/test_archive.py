@@ -415,3 +415,36 @@ def test_fast_header_parser_agrees_with_tarfile_on_valid_and_damaged_headers() -
 
     for block in [*blocks, *damaged, bytes(512), b"", bytes(100)]:
         assert parse(_Header, block) == parse(tarfile.TarInfo, block)
+
+
+def test_pax_archives_are_refused_and_leave_the_folder_alone(tmp_path: Path) -> None:
+    """pack never writes pax headers; an archive that has them is not one of ours."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("caf\u00e9/" + "x" * 120)
+        data = b"hello"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive = io.BytesIO(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "kept.txt").write_text("kept")
+    with pytest.raises(ArchiveError, match="pax or sparse"):
+        unpack(archive, root)
+    assert sorted(p.name for p in root.iterdir()) == ["kept.txt"]
+
+
+def test_long_names_and_links_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    deep = src / ("a" * 90) / ("b" * 90)
+    deep.mkdir(parents=True)
+    (deep / ("c" * 90 + ".txt")).write_text("deep")
+    (src / "link").symlink_to("/" + "t" * 150)
+    paths = [p.relative_to(src) for p in sorted(src.rglob("*"))]
+    archive = io.BytesIO()
+    pack(src, paths, archive)
+    archive.seek(0)
+    dest = tmp_path / "dest"
+    unpack(archive, dest)
+    assert (dest / deep.relative_to(src) / ("c" * 90 + ".txt")).read_text() == "deep"
+    assert os.readlink(dest / "link") == "/" + "t" * 150

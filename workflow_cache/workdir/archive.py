@@ -9,8 +9,9 @@ Speed: a venv is tens of thousands of small files, so the per-file cost in
 Python decides. Writing batches headers and small files into 1 MiB writes to
 the compressor instead of going through ``TarFile.addfile``, and encodes
 ordinary headers with one ``struct.pack`` (byte for byte what
-``TarInfo.tobuf`` gives, which handles everything else). Reading parses headers with ``TarFile`` in
-stream mode (``r|``) and writes each file with a single ``open``/``write``.
+``TarInfo.tobuf`` gives, which handles everything else). Reading uses a small
+forward-only reader (``_TarStream``) with one large buffer instead of
+``TarFile``'s stream mode, and writes each file with a single ``open``/``write``.
 
 Extraction treats the archive as hostile. Members go first into a fresh staging
 folder inside ``root``. Every member passes Python's ``data`` filter (which also
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 _CHUNK = 1 << 20  # writes to the compressor and file copies move 1 MiB at a time
-_STREAM_BUFSIZE = 32 * 1024  # tarfile re-slices its buffer on every read: keep it small
 _ZSTD_READ_SIZE = 1 << 20
 _MAX_TRAILER = 1 << 20  # bytes allowed after the tar end marker (record padding)
 _BLOCK = tarfile.BLOCKSIZE
@@ -278,9 +278,7 @@ def _octal(field: bytes) -> int:
 
 
 class _Header(tarfile.TarInfo):
-    """Remembers why a tar stream ended: only a zero block is a real end marker.
-
-    Also parses ordinary headers with one ``struct.unpack`` and C-level sums
+    """Parses ordinary headers with one ``struct.unpack`` and C-level sums
     instead of ``TarInfo.frombuf``'s field-by-field work, which dominated unpack
     time on trees of many small files. It checks what ``frombuf`` checks and
     hands everything else (base-256 numbers, sparse files, a checksum only valid
@@ -331,13 +329,119 @@ class _Header(tarfile.TarInfo):
             obj.name = prefix_text + "/" + obj.name
         return obj
 
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        try:
-            return super().fromtarfile(tarfile_)
-        except tarfile.HeaderError as exc:
-            tarfile_.wfc_end = exc  # type: ignore[attr-defined]
-            raise
+
+class _TarStream:
+    """Reads the members of a tar stream written by :func:`pack`, forward only.
+
+    ``TarFile`` in stream mode re-slices a small buffer for every header and
+    every file and runs a chain of methods per member; on a venv's thousands of
+    small files that was most of the time spent restoring. This reader keeps
+    one large buffer, parses headers with :class:`_Header` and hands file data
+    out in slices. It understands what ``pack`` writes (ustar/GNU headers, GNU
+    long names and long link names) and refuses pax and sparse extensions with
+    an :class:`ArchiveError`; everything else about a member is judged by the
+    extractor, exactly as for any other archive.
+    """
+
+    _MAX_LONG_NAME = 1 << 16
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._buffer = bytearray()
+        self._pos = 0
+        self._left = 0  # unread data bytes of the current member
+        self._padding = 0  # zero bytes after them, up to the next block
+
+    def _fill(self, need: int) -> bool:
+        """Make ``need`` bytes available; False if the stream ends first."""
+        while len(self._buffer) - self._pos < need:
+            chunk = self._raw.read(_CHUNK)
+            if not chunk:
+                return False
+            if self._pos:
+                del self._buffer[: self._pos]
+                self._pos = 0
+            self._buffer += chunk
+        return True
+
+    def _take(self, size: int) -> bytes:
+        if not self._fill(size):
+            raise tarfile.ReadError("unexpected end of data")
+        start = self._pos
+        self._pos += size
+        return bytes(self._buffer[start : self._pos])
+
+    def next(self) -> tarfile.TarInfo | None:
+        """The next member, or None at the end-of-archive marker."""
+        self._skip_rest()
+        long_name = long_link = None
+        while True:
+            if not self._fill(_BLOCK):
+                raise ArchiveError("truncated archive: no end-of-archive marker")
+            block = self._take(_BLOCK)
+            if not any(block):
+                return None
+            info = _Header.frombuf(block, _ENCODING, "surrogateescape")
+            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+                if not 0 < info.size <= self._MAX_LONG_NAME:
+                    raise ArchiveError(f"corrupt archive: a long name of {info.size} bytes")
+                text = _text(
+                    self._take(_padded(info.size))[: info.size], _ENCODING, "surrogateescape"
+                )
+                if info.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = text
+                else:
+                    long_link = text
+                continue
+            if info.type in (
+                tarfile.XHDTYPE,
+                tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE,
+                tarfile.GNUTYPE_SPARSE,
+            ):
+                raise ArchiveError(
+                    f"unsupported archive: {info.name!r} uses a pax or sparse tar extension, "
+                    "which archives written by workflow-cache never contain"
+                )
+            if long_name is not None:
+                info.name = long_name.removesuffix("/") if info.isdir() else long_name
+            if long_link is not None:
+                info.linkname = long_link
+            has_data = info.isreg() or info.type not in tarfile.SUPPORTED_TYPES  # as tarfile
+            self._left = info.size if has_data else 0
+            self._padding = _padded(self._left) - self._left
+            return info
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the current member's data."""
+        size = min(size, self._left)
+        if not size:
+            return b""
+        data = self._take(min(size, _CHUNK))
+        self._left -= len(data)
+        return data
+
+    def _skip_rest(self) -> None:
+        while self._left:
+            self.read(self._left)
+        if self._padding:
+            self._take(self._padding)
+            self._padding = 0
+
+    def trailer(self, limit: int) -> int:
+        """Bytes after the end marker (read to the end so zstd verifies its checksum)."""
+        count = len(self._buffer) - self._pos
+        self._buffer.clear()
+        self._pos = 0
+        while chunk := self._raw.read(_CHUNK):
+            count += len(chunk)
+            if count > limit:
+                break
+        return count
+
+
+def _padded(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
 
 
 class _Extractor:
@@ -357,33 +461,16 @@ class _Extractor:
         reader = zstandard.ZstdDecompressor().stream_reader(
             src, read_size=_ZSTD_READ_SIZE, closefd=False
         )
-        with (
-            reader,
-            tarfile.open(
-                fileobj=reader,
-                mode="r|",
-                bufsize=_STREAM_BUFSIZE,
-                tarinfo=_Header,
-                errorlevel=2,
-            ) as tar,
-        ):
-            while (member := tar.next()) is not None:
-                # Stream mode keeps every header it has read; we need none of them back.
-                tar.members.clear()
-                self.extract(tar, member)
-            end = getattr(tar, "wfc_end", None)
-            if not isinstance(end, tarfile.EOFHeaderError):
-                raise ArchiveError(f"truncated archive: no end-of-archive marker ({end})")
-            # Read to the end of the zstd frame so that its checksum is verified.
-            trailer = 0
-            while chunk := tar.fileobj.read(_CHUNK):
-                trailer += len(chunk)
-                if trailer > _MAX_TRAILER:
-                    raise ArchiveError("corrupt archive: unexpected data after the end marker")
+        with reader:
+            stream = _TarStream(reader)
+            while (member := stream.next()) is not None:
+                self.extract(stream, member)
+            if stream.trailer(_MAX_TRAILER) > _MAX_TRAILER:
+                raise ArchiveError("corrupt archive: unexpected data after the end marker")
         for path, mtime in reversed(self.directories):
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
-    def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def extract(self, tar: _TarStream, member: tarfile.TarInfo) -> None:
         name = _checked_name(member, member.name)
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise ArchiveError(f"refusing {name!r}: special files (devices, fifos) are not allowed")
@@ -436,7 +523,7 @@ class _Extractor:
         member.uid = member.gid = member.uname = member.gname = None  # ownership is not kept
         return member
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
+    def _write_file(self, tar: _TarStream, member: tarfile.TarInfo, target: str) -> None:
         try:
             fd = os.open(target, _NEW_FILE, 0o600)
         except FileExistsError:
@@ -446,7 +533,7 @@ class _Extractor:
         try:
             left = member.size
             while left:
-                chunk = tar.fileobj.read(min(left, _CHUNK))
+                chunk = tar.read(left)
                 if not chunk:
                     raise tarfile.ReadError(f"unexpected end of data in {member.name!r}")
                 left -= len(chunk)
