@@ -67,24 +67,21 @@ def test_the_readme_first_command_runs_and_shows_cache_hits(tmp_path) -> None:
     assert command.startswith("pip install -e . && ")
     command = command.removeprefix("pip install -e . && ")
     env = {**os.environ, "WORKFLOW_CACHE_HOME": str(tmp_path / "home")}
-    once = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert once.returncode == 0, once.stdout + once.stderr
-    assert "served from cache" in once.stdout and "cache miss" in once.stdout
-    twice = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert twice.returncode == 0, twice.stdout + twice.stderr
-    assert "executed" not in twice.stdout  # every step a hit, even in a new process
-    assert "cache hit (restored)" in twice.stdout
+
+    def run() -> str:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    once = run()
+    assert "served from cache" in once and "cache miss" in once
+    twice = run()
+    assert "executed" not in twice  # every step a hit, even in a new process
+    assert "cache hit (restored)" in twice
