@@ -53,6 +53,15 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def _checked_id(kind: str, value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError(
+            f"{kind} id {value!r} must start with a letter or digit and contain only "
+            "letters, digits, '_' and '-'"
+        )
+    return value
+
+
 def _scalar_text(value: Any) -> Any:
     """YAML turns ``1`` and ``true`` into numbers and booleans; env values must stay text."""
     if isinstance(value, bool):
@@ -127,12 +136,7 @@ class _Task(_Model):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError(
-                f"task id {value!r} must start with a letter or digit and contain only "
-                "letters, digits, '_' and '-'"
-            )
-        return value
+        return _checked_id("task", value)
 
     @field_validator("input_files")
     @classmethod
@@ -305,12 +309,7 @@ class Flow(_Model):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError(
-                f"flow id {value!r} must start with a letter or digit and contain only "
-                "letters, digits, '_' and '-'"
-            )
-        return value
+        return _checked_id("flow", value)
 
     @field_validator("namespace")
     @classmethod
