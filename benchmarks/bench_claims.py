@@ -31,6 +31,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _stampede import stampede
+
 from tests.servers import RedisServer
 from workflow_cache.cache.claims import Done, Holder, SingleFlight, connect
 
@@ -154,21 +156,8 @@ def bench_stampede(url: str, acquirers: int, work: float, rounds: int) -> tuple[
     walls = []
     for r in range(rounds):
         key = f"stampede:{r}"
-        barrier = threading.Barrier(acquirers + 1)
-        outcomes: list[bytes] = []
-
-        def contender(k: str = key, b: threading.Barrier = barrier, out: list = outcomes) -> None:
-            b.wait()
-            out.append(run(k))
-
-        threads = [threading.Thread(target=contender) for _ in range(acquirers)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        started = time.perf_counter()
-        for t in threads:
-            t.join()
-        walls.append(time.perf_counter() - started)
+        wall, outcomes = stampede(acquirers, lambda k=key: run(k))
+        walls.append(wall)
         assert outcomes == [b"value"] * acquirers
     executions = int(counter.get(f"{ns}:executions") or 0) - max(rounds, 50)
     flight.close()
@@ -181,20 +170,7 @@ def bench_thread_floor(url: str, threads: int, rounds: int) -> float:
     client = redis.Redis.from_url(url)
     walls = []
     for _ in range(rounds):
-        barrier = threading.Barrier(threads + 1)
-
-        def one(b: threading.Barrier = barrier) -> None:
-            b.wait()
-            client.get("bench-floor")
-
-        workers = [threading.Thread(target=one) for _ in range(threads)]
-        for t in workers:
-            t.start()
-        barrier.wait()
-        started = time.perf_counter()
-        for t in workers:
-            t.join()
-        walls.append(time.perf_counter() - started)
+        walls.append(stampede(threads, lambda: client.get("bench-floor"))[0])
     client.close()
     return statistics.median(walls)
 

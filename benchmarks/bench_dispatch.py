@@ -27,7 +27,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _stampede import stampede  # noqa: E402
 
 from tests.servers import RedisServer  # noqa: E402
 from tests.workers import CeleryWorker, wait_ready  # noqa: E402
@@ -199,21 +200,8 @@ def bench_stampede(
 
         drain(client, queue)
         key = f"stampede:{uuid.uuid4().hex}"
-        barrier = threading.Barrier(producers + 1)
-        values: list[int] = []
-
-        def producer(k: str = key, b: threading.Barrier = barrier, out: list[int] = values) -> None:
-            b.wait()
-            out.append(one(k))  # list.append is atomic
-
-        threads = [threading.Thread(target=producer) for _ in range(producers)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        started = time.perf_counter()
-        for t in threads:
-            t.join()
-        walls.append(time.perf_counter() - started)
+        wall, values = stampede(producers, lambda k=key: one(k))
+        walls.append(wall)
         assert values == [1] * producers, values
         drain(client, queue)  # every duplicate message handled: none may run the body
         executions.append(bench.executions(key))
