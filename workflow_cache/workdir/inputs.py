@@ -116,7 +116,7 @@ class StringInput(_Input):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"validator {value!r} is not a regular expression: {exc}") from None
+                raise ValueError(f"validator {value!r} is not a regular expression: {exc}") from exc
         return value
 
     def convert(self, value: Any, *, check_files: bool = True) -> str:

@@ -84,7 +84,7 @@ def _describe(error: ErrorDetails, loc: list[int | str], data: dict[str, Any]) -
     if kind == "unknown_input_type":
         found = _value_at(data, loc)
         type_name = found.get("type") if isinstance(found, dict) else None
-        what = "an input needs a 'type'" if type_name is None else f"unknown input type {type_name!r}"
+        what = f"unknown input type {type_name!r}" if type_name else "an input needs a 'type'"
         return f"{what}; supported input types: " + ", ".join(INPUT_TYPES)
     if kind == "unknown_task_type":
         found = _value_at(data, loc)

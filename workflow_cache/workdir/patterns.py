@@ -168,3 +168,14 @@ class _Rule:
         self.keep = not pattern.startswith("!")
         self.glob = pattern if self.keep else pattern[1:]
         self.matcher = glob.compile(self.glob, flags=_FLAGS)
+
+
+def selects(patterns: list[str], relative: str) -> bool:
+    """Whether ``patterns`` keep the path ``relative``, by the same rule as :func:`match_files`."""
+    rules = [_Rule(pattern) for pattern in validate_patterns(patterns)]
+    parts = PurePosixPath(relative).parts
+    candidates = ["/".join(parts[: end + 1]) for end in range(len(parts))]
+    for rule in reversed(rules):
+        if any(rule.matcher.match(candidate) for candidate in candidates):
+            return rule.keep
+    return False

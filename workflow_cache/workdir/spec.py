@@ -33,7 +33,6 @@ from workflow_cache.workdir.inputs import FlowInput
 from workflow_cache.workdir.patterns import PatternError, validate_patterns
 from workflow_cache.workdir.sourcemap import SourceMap
 
-
 WORKING_DIRECTORY_TYPES = (
     "io.kestra.plugin.core.flow.WorkingDirectory",
     "io.kestra.core.tasks.flows.WorkingDirectory",
@@ -338,7 +337,7 @@ class Flow(_Model):
         names: set[str] = set()
         for spec in self.inputs or []:
             if spec.id in names:
-                raise ValueError(f"input id {spec.id!r} is declared twice; input ids must be unique")
+                raise ValueError(f"input id {spec.id!r} is declared twice; ids must be unique")
             names.add(spec.id)
         return self
 
