@@ -208,8 +208,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TemplateAssertionError) and message.startswith("No filter named"):
         name = message.removeprefix("No filter named ").rstrip(".")
         return f"unknown filter {name}; known filters: " + ", ".join(sorted(FILTERS))
-    if isinstance(exc, TemplateAssertionError) and message.startswith("No test named"):
-        name = message.removeprefix("No test named ").rstrip(".")
+    if message.startswith("No test named"):  # at compile time or, inside an if, at run time
+        name = message.removeprefix("No test named ").removesuffix(" found.").rstrip(".")
         return f"unknown test {name}"
     if isinstance(exc, TemplateSyntaxError):
         return f"expression syntax error: {message}"
