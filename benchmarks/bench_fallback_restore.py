@@ -143,6 +143,8 @@ def main() -> None:
         env = {**os.environ, "WORKFLOW_CACHE_HOME": str(folder / "home"), "COLUMNS": "200"}
         env["npm_config_cache"] = str(folder / "lock-cache")
         first, second = make_locks(folder, packages, env)
+        lock = json.loads((second / "package-lock.json").read_text())
+        lock_packages = len(lock["packages"]) - 1
         flows = {}
         for fallback in (False, True):
             flows[fallback] = folder / f"flow-{fallback}.yaml"
@@ -161,7 +163,12 @@ def main() -> None:
             seconds, cache = run(flows[True], second, copy, env)
             assert cache == "partial", cache
             with_fallback.append(seconds)
-    lock_packages = len(json.loads((second / "package-lock.json").read_text())["packages"]) - 1
+            print(
+                f"round {round_number + 1}: seed {seeds[-1]:.2f} s, without {without[-1]:.2f} s,"
+                f" with fallback {seconds:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     cold, warm = statistics.median(without), statistics.median(with_fallback)
     print(f"packages: {', '.join(packages)} + {ADDED}   ({lock_packages} in the lock file)")
     registry = output("npm", "config", "get", "registry")

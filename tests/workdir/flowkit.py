@@ -1,4 +1,4 @@
-"""Running flow text two ways in tests: in-process with ``run_flow`` and as ``workflow-cache run``."""
+"""Running flow text in tests: in-process with ``run_flow`` and as ``workflow-cache run``."""
 
 from __future__ import annotations
 

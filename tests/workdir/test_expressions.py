@@ -1,4 +1,4 @@
-"""``{{ }}`` expressions: variables, filters, errors at their line, no re-rendering, no injection."""
+"""``{{ }}`` expressions: variables, filters, errors at their line, no re-rendering or injection."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_now_is_the_current_utc_time() -> None:
         ("{{ inputs.name.__class__ }}", "'__class__' cannot be used in an expression"),
         ("{{ inputs.items.append('d') }}", "unknown function 'append'"),
         ("{{ inputs.when | date('QQQ') }}", "date: pattern letter 'Q' is not supported"),
-        ("{{ inputs.when | date('HH', timeZone='Mars/Base') }}", "date: unknown time zone 'Mars/Base'"),
+        ("{{ inputs.when | date('HH', timeZone='Mars/Base') }}", "date: unknown time zone"),
         ("{{ 'x' | date }}", "date: 'x' is not an ISO 8601 date"),
         ("{{ 'x' | replace('a', 'b') }}", "replace: expected a map of replacements"),
         ("{{ inputs.nmae | upper }}", "unknown variable 'inputs.nmae'"),
@@ -198,9 +198,7 @@ def test_unknown_variable_stops_the_flow_before_any_task_with_its_line(tmp_path:
     flow = cli.write("expr.yaml", text)
     done = cli("run", flow)
     assert done.returncode == 2
-    line = text.splitlines().index(
-        '          print("owner={{ labels.ownr }} raw={{ vars.raw }}")'
-    )
+    line = text.splitlines().index('          print("owner={{ labels.ownr }} raw={{ vars.raw }}")')
     assert done.stderr.strip() == (
         f"error: {flow}:{line + 1}: tasks[0].tasks[0].script: unknown variable 'labels.ownr'"
     )
