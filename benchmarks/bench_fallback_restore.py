@@ -12,8 +12,9 @@ inputs. Each round, in fresh storage:
 3. with fallback: the same run with ``fallback: true`` on a copy of the seeded
    storage: the old ``node_modules`` is restored and npm adds one package.
 
-Every npm run gets an empty npm cache, so each install downloads from the
-registry as a fresh machine would. Prints wall times of whole
+Steps 2 and 3 swap places every other round. Every npm run gets an empty npm
+cache, so each install downloads from the registry as a fresh machine would,
+and starts after ``sync``, with no writes of the run before it pending. Prints wall times of whole
 ``workflow-cache run`` commands, medians over ``--runs`` rounds.
 Target: the run with fallback at least 2x faster than the one without.
 """
@@ -116,6 +117,7 @@ class Run:
 def run(flow: Path, locks: Path, storage: Path, env: dict[str, str]) -> Run:
     """Run the flow once with the lock files in ``locks``."""
     npm_cache = tempfile.mkdtemp(prefix="bench-npm-cache-")
+    os.sync()  # start every measured run with no writes of the previous one pending
     started = time.perf_counter()
     done = subprocess.run(
         [
@@ -170,12 +172,13 @@ def main() -> None:
             seeds.append(seed.seconds)
             copy = folder / f"storage-{round_number}-copy"
             shutil.copytree(storage, copy, symlinks=True)
-            plain = run(flows[False], second, storage, env)
-            assert plain.cache == "miss", plain.cache
-            without.append(plain)
-            partial = run(flows[True], second, copy, env)
-            assert partial.cache == "partial", partial.cache
-            with_fallback.append(partial)
+            # Alternate which variant runs first, so neither always follows the other.
+            order = [(False, storage), (True, copy)]
+            for fallback, where in order if round_number % 2 == 0 else order[::-1]:
+                measured = run(flows[fallback], second, where, env)
+                assert measured.cache == ("partial" if fallback else "miss"), measured.cache
+                (with_fallback if fallback else without).append(measured)
+            plain, partial = without[-1], with_fallback[-1]
             print(
                 f"round {round_number + 1}: seed {seeds[-1]:.2f} s,"
                 f" without {plain.seconds:.2f} s, with fallback {partial.seconds:.2f} s",

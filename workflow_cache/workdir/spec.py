@@ -284,6 +284,7 @@ Task = Annotated[
 class Flow(_Model):
     """A flow: tasks run in order under ``namespace``/``id``.
 
+    ``inputs``, ``variables`` and ``labels`` are what its expressions can read.
     Kestra's other top-level keys are accepted so its flows load unmodified;
     they do not change what runs here.
     """
