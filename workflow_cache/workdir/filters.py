@@ -2,9 +2,8 @@
 
 Values print the way Kestra prints them, not the way Python does: ``true``
 rather than ``True``, nothing for a null, JSON for lists and maps, ISO 8601
-for dates (``2024-01-31T12:00:00Z``) and durations (``PT1H30M``). Dates are
-formatted with Java's pattern letters (``yyyy-MM-dd HH:mm``), which every
-Kestra flow uses, translated here letter by letter.
+for dates (``2024-01-31T12:00:00Z``) and durations (``PT1H30M``). The
+``date`` filter takes Java's pattern letters (:mod:`.datepatterns`).
 """
 
 from __future__ import annotations
@@ -18,11 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Undefined
 
-_MONTHS = [
-    *("January", "February", "March", "April", "May", "June"),
-    *("July", "August", "September", "October", "November", "December"),
-]
-_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+from workflow_cache.workdir.datepatterns import DatePatternError, format_java, parse_java
 
 
 class FilterError(ValueError):
@@ -90,10 +85,6 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
-# --- Java date patterns --------------------------------------------------------------------
-
-_TOKEN = re.compile(r"'(?:[^']|'')*'|([A-Za-z])\1*|[^A-Za-z']+")
-
 _NAMED = {
     "iso_date": "yyyy-MM-dd",
     "iso_local_date": "yyyy-MM-dd",
@@ -107,133 +98,6 @@ _NAMED = {
 _ISO_NAMES = {"iso", "iso_date_time", "iso_offset_date_time", "iso_instant", "iso_zoned_date_time"}
 
 
-def _tokens(pattern: str) -> list[tuple[str, str]]:
-    """``("letter", "yyyy")`` or ``("text", "-")`` pieces of a Java date pattern."""
-    pieces: list[tuple[str, str]] = []
-    for match in _TOKEN.finditer(pattern):
-        token = match.group(0)
-        if token.startswith("'"):
-            pieces.append(("text", token[1:-1].replace("''", "'") if token != "''" else "'"))
-        elif match.group(1):
-            pieces.append(("letter", token))
-        else:
-            pieces.append(("text", token))
-    return pieces
-
-
-def _offset(moment: datetime, count: int, *, zulu: bool) -> str:
-    delta = moment.utcoffset() or timedelta(0)
-    if zulu and delta == timedelta(0):
-        return "Z"
-    minutes = int(delta.total_seconds() // 60)
-    sign = "-" if minutes < 0 else "+"
-    hours, minutes = divmod(abs(minutes), 60)
-    if count == 1:
-        return f"{sign}{hours:02d}" + (f"{minutes:02d}" if minutes else "")
-    if count == 2:
-        return f"{sign}{hours:02d}{minutes:02d}"
-    return f"{sign}{hours:02d}:{minutes:02d}"
-
-
-def format_java(moment: datetime, pattern: str) -> str:
-    """Format ``moment`` with a Java ``DateTimeFormatter`` pattern such as ``yyyy-MM-dd``."""
-    out: list[str] = []
-    for kind, token in _tokens(pattern):
-        if kind == "text":
-            out.append(token)
-            continue
-        letter, count = token[0], len(token)
-        out.append(_field(moment, letter, count))
-    return "".join(out)
-
-
-def _field(moment: datetime, letter: str, count: int) -> str:
-    if letter in "yu":
-        return f"{moment.year % 100:02d}" if count == 2 else f"{moment.year:0{count}d}"
-    if letter in "ML":
-        if count >= 4:
-            return _MONTHS[moment.month - 1]
-        if count == 3:
-            return _MONTHS[moment.month - 1][:3]
-        return f"{moment.month:0{count}d}"
-    simple = {
-        "d": moment.day,
-        "D": moment.timetuple().tm_yday,
-        "H": moment.hour,
-        "k": moment.hour or 24,
-        "K": moment.hour % 12,
-        "h": moment.hour % 12 or 12,
-        "m": moment.minute,
-        "s": moment.second,
-    }
-    if letter in simple:
-        return f"{simple[letter]:0{count}d}"
-    if letter == "S":
-        return f"{moment.microsecond:06d}000"[:count].ljust(count, "0")
-    if letter == "E":
-        name = _DAYS[moment.weekday()]
-        return name if count >= 4 else name[:3]
-    if letter == "a":
-        return "AM" if moment.hour < 12 else "PM"
-    if letter == "G":
-        return "AD"
-    if letter == "X":
-        return _offset(moment, count, zulu=True)
-    if letter == "x":
-        return _offset(moment, count, zulu=False)
-    if letter == "Z":
-        return _offset(moment, 3 if count >= 4 else 2, zulu=count == 5)
-    if letter == "z":
-        return moment.tzname() or "UTC"
-    if letter == "V":
-        zone = moment.tzinfo
-        return getattr(zone, "key", None) or moment.tzname() or "UTC"
-    raise FilterError(f"date: pattern letter {letter!r} is not supported")
-
-
-_PARSE = {
-    "y": "%Y",
-    "u": "%Y",
-    "M": "%m",
-    "d": "%d",
-    "D": "%j",
-    "H": "%H",
-    "h": "%I",
-    "m": "%M",
-    "s": "%S",
-    "S": "%f",
-    "a": "%p",
-    "X": "%z",
-    "x": "%z",
-    "Z": "%z",
-}
-
-
-def parse_java(text: str, pattern: str) -> datetime:
-    """Read ``text`` written with a Java date pattern; a missing zone means UTC."""
-    directives: list[str] = []
-    for kind, token in _tokens(pattern):
-        if kind == "text":
-            directives.append(token.replace("%", "%%"))
-            continue
-        letter, count = token[0], len(token)
-        if letter in "yu" and count == 2:
-            directives.append("%y")
-        elif letter == "M" and count >= 3:
-            directives.append("%B" if count >= 4 else "%b")
-        elif letter == "E":
-            directives.append("%A" if count >= 4 else "%a")
-        elif letter in _PARSE:
-            directives.append(_PARSE[letter])
-        else:
-            raise FilterError(f"date: pattern letter {letter!r} cannot be used in existingFormat")
-    try:
-        parsed = datetime.strptime(text, "".join(directives))
-    except ValueError:
-        raise FilterError(f"date: {text!r} does not match existingFormat {pattern!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _moment(value: Any, existing: str | None) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -243,7 +107,10 @@ def _moment(value: Any, existing: str | None) -> datetime:
         return datetime.fromtimestamp(value, UTC)
     if isinstance(value, str):
         if existing is not None:
-            return parse_java(value, existing)
+            try:
+                return parse_java(value, existing)
+            except DatePatternError as exc:
+                raise FilterError(f"date: {exc}") from None
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
@@ -270,7 +137,10 @@ def date_filter(
             raise FilterError(f"date: unknown time zone {timeZone!r}") from None
     if format is None or format in _ISO_NAMES:
         return _iso(moment)
-    return format_java(moment, _NAMED.get(format, format))
+    try:
+        return format_java(moment, _NAMED.get(format, format))
+    except DatePatternError as exc:
+        raise FilterError(f"date: {exc}") from None
 
 
 # --- the other filters -----------------------------------------------------------------------
