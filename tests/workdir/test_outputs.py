@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.workdir.flowkit import Cli, run_text, task_of
-from workflow_cache.workdir.outputs import parse_output_line
+from workflow_cache.workdir.outputs import copy_file_inputs, parse_output_line
+from workflow_cache.workdir.spec import FlowError
 
 PIPELINE = """id: pipeline
 namespace: dev
@@ -194,3 +195,18 @@ tasks:
     assert second.ok and second.task("wd").cache == "hit"
     assert lines.of("use") == ["fresh"]
     assert outside.read_text() == "untouched"
+
+
+def test_an_input_file_copy_never_writes_through_a_symlinked_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "data").symlink_to(outside)
+    source = tmp_path / "source.txt"
+    source.write_text("payload")
+    with pytest.raises(FlowError, match=r"input file 'data/x\.txt': 'data' in the working folder"):
+        copy_file_inputs(folder, {"data/x.txt": str(source)})
+    assert list(outside.iterdir()) == []
+    copy_file_inputs(folder, {"deep/er/x.txt": str(source)})
+    assert (folder / "deep" / "er" / "x.txt").read_text() == "payload"
