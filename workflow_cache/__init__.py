@@ -33,6 +33,8 @@ _LAZY = {
     "parse_flow": "workflow_cache.workdir.loader",
     "run_flow": "workflow_cache.workdir.flow",
     "FlowSummary": "workflow_cache.workdir.flow",
+    "InputError": "workflow_cache.workdir.inputs",
+    "ExpressionError": "workflow_cache.workdir.expressions",
 }
 
 
@@ -50,10 +52,12 @@ __all__ = [
     "ClaimTimeout",
     "EntryKey",
     "EnvelopeError",
+    "ExpressionError",
     "FileCache",
     "Flow",
     "FlowError",
     "FlowSummary",
+    "InputError",
     "LocalCache",
     "NotStorableError",
     "RedisCache",

@@ -53,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a flow file", description="Run a flow file.")
     run.add_argument("flow", type=Path, help="the flow's YAML file")
+    run.add_argument(
+        "--input",
+        dest="input_pairs",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for one of the flow's inputs (repeatable)",
+    )
+    run.add_argument(
+        "--inputs",
+        dest="inputs_file",
+        type=Path,
+        metavar="FILE.json",
+        help="input values from a JSON object; --input wins over it",
+    )
     _storage_option(run)
     run.add_argument("--namespace", help="run the flow under this namespace instead of its own")
     run.add_argument(
@@ -137,9 +152,12 @@ def _user_message(exc: Exception) -> str | None:
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from workflow_cache.workdir.inputs import load_inputs_file, parse_assignments
     from workflow_cache.workdir.loader import load_flow
 
     flow = load_flow(args.flow)
+    args.inputs = load_inputs_file(args.inputs_file) if args.inputs_file else {}
+    args.inputs.update(parse_assignments(args.input_pairs))
     run = _run_remote if args.broker else _run_local
     summary = run(args, flow, out, err)
     if args.json:
@@ -171,6 +189,7 @@ def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) 
             work_root=args.work_dir,
             outputs_dir=args.outputs,
             sink=sink,
+            inputs=args.inputs,
         )
     finally:
         progress.stop()
@@ -242,6 +261,7 @@ def _run_remote(args: argparse.Namespace, flow: Any, out: Console, err: Console)
         namespace=args.namespace,
         queue=args.queue,
         timeout=args.timeout,
+        inputs=args.inputs,
     )
 
 
@@ -284,6 +304,8 @@ def _summary_table(summary: Any, out: Console) -> None:
             )
         for path in task.outputs:
             out.print(f"{task.task_id}: output {path}")
+        for name, value in task.vars.items():
+            out.print(f"{task.task_id}: output {name} = {json.dumps(value)}", markup=False)
     out.print(f"total {summary.seconds:.2f}s")
 
 

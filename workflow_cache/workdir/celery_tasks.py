@@ -8,6 +8,7 @@ then the local default folder. Workers on many machines need shared storage
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,7 +18,9 @@ from typing import Any
 from celery import Celery, Task, shared_task
 
 from workflow_cache.workdir.flow import FlowSummary, run_flow
+from workflow_cache.workdir.inputs import InputError, resolve_inputs
 from workflow_cache.workdir.loader import parse_flow
+from workflow_cache.workdir.rendering import FlowRenderer
 from workflow_cache.workdir.spec import FlowError
 
 RUN_FLOW = "workflow_cache.workdir.run_flow"
@@ -39,6 +42,7 @@ def run_flow_task(
     source: str = "<flow>",
     storage: str | None = None,
     namespace: str | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run a flow on this worker; return ``{"summary": ...}`` or ``{"error": message}``.
 
@@ -59,6 +63,7 @@ def run_flow_task(
             work_root=_setting(self.app, "work_root"),
             outputs_dir=_setting(self.app, "outputs"),
             sink=sink,
+            inputs=inputs,
         )
     except FlowError as exc:
         return {"error": str(exc)}
@@ -94,15 +99,20 @@ def submit_flow(
     namespace: str | None = None,
     queue: str | None = None,
     timeout: float | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> FlowSummary:
-    """Send a flow to the workers, wait for it, and return its summary."""
-    parse_flow(flow_yaml, source=source)  # refuse bad flows here, before they reach a queue
-    result = app.send_task(
-        RUN_FLOW,
-        args=[flow_yaml],
-        kwargs={"source": source, "storage": storage, "namespace": namespace},
-        queue=queue,
-    )
+    """Send a flow to the workers, wait for it, and return its summary.
+
+    ``inputs`` travel as JSON; they are checked here too, except that FILE
+    inputs name files on the worker, whose existence only the worker can check.
+    """
+    flow = parse_flow(flow_yaml, source=source)  # refuse bad flows before they reach a queue
+    values = resolve_inputs(flow.inputs, inputs, check_files=False)
+    FlowRenderer(flow, values).check()
+    kwargs: dict[str, Any] = {"source": source, "storage": storage, "namespace": namespace}
+    if inputs:
+        kwargs["inputs"] = _as_json(dict(inputs))
+    result = app.send_task(RUN_FLOW, args=[flow_yaml], kwargs=kwargs, queue=queue)
     try:
         reply = result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
     finally:
@@ -110,6 +120,14 @@ def submit_flow(
     if "error" in reply:
         raise FlowError(reply["error"])
     return FlowSummary.from_dict(reply["summary"])
+
+
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """Input values as JSON the message can carry (a Path as its text)."""
+    try:
+        return json.loads(json.dumps(values, default=str))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"input values cannot be sent as JSON: {exc}") from None
 
 
 _env_app: Celery | None = None

@@ -18,8 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workflow_cache.workdir.fallback import restore_fallback
 from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.inputs import resolve_inputs
+from workflow_cache.workdir.outputs import copy_file_inputs, split_file_inputs
 from workflow_cache.workdir.patterns import match_files
+from workflow_cache.workdir.rendering import FlowRenderer
 from workflow_cache.workdir.runner import (
     SCRIPTS_DIR,
     OutputSink,
@@ -64,6 +68,7 @@ class TaskSummary:
     save_seconds: float = 0.0
     run_seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -103,15 +108,20 @@ def run_flow(
     outputs_dir: str | Path | None = None,
     sink: OutputSink | None = None,
     env: Mapping[str, str] | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> FlowSummary:
     """Run every task of ``flow`` in order and stop at the first failure.
 
     ``cache`` (or ``storage``, an fsspec URL; default the local folder) holds the
     archives; ``work_root`` is where fresh folders are made (default the system
     temp dir); ``outputs_dir`` receives ``outputFiles`` (default ``./outputs``).
-    Bad input raises :class:`FlowError` before any script runs; a failing script
-    only marks the summary as failed.
+    ``inputs`` gives values to the flow's declared inputs.
+    Bad input (an input value, an unknown variable or filter in an expression)
+    raises :class:`FlowError` before any script runs; a failing script only
+    marks the summary as failed.
     """
+    renderer = FlowRenderer(flow, resolve_inputs(flow.inputs, inputs))
+    renderer.check()
     check_runners(flow.script_tasks())
     runner = _FlowRun(
         flow,
@@ -121,6 +131,7 @@ def run_flow(
         outputs_dir=Path(outputs_dir) if outputs_dir else Path.cwd() / "outputs",
         sink=sink or print_sink,
         env=env,
+        renderer=renderer,
     )
     return runner.run()
 
@@ -138,8 +149,10 @@ class _FlowRun:
         outputs_dir: Path,
         sink: OutputSink,
         env: Mapping[str, str] | None,
+        renderer: FlowRenderer,
     ) -> None:
         self.flow = flow
+        self.renderer = renderer
         self._cache = cache
         self._storage = storage
         self.work_root = work_root
@@ -185,7 +198,6 @@ class _FlowRun:
         """A script outside any WorkingDirectory gets its own folder and no cache."""
         folder = self._fresh_folder(task.id)
         try:
-            _write_inputs(folder, task.input_files)
             summary = self._script(task, folder, parent=None)
             if summary.status != "failed":
                 summary.outputs = self._collect(task, folder)
@@ -195,7 +207,16 @@ class _FlowRun:
     def _script(self, task: ScriptLike, folder: Path, parent: str | None) -> TaskSummary:
         summary = TaskSummary(task_id=task.id, kind=_kind(task), parent=parent)
         self.summary.tasks.append(summary)
+        try:
+            task = self.renderer.render(task)  # type: ignore[assignment]
+            self._inputs(folder, task)
+        except FlowError as exc:
+            summary.status, summary.error = "failed", str(exc)
+            self.summary.ok = False
+            return summary
         result = run_script(task, folder, sink=self.sink, env=self.env)
+        self.renderer.outputs.record_run(task.id, result.exit_code, result.outputs)
+        summary.vars = result.outputs
         summary.run_seconds = result.seconds
         if result.timed_out:
             summary.status = "failed"
@@ -217,7 +238,8 @@ class _FlowRun:
         folder = self._fresh_folder(task.id)
         started = time.monotonic()
         try:
-            _write_inputs(folder, task.input_files)
+            task = self.renderer.render(task)  # type: ignore[assignment]
+            self._inputs(folder, task)
             key = self._restore(task, folder, summary) if task.cache else None
             failed = self._children(task, folder)
             if failed:
@@ -248,7 +270,6 @@ class _FlowRun:
             if failed is not None or child.disabled:
                 self._skip(child, task.id)
                 continue
-            _write_inputs(folder, child.input_files)
             if self._script(child, folder, parent=task.id).status == "failed":
                 failed = child.id
         shutil.rmtree(folder / SCRIPTS_DIR, ignore_errors=True)
@@ -275,9 +296,11 @@ class _FlowRun:
         key = self._key(task, task.cache, folder)
         try:
             result = self.cache.restore(key, folder, task.cache.ttl)
+            if not result.hit and task.cache.fallback:
+                result = restore_fallback(self.cache, key, folder, task.cache.ttl, result)
         except Exception as exc:  # a broken entry must never stop the run
             _empty(folder)
-            _write_inputs(folder, task.input_files)
+            self._inputs(folder, task)
             summary.cache = "miss"
             summary.cache_reason = f"restore failed: {exc}"
             summary.warnings.append(f"cache restore failed, running without it: {exc}")
@@ -286,13 +309,13 @@ class _FlowRun:
         summary.restore_seconds = result.seconds
         summary.cache_reason = result.reason
         if result.hit:
-            summary.cache = "hit"
+            summary.cache = "partial" if result.reason.startswith("fallback") else "hit"
             marker = folder / ORIGIN_FILE
             hidden = marker.stat().st_size if marker.is_file() else None
             summary.restored_files = result.files - (hidden is not None)
             summary.restored_bytes = result.bytes - (hidden or 0)
             relocate(folder)
-            _write_inputs(folder, task.input_files)
+            self._inputs(folder, task)
         else:
             summary.cache = "expired" if result.reason == "expired" else "miss"
             if result.reason == "corrupt":
@@ -343,7 +366,17 @@ class _FlowRun:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination, follow_symlinks=True)
             copied.append(str(destination))
+        children = task.tasks if isinstance(task, WorkingDirectory) else []
+        self.renderer.outputs.record_files(
+            task.id, [(child.id, child.output_files) for child in children], target, copied
+        )
         return copied
+
+    def _inputs(self, folder: Path, task: WorkingDirectory | ScriptLike) -> None:
+        """Write ``inputFiles``: text as it is, a FILE input or output file path as a copy."""
+        text, copies = split_file_inputs(task.input_files, self.renderer.file_paths())
+        _write_inputs(folder, text)
+        copy_file_inputs(folder, copies)
 
 
 def _kind(task: WorkingDirectory | ScriptLike) -> str:

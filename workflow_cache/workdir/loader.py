@@ -9,6 +9,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from workflow_cache.workdir.inputs import INPUT_TAGS, INPUT_TYPES
+from workflow_cache.workdir.sourcemap import SourceMap
 from workflow_cache.workdir.spec import (
     COMMANDS_TYPES,
     KNOWN_TASK_TYPES,
@@ -18,7 +20,7 @@ from workflow_cache.workdir.spec import (
     FlowError,
 )
 
-_TAGS = {"WorkingDirectory", "Script", "Commands"}
+_TAGS = {"WorkingDirectory", "Script", "Commands", *INPUT_TAGS}
 
 
 def load_flow(path: str | Path) -> Flow:
@@ -46,9 +48,10 @@ def parse_flow(text: str, *, source: str = "<flow>") -> Flow:
             f"got {type(data).__name__}"
         )
     try:
-        return Flow.model_validate(data)
+        flow = Flow.model_validate(data)
     except ValidationError as exc:
         raise FlowError(_validation_message(exc, data, root, source)) from None
+    return flow.with_source(SourceMap.from_yaml(root, source))
 
 
 def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
@@ -67,7 +70,9 @@ def _validation_message(
     for error in exc.errors():
         loc = [part for part in error["loc"] if part not in _TAGS]
         field = _format_loc(loc)
-        at_type = error["type"] == "unknown_task_type" and isinstance(_value_at(data, loc), dict)
+        at_type = error["type"] in ("unknown_task_type", "unknown_input_type") and isinstance(
+            _value_at(data, loc), dict
+        )
         line = _line_of(root, [*loc, "type"] if at_type else loc)
         where = f"{source}:{line}" if line else source
         lines.append(f"{where}: {field}: {_describe(error, loc, data)}")
@@ -76,6 +81,11 @@ def _validation_message(
 
 def _describe(error: ErrorDetails, loc: list[int | str], data: dict[str, Any]) -> str:
     kind = error["type"]
+    if kind == "unknown_input_type":
+        found = _value_at(data, loc)
+        type_name = found.get("type") if isinstance(found, dict) else None
+        what = f"unknown input type {type_name!r}" if type_name else "an input needs a 'type'"
+        return f"{what}; supported input types: " + ", ".join(INPUT_TYPES)
     if kind == "unknown_task_type":
         found = _value_at(data, loc)
         type_name = found.get("type") if isinstance(found, dict) else None

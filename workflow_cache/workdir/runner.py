@@ -2,7 +2,9 @@
 
 ``beforeCommands`` and the script share ONE shell, so ``source venv/bin/activate``
 changes the ``python`` the script runs with, exactly as in Kestra's PROCESS runner.
-The shell stops at the first failing command (``set -e``).
+The shell stops at the first failing command (``set -e``). Lines of the form
+``::{"outputs": {...}}::`` are read as the task's output variables instead of
+being printed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from workflow_cache.workdir.outputs import parse_output_line
 from workflow_cache.workdir.spec import CommandsTask, FlowError, Runner, ScriptLike, ScriptTask
 
 OutputSink = Callable[[str, str, str], None]
@@ -45,6 +48,7 @@ class ScriptResult:
     warning: bool = False
     timed_out: bool = False
     stderr_tail: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -169,10 +173,16 @@ def _execute(
     lock = threading.Lock()
     stderr_seen = threading.Event()
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    outputs: dict[str, Any] = {}
 
     def pump(pipe: IO[bytes], stream: str) -> None:
         for raw in iter(pipe.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            published = parse_output_line(line)
+            if published is not None:
+                with lock:
+                    outputs.update(published)
+                continue
             with lock:
                 if stream == "stderr":
                     stderr_seen.set()
@@ -217,6 +227,7 @@ def _execute(
         warning=task.warning_on_std_err and stderr_seen.is_set(),
         timed_out=timed_out,
         stderr_tail=list(tail),
+        outputs=outputs,
     )
 
 

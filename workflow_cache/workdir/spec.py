@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     field_validator,
     model_validator,
@@ -27,12 +28,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from workflow_cache.duration import DurationError, to_timedelta
+from workflow_cache.workdir.errors import FlowError as FlowError
+from workflow_cache.workdir.inputs import FlowInput
 from workflow_cache.workdir.patterns import PatternError, validate_patterns
-
-
-class FlowError(Exception):
-    """A flow that cannot be loaded or run; the message is meant for the user as it is."""
-
+from workflow_cache.workdir.sourcemap import SourceMap
 
 WORKING_DIRECTORY_TYPES = (
     "io.kestra.plugin.core.flow.WorkingDirectory",
@@ -228,12 +227,15 @@ class CacheSpec(_Model):
     ``key`` is any text (for example a version) and ``keyFiles`` lists files of the
     folder (lock files) whose contents are hashed; both make a separate entry, so a
     changed lock file starts a fresh cache instead of restoring stale packages.
+    With ``fallback``, a run whose exact entry is missing starts from the newest
+    valid entry of the same task instead (a partial hit) and saves its own after.
     """
 
     patterns: list[str] = Field(min_length=1)
     ttl: Duration = None
     key: str | None = None
     key_files: list[str] = Field(default_factory=list)
+    fallback: bool = False
 
     @field_validator("patterns")
     @classmethod
@@ -248,6 +250,9 @@ class CacheSpec(_Model):
     @field_validator("key_files")
     @classmethod
     def _check_key_files(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if isinstance(name, str) and name.startswith("!"):
+                raise ValueError(f"key file {name!r}: keyFiles name files, they do not exclude")
         return _patterns(value) if value else value
 
 
@@ -279,6 +284,7 @@ Task = Annotated[
 class Flow(_Model):
     """A flow: tasks run in order under ``namespace``/``id``.
 
+    ``inputs``, ``variables`` and ``labels`` are what its expressions can read.
     Kestra's other top-level keys are accepted so its flows load unmodified;
     they do not change what runs here.
     """
@@ -289,7 +295,7 @@ class Flow(_Model):
     revision: int | None = None
     description: str | None = None
     labels: dict[str, Any] | list[Any] | None = None
-    inputs: list[Any] | None = None
+    inputs: list[FlowInput] | None = None
     outputs: list[Any] | None = None
     variables: dict[str, Any] | None = None
     triggers: list[Any] | None = None
@@ -305,6 +311,7 @@ class Flow(_Model):
     disabled: bool = False
     deleted: bool = False
     tenant_id: str | None = None
+    _source: SourceMap = PrivateAttr(default_factory=SourceMap)
 
     @field_validator("id")
     @classmethod
@@ -328,6 +335,20 @@ class Flow(_Model):
             if task.id in seen:
                 raise ValueError(f"task id {task.id!r} is used twice; task ids must be unique")
             seen.add(task.id)
+        names: set[str] = set()
+        for spec in self.inputs or []:
+            if spec.id in names:
+                raise ValueError(f"input id {spec.id!r} is declared twice; ids must be unique")
+            names.add(spec.id)
+        return self
+
+    @property
+    def source(self) -> SourceMap:
+        """Where each field was written in the YAML file (empty for flows built in code)."""
+        return self._source
+
+    def with_source(self, source: SourceMap) -> Flow:
+        self._source = source
         return self
 
     def all_tasks(self) -> list[WorkingDirectory | ScriptLike]:
