@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.proxy import LinkProxy
 from tests.servers import RedisServer
 from tests.workers import CeleryWorker, wait_ready
 from workflow_cache import CacheUnavailable, Result, create_workflow
@@ -31,6 +32,7 @@ LEASE = 2.0
 @dataclass
 class FaultFleet:
     server: RedisServer
+    link: LinkProxy
     app_module: ModuleType
     workers: list[CeleryWorker]
 
@@ -51,8 +53,9 @@ class FaultFleet:
 @pytest.fixture(scope="module")
 def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet]:
     server = RedisServer(tmp_path_factory.mktemp("redis-aof"), appendonly=True)
+    link = LinkProxy(server.port)  # workers and producer reach Redis only through it
     env = {
-        "WFC_BROKER_URL": server.url,
+        "WFC_BROKER_URL": link.url,
         "WFC_NAMESPACE": f"faults-{uuid.uuid4().hex[:8]}",
         "WFC_LEASE": str(LEASE),
     }
@@ -74,10 +77,11 @@ def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet
     ]
     try:
         wait_ready(module.app, workers)
-        yield FaultFleet(server, module, workers)
+        yield FaultFleet(server, link, module, workers)
     finally:
         for worker in workers:
             worker.stop()
+        link.close()
         server.stop()
         for key, value in saved.items():
             if value is None:
@@ -112,10 +116,21 @@ def run_through_outages(fleet: FaultFleet, flow: Callable[..., Any], deadline: f
 
 
 def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a thread; the list gets its result, then the monotonic time it returned."""
     box: list[Any] = []
-    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+
+    def run() -> None:
+        result = fn()
+        box.extend([result, time.monotonic()])
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
+
+
+def report_recovery(what: str, back_at: float, box: list[Any]) -> None:
+    """Print how long after Redis came back the waiting producer had its outcome (``-s``)."""
+    print(f"\n{what}: producer had its outcome {box[1] - back_at:.2f} s after Redis was back")
 
 
 def test_a_worker_with_a_task_in_flight_outlives_a_redis_restart(fault_fleet: FaultFleet) -> None:
@@ -148,8 +163,10 @@ def test_a_short_restart_mid_step_loses_nothing_and_runs_nothing_twice(
     )
     wait_for(lambda: fault_fleet.started(tag))
     fault_fleet.server.restart(down_for=0.3)
+    back_at = time.monotonic()
 
     thread.join(90)
+    report_recovery("restart 0.3 s", back_at, box)
     assert box and box[0].ok, box
     assert box[0].value["count"] == 1
     assert fault_fleet.count(tag) == 1
@@ -171,8 +188,10 @@ def test_a_restart_longer_than_the_lease_keeps_one_outcome(fault_fleet: FaultFle
     )
     wait_for(lambda: fault_fleet.started(tag))
     fault_fleet.server.restart(down_for=LEASE + 1.0)
+    back_at = time.monotonic()
 
     thread.join(90)
+    report_recovery(f"restart {LEASE + 1.0:g} s", back_at, box)
     assert box and box[0].ok, box
     runs = fault_fleet.count(tag)
     # Wait until every execution has ended, then read the key again.
@@ -180,4 +199,57 @@ def test_a_restart_longer_than_the_lease_keeps_one_outcome(fault_fleet: FaultFle
     again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 5.0), key=tag))
     assert again.value == box[0].value
     assert fault_fleet.count(tag) == runs <= 2
+    assert fault_fleet.dead_workers() == []
+
+
+def test_a_hung_redis_past_the_lease_hangs_nobody(fault_fleet: FaultFleet) -> None:
+    """SIGSTOP: connections stay open and nothing answers; every call has a read timeout."""
+    tag = uuid.uuid4().hex[:10]
+    slow_first = fault_fleet.app_module.slow_first
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    )
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.server.pause()
+    try:
+        time.sleep(LEASE + 1.0)
+    finally:
+        fault_fleet.server.resume()
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery(f"SIGSTOP {LEASE + 1.0:g} s", back_at, box)
+    assert box and box[0].ok, box
+    runs = fault_fleet.count(tag)
+    wait_for(lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs)
+    again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    assert again.value == box[0].value
+    assert runs <= 2
+    assert fault_fleet.dead_workers() == []
+
+
+def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
+    fault_fleet: FaultFleet,
+) -> None:
+    """Every connection reset, new ones refused for a moment shorter than the lease."""
+    tag = uuid.uuid4().hex[:10]
+    slow_first = fault_fleet.app_module.slow_first
+    work = fault_fleet.app_module.work
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    )
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.link.cut()
+    time.sleep(0.5)
+    fault_fleet.link.restore()
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery("link cut 0.5 s", back_at, box)
+    assert box and box[0].ok, box
+    assert fault_fleet.count(tag) == 1
+    after = run_through_outages(
+        fault_fleet, lambda step: step(work.s(f"{tag}:after"), key=f"{tag}:after")
+    )
+    assert after.ok and fault_fleet.count(f"{tag}:after") == 1
     assert fault_fleet.dead_workers() == []
