@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -18,20 +19,35 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process bound to 127.0.0.1, with no persistence."""
+    """One ``redis-server`` process bound to 127.0.0.1.
+
+    No persistence by default; ``appendonly=True`` keeps every write in an
+    append-only file synced on each command, so a restart loses nothing.
+    """
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, password: str | None = None
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        appendonly: bool = False,
     ) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.port = port or free_port()
         self.workdir = workdir
         self.password = password
+        self.appendonly = appendonly
         auth = f":{password}@" if password else ""
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
-        extra = ["--requirepass", password] if password else []
+        self._start()
+
+    def _start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        extra = ["--requirepass", self.password] if self.password else []
+        if self.appendonly:
+            extra += ["--appendfsync", "always"]
         self._proc = subprocess.Popen(
             [
                 binary,
@@ -42,9 +58,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
                 "--dir",
-                str(workdir),
+                str(self.workdir),
                 "--loglevel",
                 "warning",
                 *extra,
@@ -74,3 +90,16 @@ class RedisServer:
         if self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait(timeout=10)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server (clients see their connections closed), wait, start it again."""
+        self.stop()
+        time.sleep(down_for)
+        self._start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as with a hung server."""
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._proc.send_signal(signal.SIGCONT)

@@ -1,0 +1,255 @@
+"""Faults of the Redis under a running fleet: real workers, a real redis-server that goes away.
+
+The server keeps an append-only file synced on every write, as the deployment
+runs it, so a restart loses no acknowledged write. Every test asserts the
+same three things: no committed outcome lost, no key executed twice, every
+worker process still alive (no supervisor restarts anything here).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.proxy import LinkProxy
+from tests.servers import RedisServer
+from tests.workers import CeleryWorker, wait_ready
+from workflow_cache import CacheUnavailable, Result, create_workflow
+from workflow_cache.distributed import CeleryDispatcher
+
+LEASE = 2.0
+
+
+@dataclass
+class FaultFleet:
+    server: RedisServer
+    link: LinkProxy
+    app_module: ModuleType
+    workers: list[CeleryWorker]
+
+    def workflow(self) -> Callable[..., Result[Any, Any]]:
+        dispatcher = CeleryDispatcher(self.app_module.app, self.app_module.cache, timeout=60)
+        return create_workflow({}, cache=self.app_module.cache, dispatcher=dispatcher)
+
+    def count(self, name: str) -> int:
+        return self.app_module.count(name)
+
+    def started(self, name: str) -> bool:
+        return self.app_module.cache.client.llen(f"pids:{name}") > 0
+
+    def dead_workers(self) -> list[str]:
+        return [w.name for w in self.workers if not w.alive()]
+
+
+@pytest.fixture(scope="module")
+def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-aof"), appendonly=True)
+    link = LinkProxy(server.port)  # workers and producer reach Redis only through it
+    env = {
+        "WFC_BROKER_URL": link.url,
+        "WFC_NAMESPACE": f"faults-{uuid.uuid4().hex[:8]}",
+        "WFC_LEASE": str(LEASE),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    module = importlib.reload(importlib.import_module("tests.celery_app"))
+    logs = tmp_path_factory.mktemp("fault-logs")
+    workers = [
+        CeleryWorker(
+            "tests.celery_app",
+            f"fault{i}",
+            "steps",
+            env,
+            pool="prefork",
+            concurrency=2,
+            log=logs / f"fault{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        wait_ready(module.app, workers)
+        yield FaultFleet(server, link, module, workers)
+    finally:
+        for worker in workers:
+            worker.stop()
+        link.close()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def run_through_outages(fleet: FaultFleet, flow: Callable[..., Any], deadline: float = 60.0):
+    """What a producer does with ``CacheUnavailable``: run the workflow again.
+
+    Re-running is safe by construction: finished steps are hits and a running
+    step is waited on, never started twice.
+    """
+    workflow = fleet.workflow()
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return workflow(flow)
+        except CacheUnavailable:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.2)
+
+
+def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a thread; the list gets its result, then the monotonic time it returned."""
+    box: list[Any] = []
+
+    def run() -> None:
+        result = fn()
+        box.extend([result, time.monotonic()])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def report_recovery(what: str, back_at: float, box: list[Any]) -> None:
+    """Print how long after Redis came back the waiting producer had its outcome (``-s``)."""
+    print(f"\n{what}: producer had its outcome {box[1] - back_at:.2f} s after Redis was back")
+
+
+def test_a_worker_with_a_task_in_flight_outlives_a_redis_restart(fault_fleet: FaultFleet) -> None:
+    """The crash that bounds celery/kombu below 5.7: a late-acked message in flight at the restart.
+
+    kombu 5.7.0 ends the worker with ``AttributeError: 'NoneType' object has no
+    attribute 'hostname'`` while restoring that message; 5.5 and 5.6 reconnect.
+    """
+    tag = uuid.uuid4().hex[:10]
+    fault_fleet.app_module.slow_first.apply_async((tag, 4.0), queue="steps")
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.server.restart(down_for=3.0)
+
+    work = fault_fleet.app_module.work
+    after = run_through_outages(
+        fault_fleet, lambda step: step(work.s(f"{tag}:after"), key=f"{tag}:after")
+    )
+    assert after.ok and fault_fleet.count(f"{tag}:after") == 1
+    assert fault_fleet.dead_workers() == []
+
+
+def test_a_short_restart_mid_step_loses_nothing_and_runs_nothing_twice(
+    fault_fleet: FaultFleet,
+) -> None:
+    """Down for less than the lease: the holder renews after the gap and commits its outcome."""
+    tag = uuid.uuid4().hex[:10]
+    slow_first = fault_fleet.app_module.slow_first
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    )
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.server.restart(down_for=0.3)
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery("restart 0.3 s", back_at, box)
+    assert box and box[0].ok, box
+    assert box[0].value["count"] == 1
+    assert fault_fleet.count(tag) == 1
+    again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    assert again.value == box[0].value  # committed before the restart's gap closed: kept
+    assert fault_fleet.dead_workers() == []
+
+
+def test_a_restart_longer_than_the_lease_keeps_one_outcome(fault_fleet: FaultFleet) -> None:
+    """Down past the lease: the claim is gone, so a successor may take the key over.
+
+    Whichever commits first is the outcome; the other's commit is refused by
+    its epoch, so every reader, then and later, sees the same one.
+    """
+    tag = uuid.uuid4().hex[:10]
+    slow_first = fault_fleet.app_module.slow_first
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 5.0), key=tag))
+    )
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.server.restart(down_for=LEASE + 1.0)
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery(f"restart {LEASE + 1.0:g} s", back_at, box)
+    assert box and box[0].ok, box
+    runs = fault_fleet.count(tag)
+    # Wait until every execution has ended, then read the key again.
+    wait_for(lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs)
+    again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 5.0), key=tag))
+    assert again.value == box[0].value
+    assert fault_fleet.count(tag) == runs <= 2
+    assert fault_fleet.dead_workers() == []
+
+
+def test_a_hung_redis_past_the_lease_hangs_nobody(fault_fleet: FaultFleet) -> None:
+    """SIGSTOP: connections stay open and nothing answers; every call has a read timeout."""
+    tag = uuid.uuid4().hex[:10]
+    slow_first = fault_fleet.app_module.slow_first
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    )
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.server.pause()
+    try:
+        time.sleep(LEASE + 1.0)
+    finally:
+        fault_fleet.server.resume()
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery(f"SIGSTOP {LEASE + 1.0:g} s", back_at, box)
+    assert box and box[0].ok, box
+    runs = fault_fleet.count(tag)
+    wait_for(lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs)
+    again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    assert again.value == box[0].value
+    assert runs <= 2
+    assert fault_fleet.dead_workers() == []
+
+
+def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
+    fault_fleet: FaultFleet,
+) -> None:
+    """Every connection reset, new ones refused for a moment shorter than the lease."""
+    tag = uuid.uuid4().hex[:10]
+    slow_first = fault_fleet.app_module.slow_first
+    work = fault_fleet.app_module.work
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
+    )
+    wait_for(lambda: fault_fleet.started(tag))
+    fault_fleet.link.cut()
+    time.sleep(0.5)
+    fault_fleet.link.restore()
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery("link cut 0.5 s", back_at, box)
+    assert box and box[0].ok, box
+    assert fault_fleet.count(tag) == 1
+    after = run_through_outages(
+        fault_fleet, lambda step: step(work.s(f"{tag}:after"), key=f"{tag}:after")
+    )
+    assert after.ok and fault_fleet.count(f"{tag}:after") == 1
+    assert fault_fleet.dead_workers() == []
