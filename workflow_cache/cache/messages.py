@@ -1,0 +1,225 @@
+"""One message per key: the queued marker, and how a worker starts or parks a sent step.
+
+A step sent to a worker as a message adds three atomic scripts to the claim protocol of
+``claims.py`` (same keys, same hash slot, plus ``:queued``):
+
+``enqueue`` (producer)
+    Outcome stored -> ``Done(outcome)``.  Claim held (running, or parked between retries)
+    -> ``Busy``.  Queued marker present -> ``Busy``.  Otherwise ``SET queued <task id> PX
+    ttl`` -> ``Send``: this caller, and only this one, sends the message.  The same script
+    is what a waiter runs when it finds no notice: the outcome is read in the same atomic
+    step as the claim and the marker, so a commit landing "between a read and a check"
+    cannot make anyone send again.
+``start`` (worker, on receiving the message)
+    Outcome stored -> ``Done``.  Claim held by another execution -> ``Running``: the worker
+    acknowledges the message and returns at once, no slot ever waits on another holder.
+    A claim *parked* for this very task id (a Celery retry of the same execution) is
+    adopted.  Otherwise claim as ``claims.py`` does and drop the queued marker (the message
+    has arrived).
+``park`` (worker, when the task raised Celery's ``Retry``)
+    The holder's lock becomes ``parked:<task id>|<epoch>`` with an expiry covering the
+    retry's countdown plus a lease: waiters keep waiting, no producer re-sends, and only
+    the retried message (same task id) may take the claim up again.
+``fail_task`` (worker main process, when Celery kills a task at its hard time limit)
+    Commit an outcome for whichever claim the task id holds; nothing if it holds none.
+
+The claim's owner string for a dispatched step is ``<task id>@<host>:<pid>:<uuid>``, so
+the lock says which message runs the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workflow_cache.cache.claims import (
+    EPOCH_TTL_MS,
+    Claimed,
+    Done,
+    Holder,
+    Running,
+    SingleFlight,
+    default_owner,
+)
+from workflow_cache.cache.keys import Keys
+
+__all__ = ["Busy", "Send", "StepMessages", "parked_value"]
+
+PARKED = "parked:"
+
+# KEYS: out, lock, queued   ARGV: task_id, queued_ttl_ms
+_ENQUEUE = """
+local out = redis.call('GET', KEYS[1])
+if out then
+  return {'done', out}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'busy', 'claimed'}
+end
+local queued = redis.call('GET', KEYS[3])
+if queued then
+  return {'busy', queued}
+end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+return {'send', ARGV[1]}
+"""
+
+# KEYS: out, lock, epoch, queued   ARGV: owner, lease_ms, epoch_ttl_ms, task_id
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'done'}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  local mine = 'parked:' .. ARGV[4] .. '|'
+  if string.sub(holder, 1, #mine) ~= mine then
+    return {'running', holder, redis.call('PTTL', KEYS[2])}
+  end
+end
+local epoch = redis.call('INCR', KEYS[3])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local token = ARGV[1] .. '|' .. epoch
+redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+redis.call('DEL', KEYS[4])
+return {'claimed', token, epoch}
+"""
+
+# KEYS: lock   ARGV: token, parked value, px
+_PARK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: out, lock   ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel
+_FAIL_TASK = """
+local holder = redis.call('GET', KEYS[2])
+if not holder or string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[4] == '1' then
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('SET', KEYS[1], ARGV[2])
+  end
+end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[5], 'o' .. ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """The caller set the queued marker: it must send the message with this task id."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A message is queued (``holder`` is its task id) or a worker holds the claim."""
+
+    holder: str
+
+
+def parked_value(task_id: str, epoch: int) -> str:
+    return f"{PARKED}{task_id}|{epoch}"
+
+
+def task_owner(task_id: str) -> str:
+    """The owner string of a claim taken by the message ``task_id``."""
+    return f"{task_id}@{default_owner()}"
+
+
+class StepMessages:
+    """The message-side scripts bound to one ``SingleFlight`` (its client, keys and lease)."""
+
+    def __init__(self, flight: SingleFlight) -> None:
+        self.flight = flight
+        client = flight.client
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._start = client.register_script(_START)
+        self._park = client.register_script(_PARK)
+        self._fail = client.register_script(_FAIL_TASK)
+
+    def keys(self, key: str) -> Keys:
+        return self.flight.keyspace.for_step(key)
+
+    def enqueue_many(
+        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: float
+    ) -> list[Done | Busy | Send]:
+        """For each key: its outcome, busy, or ``Send`` (marker set); one round trip."""
+        if not keys:
+            return []
+        ttl_ms = max(1, round(queued_ttl * 1000))
+        client = self.flight.client
+
+        def run() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key, task_id in zip(keys, task_ids, strict=True):
+                k = self.keys(key)
+                self._enqueue(keys=[k.out, k.lock, k.queued], args=[task_id, ttl_ms], client=pipe)
+            return pipe.execute()
+
+        return [_enqueued(reply) for reply in self.flight.claims.call(run)]
+
+    def enqueue(self, key: str, task_id: str, queued_ttl: float) -> Done | Busy | Send:
+        return self.enqueue_many([key], [task_id], queued_ttl)[0]
+
+    def start(self, key: str, task_id: str) -> Done | Running | Holder:
+        """Claim ``key`` for the message ``task_id`` without waiting (see the module doc)."""
+        flight = self.flight
+        k = self.keys(key)
+        owner = task_owner(task_id)
+        reply = flight.claims.call(
+            lambda: self._start(
+                keys=[k.out, k.lock, k.epoch, k.queued],
+                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id],
+            )
+        )
+        kind = _text(reply[0])
+        if kind == "done":
+            return Done(b"")
+        if kind == "running":
+            return Running(owner=_text(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
+        return Holder(flight, key, k, Claimed(token=_text(reply[1]), epoch=int(reply[2])))
+
+    def park(self, holder: Holder, task_id: str, seconds: float) -> bool:
+        """Keep ``holder``'s claim for the retry of ``task_id`` for ``seconds``; False if lost."""
+        holder._finish()
+        px = max(1, round(seconds * 1000))
+        value = parked_value(task_id, holder.epoch)
+        return bool(
+            self.flight.claims.call(
+                lambda: self._park(keys=[holder.keys.lock], args=[holder.token, value, px])
+            )
+        )
+
+    def fail_task(
+        self, key: str, task_id: str, outcome: bytes | str, ttl_ms: int | None, keep: bool
+    ) -> bool:
+        """Commit ``outcome`` for the claim the message ``task_id`` holds, if it holds one."""
+        k = self.keys(key)
+        args = [f"{task_id}@", outcome, int(ttl_ms or 0), 1 if keep else 0, k.channel]
+        return bool(self.flight.claims.call(lambda: self._fail(keys=[k.out, k.lock], args=args)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _enqueued(reply: Any) -> Done | Busy | Send:
+    kind = _text(reply[0])
+    if kind == "done":
+        raw = reply[1]
+        return Done(raw if isinstance(raw, bytes) else str(raw).encode())
+    if kind == "busy":
+        return Busy(_text(reply[1]))
+    return Send(_text(reply[1]))
