@@ -20,8 +20,10 @@ A step sent to a worker as a message adds three atomic scripts to the claim prot
     The holder's lock becomes ``parked:<task id>|<epoch>`` with an expiry covering the
     retry's countdown plus a lease: waiters keep waiting, no producer re-sends, and only
     the retried message (same task id) may take the claim up again.
-``fail_task`` (worker main process, when Celery kills a task at its hard time limit)
-    Commit an outcome for whichever claim the task id holds; nothing if it holds none.
+``fail_task`` (worker main process: a hard time limit killed the task, or Celery
+    revoked it, e.g. its ``expires`` passed before it started)
+    Commit an outcome for the claim the task id holds, or, when nobody holds a claim, for
+    the step whose queued marker is this task id; otherwise nothing.
 
 The claim's owner string for a dispatched step is ``<task id>@<host>:<pid>:<uuid>``, so
 the lock says which message runs the step.
@@ -96,10 +98,15 @@ end
 return 0
 """
 
-# KEYS: out, lock   ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel
+# KEYS: out, lock, queued
+# ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel, task_id
 _FAIL_TASK = """
 local holder = redis.call('GET', KEYS[2])
-if not holder or string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then
+if holder then
+  if string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then
+    return 0
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[3]) ~= ARGV[6] then
   return 0
 end
 if ARGV[4] == '1' then
@@ -109,7 +116,7 @@ if ARGV[4] == '1' then
     redis.call('SET', KEYS[1], ARGV[2])
   end
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[5], 'o' .. ARGV[2])
 return 1
 """
@@ -205,10 +212,12 @@ class StepMessages:
     def fail_task(
         self, key: str, task_id: str, outcome: bytes | str, ttl_ms: int | None, keep: bool
     ) -> bool:
-        """Commit ``outcome`` for the claim the message ``task_id`` holds, if it holds one."""
+        """Commit ``outcome`` for the claim (or queued marker) of the message ``task_id``."""
         k = self.keys(key)
-        args = [f"{task_id}@", outcome, int(ttl_ms or 0), 1 if keep else 0, k.channel]
-        return bool(self.flight.claims.call(lambda: self._fail(keys=[k.out, k.lock], args=args)))
+        args = [f"{task_id}@", outcome, int(ttl_ms or 0), 1 if keep else 0, k.channel, task_id]
+        return bool(
+            self.flight.claims.call(lambda: self._fail(keys=[k.out, k.lock, k.queued], args=args))
+        )
 
 
 def _text(value: bytes | str) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.app.task import Task as BaseTask
-from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError, TimeLimitExceeded
 from kombu.utils.imports import symbol_by_name
 
 from workflow_cache.cache.claims import Done, Holder, Running
@@ -207,6 +207,33 @@ def _countdown(exc: Retry) -> float:
     return 0.0
 
 
+def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, what: str) -> None:
+    """Commit ``err(exc)`` for the step a message was running (or was queued to run)."""
+    runner = runner_of(task.app)
+    try:
+        header = read_header(headers)
+    except BadHeader:
+        return
+    if header is None or runner is None:
+        return
+    try:
+        envelope, keep = _outcome(header, err(UnexpectedError.from_exception(exc)))
+        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+        messages = runner.messages(header.ns)
+        messages.fail_task(header.key, task_id, envelope.dumps(header.key), ttl_ms, keep)
+    except Exception as error:  # the lease or the queued marker still runs out
+        log.warning("step %r: %s not recorded as its outcome: %s", header.key, what, error)
+
+
+def on_revoked(sender: Task | None = None, request: Any = None, **info: Any) -> None:
+    """``task_revoked``: an expired or revoked step message ends the step with that error."""
+    if sender is None or request is None or getattr(request, "id", None) is None:
+        return
+    reason = "expired" if info.get("expired") else "revoked"
+    exc = TaskRevokedError(f"{sender.name}[{request.id}] {reason}")
+    fail_message(sender, request.id, getattr(request, "headers", None), exc, reason)
+
+
 class _TimeLimitCommit:
     """Mixed into a task's ``Request`` class: a hard time limit is the step's outcome."""
 
@@ -218,18 +245,5 @@ class _TimeLimitCommit:
         super().on_timeout(soft, timeout)  # type: ignore[misc]
         if soft:
             return  # raised inside the task: the wrapper commits it like any exception
-        runner = runner_of(self.task.app)
-        try:
-            header = read_header(self._request_dict)
-        except BadHeader:
-            return
-        if header is None or runner is None:
-            return
-        try:
-            exc = TimeLimitExceeded(timeout)
-            envelope, keep = _outcome(header, err(UnexpectedError.from_exception(exc)))
-            ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-            messages = runner.messages(header.ns)
-            messages.fail_task(header.key, self.id, envelope.dumps(header.key), ttl_ms, keep)
-        except Exception as exc:  # the lease still runs out: waiters take over
-            log.warning("step %r: time limit outcome not recorded: %s", header.key, exc)
+        exc = TimeLimitExceeded(timeout)
+        fail_message(self.task, self.id, self._request_dict, exc, "hard time limit")

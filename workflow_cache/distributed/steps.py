@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import task_revoked, worker_init
 
 from workflow_cache.cache.redis import RedisCache
-from workflow_cache.distributed.execution import StepRunner, guard
+from workflow_cache.distributed.execution import StepRunner, guard, on_revoked
 
 
 def require_single_flight(cache: Any, who: str) -> RedisCache:
@@ -41,8 +41,13 @@ def install(app: Celery, cache: RedisCache) -> None:
         if getattr(sender, "app", None) is app:
             guard(app)
 
+    def on_task_revoked(sender: Any = None, **info: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            on_revoked(sender, **info)
+
     app.on_after_finalize.connect(on_finalize, weak=False)
     worker_init.connect(on_worker_init, weak=False)
+    task_revoked.connect(on_task_revoked, weak=False)
     if app.finalized:
         guard(app)
 
