@@ -141,10 +141,11 @@ def test_keys_share_one_hash_slot_and_name_the_namespace() -> None:
         epoch="wfc:prod:{user:1}:epoch",
         channel="wfc:prod:{user:1}:done",
         queued="wfc:prod:{user:1}:queued",
+        last="wfc:prod:{user:1}:last",
     )
     for step in ("user:1", "a{b}c", "x}y", "{weird", "ü*?"):
         k = KeySpace("prod").for_step(step)
-        names = (k.out, k.lock, k.epoch, k.channel, k.queued)
+        names = (k.out, k.lock, k.epoch, k.channel, k.queued, k.last)
         assert len({key_slot(name.encode()) for name in names}) == 1
 
 

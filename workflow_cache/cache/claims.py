@@ -16,6 +16,8 @@ The protocol is four Lua scripts, each one atomic step on the keys of one step (
     has expired but nobody has claimed since (the epoch key still equals this claim's
     epoch) and no outcome is stored: a holder that overran its lease without a successor
     keeps its work, which is safe because any later claim would have bumped the epoch.
+    An outcome that is not kept is written to ``:last`` with its epoch for a minute
+    instead, for waiters that missed the notice (see ``messages.py``).
     A refused commit writes nothing and notifies nobody.
 ``release``
     Owner-checked delete of the lock and a "released" notice, so waiters claim at once
@@ -61,6 +63,7 @@ from workflow_cache.cache.keys import Keys, KeySpace
 
 __all__ = [
     "EPOCH_TTL_MS",
+    "LAST_TTL_MS",
     "CacheUnavailable",
     "ClaimTimeout",
     "Claimed",
@@ -77,6 +80,10 @@ log = logging.getLogger(__name__)
 
 EPOCH_TTL_MS = 7 * 24 * 3600 * 1000
 """Expiry of a step's epoch key, refreshed at each claim (see the module docstring)."""
+
+LAST_TTL_MS = 60_000
+"""How long an outcome that is not kept stays readable by the callers that waited for it
+(``Keys.last``), in case its notice did not reach them."""
 
 NOTICE_OUTCOME = b"o"
 NOTICE_RELEASED = b"r"
@@ -157,7 +164,8 @@ end
 return 0
 """
 
-# KEYS: out, lock, epoch   ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel
+# KEYS: out, lock, epoch, last
+# ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel, last_ttl_ms
 _COMMIT = """
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -173,6 +181,8 @@ if ARGV[5] == '1' then
   else
     redis.call('SET', KEYS[1], ARGV[3])
   end
+else
+  redis.call('SET', KEYS[4], ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[7])
 end
 if holder then
   redis.call('DEL', KEYS[2])
@@ -288,9 +298,12 @@ class Claims:
             int(ttl_ms or 0),
             1 if keep else 0,
             keys.channel,
+            LAST_TTL_MS,
         ]
         return bool(
-            self.call(lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch], args=args))
+            self.call(
+                lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch, keys.last], args=args)
+            )
         )
 
     def release(self, keys: Keys, claim: Claimed) -> bool:

@@ -67,6 +67,9 @@ class Keys:
     queued: str
     """String key holding the task id of the one message sent for this step, until a
     worker starts it (or the marker expires because the message was lost)."""
+    last: str
+    """String key holding ``"<epoch>|<outcome>"`` of the latest outcome that was not kept,
+    for a minute: a waiter that missed its notice still finds the outcome it waited for."""
 
 
 class KeySpace:
@@ -96,6 +99,7 @@ class KeySpace:
             epoch=f"{base}:epoch",
             channel=f"{base}:done",
             queued=f"{base}:queued",
+            last=f"{base}:last",
         )
 
     def out(self, key: str) -> str:

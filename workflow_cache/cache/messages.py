@@ -9,7 +9,10 @@ A step sent to a worker as a message adds three atomic scripts to the claim prot
     ttl`` -> ``Send``: this caller, and only this one, sends the message.  The same script
     is what a waiter runs when it finds no notice: the outcome is read in the same atomic
     step as the claim and the marker, so a commit landing "between a read and a check"
-    cannot make anyone send again.
+    cannot make anyone send again.  An outcome that was not kept (an error the policy
+    drops) is found too: commits leave it in ``:last`` with its epoch for a minute, and a
+    waiter takes it when its epoch is at least the ``since`` its first enqueue returned
+    (the execution it waits for, never an older one).
 ``start`` (worker, on receiving the message)
     Outcome stored -> ``Done``.  Claim held by another execution -> ``Running``: the worker
     acknowledges the message and returns at once, no slot ever waits on another holder.
@@ -37,6 +40,7 @@ from typing import Any
 
 from workflow_cache.cache.claims import (
     EPOCH_TTL_MS,
+    LAST_TTL_MS,
     Claimed,
     Done,
     Holder,
@@ -50,21 +54,33 @@ __all__ = ["Busy", "Send", "StepMessages", "parked_value"]
 
 PARKED = "parked:"
 
-# KEYS: out, lock, queued   ARGV: task_id, queued_ttl_ms
+# KEYS: out, lock, queued, epoch, last   ARGV: task_id, queued_ttl_ms, since ('' = new caller)
+# Replies carry "since": the lowest epoch of an execution this caller may take the
+# outcome of (the running one's, or the next one's when nothing runs yet).
 _ENQUEUE = """
 local out = redis.call('GET', KEYS[1])
 if out then
   return {'done', out}
 end
+if ARGV[3] ~= '' then
+  local last = redis.call('GET', KEYS[5])
+  if last then
+    local bar = string.find(last, '|', 1, true)
+    if bar and tonumber(string.sub(last, 1, bar - 1)) >= tonumber(ARGV[3]) then
+      return {'done', string.sub(last, bar + 1)}
+    end
+  end
+end
+local epoch = tonumber(redis.call('GET', KEYS[4]) or '0')
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'busy', 'claimed'}
+  return {'busy', 'claimed', epoch}
 end
 local queued = redis.call('GET', KEYS[3])
 if queued then
-  return {'busy', queued}
+  return {'busy', queued, epoch + 1}
 end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-return {'send', ARGV[1]}
+return {'send', ARGV[1], epoch + 1}
 """
 
 # KEYS: out, lock, epoch, queued   ARGV: owner, lease_ms, epoch_ttl_ms, task_id
@@ -98,16 +114,20 @@ end
 return 0
 """
 
-# KEYS: out, lock, queued
-# ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel, task_id
+# KEYS: out, lock, queued, epoch, last
+# ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel, task_id, last_ttl_ms
 _FAIL_TASK = """
 local holder = redis.call('GET', KEYS[2])
+local epoch
 if holder then
   if string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then
     return 0
   end
+  epoch = tonumber(string.sub(holder, string.find(holder, '|[^|]*$') + 1))
 elseif redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[3]) ~= ARGV[6] then
   return 0
+else
+  epoch = tonumber(redis.call('GET', KEYS[4]) or '0') + 1  -- the claim it never took
 end
 if ARGV[4] == '1' then
   if tonumber(ARGV[3]) > 0 then
@@ -115,6 +135,8 @@ if ARGV[4] == '1' then
   else
     redis.call('SET', KEYS[1], ARGV[2])
   end
+else
+  redis.call('SET', KEYS[5], epoch .. '|' .. ARGV[2], 'PX', ARGV[7])
 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[5], 'o' .. ARGV[2])
@@ -127,6 +149,7 @@ class Send:
     """The caller set the queued marker: it must send the message with this task id."""
 
     task_id: str
+    since: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +157,7 @@ class Busy:
     """A message is queued (``holder`` is its task id) or a worker holds the claim."""
 
     holder: str
+    since: int
 
 
 def parked_value(task_id: str, epoch: int) -> str:
@@ -171,14 +195,25 @@ class StepMessages:
         def run() -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for key, task_id in zip(keys, task_ids, strict=True):
-                k = self.keys(key)
-                self._enqueue(keys=[k.out, k.lock, k.queued], args=[task_id, ttl_ms], client=pipe)
+                self._enqueue(keys=self._enqueue_keys(key), args=[task_id, ttl_ms, ""], client=pipe)
             return pipe.execute()
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 
-    def enqueue(self, key: str, task_id: str, queued_ttl: float) -> Done | Busy | Send:
-        return self.enqueue_many([key], [task_id], queued_ttl)[0]
+    def enqueue(
+        self, key: str, task_id: str, queued_ttl: float, *, since: int
+    ) -> Done | Busy | Send:
+        """A waiter's check: as ``enqueue_many``, and also the outcome of any execution of
+        epoch ``since`` or later that was not kept (its notice may have been missed)."""
+        ttl_ms = max(1, round(queued_ttl * 1000))
+        reply = self.flight.claims.call(
+            lambda: self._enqueue(keys=self._enqueue_keys(key), args=[task_id, ttl_ms, since])
+        )
+        return _enqueued(reply)
+
+    def _enqueue_keys(self, key: str) -> list[str]:
+        k = self.keys(key)
+        return [k.out, k.lock, k.queued, k.epoch, k.last]
 
     def start(self, key: str, task_id: str) -> Done | Running | Holder:
         """Claim ``key`` for the message ``task_id`` without waiting (see the module doc)."""
@@ -214,9 +249,19 @@ class StepMessages:
     ) -> bool:
         """Commit ``outcome`` for the claim (or queued marker) of the message ``task_id``."""
         k = self.keys(key)
-        args = [f"{task_id}@", outcome, int(ttl_ms or 0), 1 if keep else 0, k.channel, task_id]
+        args = [
+            f"{task_id}@",
+            outcome,
+            int(ttl_ms or 0),
+            1 if keep else 0,
+            k.channel,
+            task_id,
+            LAST_TTL_MS,
+        ]
         return bool(
-            self.flight.claims.call(lambda: self._fail(keys=[k.out, k.lock, k.queued], args=args))
+            self.flight.claims.call(
+                lambda: self._fail(keys=[k.out, k.lock, k.queued, k.epoch, k.last], args=args)
+            )
         )
 
 
@@ -230,5 +275,5 @@ def _enqueued(reply: Any) -> Done | Busy | Send:
         raw = reply[1]
         return Done(raw if isinstance(raw, bytes) else str(raw).encode())
     if kind == "busy":
-        return Busy(_text(reply[1]))
-    return Send(_text(reply[1]))
+        return Busy(_text(reply[1]), int(reply[2]))
+    return Send(_text(reply[1]), int(reply[2]))

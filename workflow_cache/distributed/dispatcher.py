@@ -90,15 +90,18 @@ class CeleryDispatcher:
             ids = [_task_id() for _ in pending]
             states = self.messages.enqueue_many([p.key for p in pending], ids, self.queued_ttl)
             to_send: list[tuple[_Pending, str]] = []
+            since: dict[str, int] = {}
             for p, state in zip(pending, states, strict=True):
                 if isinstance(state, Done):
                     outcomes[p.key] = _decode(p, state.outcome)
-                elif isinstance(state, Send):
+                    continue
+                since[p.key] = state.since
+                if isinstance(state, Send):
                     to_send.append((p, state.task_id))
             self._publish(to_send)
             for key, p in unique.items():
                 if key not in outcomes:
-                    outcomes[key] = self._wait(p, notices)
+                    outcomes[key] = self._wait(p, notices, since[key])
         return [outcomes[p.key] for p in keyed]
 
     def _publish(self, items: list[tuple[_Pending, str]]) -> None:
@@ -115,7 +118,7 @@ class CeleryDispatcher:
                     extra["ignore_result"] = True  # the outcome lives in the step cache
                 sig.apply_async(task_id=task_id, headers=headers, producer=producer, **extra)
 
-    def _wait(self, pending: _Pending, notices: Notices) -> Result[Any, Any]:
+    def _wait(self, pending: _Pending, notices: Notices, since: int) -> Result[Any, Any]:
         """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again."""
         key = pending.key
         interval = self.cache.flight.lease / 3
@@ -124,7 +127,7 @@ class CeleryDispatcher:
             raw = notices.outcome(key, interval)
             if raw is not None:
                 return _decode(pending, raw)
-            state = self.messages.enqueue(key, _task_id(), self.queued_ttl)
+            state = self.messages.enqueue(key, _task_id(), self.queued_ttl, since=since)
             if isinstance(state, Done):
                 return _decode(pending, state.outcome)
             if isinstance(state, Send):
