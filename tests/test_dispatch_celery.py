@@ -3,6 +3,7 @@ on real ``celery worker`` processes sharing one real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import importlib
 import os
@@ -407,3 +408,16 @@ def test_a_signature_key_names_the_task_inputs_and_version(fleet: Fleet, tag: st
     assert fleet.count(tag) == 1
     with pytest.raises(TypeError, match="JSON"):
         signature_key(work.s(object()))
+
+
+def test_async_workflows_send_signatures_and_groups(fleet: Fleet, tag: str) -> None:
+    work = fleet.module.work
+
+    async def flow(step: Any) -> list[int]:
+        one = await step(work.s(f"{tag}:1"), key=f"{tag}:1")
+        many = await step(group(work.s(f"{tag}:2"), work.s(f"{tag}:3")), key=tag)
+        return [one["count"], *(m["count"] for m in many)]
+
+    assert asyncio.run(fleet.workflow()(flow)).value == [1, 1, 1]
+    assert asyncio.run(fleet.workflow()(flow)).value == [1, 1, 1]  # all hits
+    assert fleet.count(f"{tag}:2") == 1
