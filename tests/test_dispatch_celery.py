@@ -421,3 +421,14 @@ def test_async_workflows_send_signatures_and_groups(fleet: Fleet, tag: str) -> N
     assert asyncio.run(fleet.workflow()(flow)).value == [1, 1, 1]
     assert asyncio.run(fleet.workflow()(flow)).value == [1, 1, 1]  # all hits
     assert fleet.count(f"{tag}:2") == 1
+
+
+def test_a_countdown_longer_than_the_queued_ttl_is_not_a_lost_message(
+    fleet: Fleet, tag: str
+) -> None:
+    dispatcher = CeleryDispatcher(fleet.app, fleet.cache, timeout=60, queued_ttl=0.5)
+    workflow = create_workflow({}, cache=fleet.cache, dispatcher=dispatcher)
+    sig = fleet.module.work.s(tag).set(countdown=2.0)
+    with Published() as published:
+        assert workflow(lambda step: step(sig, key=tag)).ok
+    assert len(published.for_key(tag)) == 1 and fleet.count(tag) == 1

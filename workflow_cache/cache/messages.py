@@ -184,18 +184,20 @@ class StepMessages:
         return self.flight.keyspace.for_step(key)
 
     def enqueue_many(
-        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: float
+        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: float | Sequence[float]
     ) -> list[Done | Busy | Send]:
-        """For each key: its outcome, busy, or ``Send`` (marker set); one round trip."""
+        """For each key: its outcome, busy, or ``Send`` (marker set for ``queued_ttl``
+        seconds, one value or one per key); one round trip."""
         if not keys:
             return []
-        ttl_ms = max(1, round(queued_ttl * 1000))
+        ttls = [queued_ttl] * len(keys) if isinstance(queued_ttl, int | float) else queued_ttl
         client = self.flight.client
 
         def run() -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            for key, task_id in zip(keys, task_ids, strict=True):
-                self._enqueue(keys=self._enqueue_keys(key), args=[task_id, ttl_ms, ""], client=pipe)
+            for key, task_id, ttl in zip(keys, task_ids, ttls, strict=True):
+                args = [task_id, max(1, round(ttl * 1000)), ""]
+                self._enqueue(keys=self._enqueue_keys(key), args=args, client=pipe)
             return pipe.execute()
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]

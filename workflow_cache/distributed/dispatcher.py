@@ -13,6 +13,7 @@ lost) sets a fresh marker so that exactly one waiter sends the step again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
@@ -48,6 +49,7 @@ class CeleryDispatcher:
     ``timeout``: longest wait for one step (None = no limit).
     ``queued_ttl``: seconds a sent message may sit in its queue before waiters send the
     step again (see the module docstring); make it longer than your queues' worst backlog.
+    A signature's own ``countdown``/``eta`` is added to it.
     """
 
     def __init__(
@@ -88,7 +90,8 @@ class CeleryDispatcher:
             # found by enqueue, one landing after it is announced to us.
             pending = list(unique.values())
             ids = [_task_id() for _ in pending]
-            states = self.messages.enqueue_many([p.key for p in pending], ids, self.queued_ttl)
+            ttls = [self._queued_ttl(p) for p in pending]
+            states = self.messages.enqueue_many([p.key for p in pending], ids, ttls)
             to_send: list[tuple[_Pending, str]] = []
             since: dict[str, int] = {}
             for p, state in zip(pending, states, strict=True):
@@ -103,6 +106,10 @@ class CeleryDispatcher:
                 if key not in outcomes:
                     outcomes[key] = self._wait(p, notices, since[key])
         return [outcomes[p.key] for p in keyed]
+
+    def _queued_ttl(self, pending: _Pending) -> float:
+        """A message held back by ``countdown``/``eta`` is not lost while it waits."""
+        return self.queued_ttl + _delay(pending.signature.options)
 
     def _publish(self, items: list[tuple[_Pending, str]]) -> None:
         if not items:
@@ -127,7 +134,7 @@ class CeleryDispatcher:
             raw = notices.outcome(key, interval)
             if raw is not None:
                 return _decode(pending, raw)
-            state = self.messages.enqueue(key, _task_id(), self.queued_ttl, since=since)
+            state = self.messages.enqueue(key, _task_id(), self._queued_ttl(pending), since=since)
             if isinstance(state, Done):
                 return _decode(pending, state.outcome)
             if isinstance(state, Send):
@@ -135,6 +142,23 @@ class CeleryDispatcher:
                 self._publish([(pending, state.task_id)])
             if deadline is not None and time.monotonic() > deadline:
                 raise ClaimTimeout(f"step {key!r} has no outcome after {self.timeout:g} s")
+
+
+def _delay(options: dict[str, Any]) -> float:
+    """Seconds a signature's ``countdown`` or ``eta`` holds its message back (0 if none)."""
+    countdown = options.get("countdown")
+    if isinstance(countdown, int | float) and countdown > 0:
+        return float(countdown)
+    eta = options.get("eta")
+    if isinstance(eta, str):
+        try:
+            eta = dt.datetime.fromisoformat(eta)
+        except ValueError:
+            return 0.0
+    if isinstance(eta, dt.datetime):
+        now = dt.datetime.now(eta.tzinfo) if eta.tzinfo else dt.datetime.now()
+        return max(0.0, (eta - now).total_seconds())
+    return 0.0
 
 
 def _task_id() -> str:
