@@ -49,7 +49,7 @@ def no_dispatcher(work: Any) -> TypeError:
     """The error for a signature given to a workflow that has no way to send it."""
     name = getattr(work, "task", None) or type(work).__name__
     return TypeError(
-        f"step() got a Celery signature ({name}) but the workflow has no dispatcher: "
+        f"step() got a Celery signature ({name}) but the workflow has no dispatcher for it: "
         "pass dispatcher=CeleryDispatcher(app, cache) to create_workflow to run it on "
         "workers, or step(..., run_locally=True) to run it in this process"
     )
