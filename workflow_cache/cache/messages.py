@@ -1,7 +1,7 @@
 """One message per key: the queued marker, and how a worker starts or parks a sent step.
 
-A step sent to a worker as a message adds three atomic scripts to the claim protocol of
-``claims.py`` (same keys, same hash slot, plus ``:queued``):
+A step sent to a worker as a message adds four atomic scripts (``lua/<name>.lua``) to the
+claim protocol of ``claims.py`` (same keys, same hash slot, plus ``:queued``):
 
 ``enqueue`` (producer)
     Outcome stored -> ``Done(outcome)``.  Claim held (running, or parked between retries)
@@ -49,99 +49,11 @@ from workflow_cache.cache.claims import (
     default_owner,
 )
 from workflow_cache.cache.keys import Keys
+from workflow_cache.cache.lua import script
 
 __all__ = ["Busy", "Send", "StepMessages", "parked_value"]
 
 PARKED = "parked:"
-
-# KEYS: out, lock, queued, epoch, last   ARGV: task_id, queued_ttl_ms, since ('' = new caller)
-# Replies carry "since": the lowest epoch of an execution this caller may take the
-# outcome of (the running one's, or the next one's when nothing runs yet).
-_ENQUEUE = """
-local out = redis.call('GET', KEYS[1])
-if out then
-  return {'done', out}
-end
-if ARGV[3] ~= '' then
-  local last = redis.call('GET', KEYS[5])
-  if last then
-    local bar = string.find(last, '|', 1, true)
-    if bar and tonumber(string.sub(last, 1, bar - 1)) >= tonumber(ARGV[3]) then
-      return {'done', string.sub(last, bar + 1)}
-    end
-  end
-end
-local epoch = tonumber(redis.call('GET', KEYS[4]) or '0')
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'busy', 'claimed', epoch}
-end
-local queued = redis.call('GET', KEYS[3])
-if queued then
-  return {'busy', queued, epoch + 1}
-end
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-return {'send', ARGV[1], epoch + 1}
-"""
-
-# KEYS: out, lock, epoch, queued   ARGV: owner, lease_ms, epoch_ttl_ms, task_id
-_START = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {'done'}
-end
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  local mine = 'parked:' .. ARGV[4] .. '|'
-  if string.sub(holder, 1, #mine) ~= mine then
-    return {'running', holder, redis.call('PTTL', KEYS[2])}
-  end
-end
-local epoch = redis.call('INCR', KEYS[3])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
-end
-local token = ARGV[1] .. '|' .. epoch
-redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-redis.call('DEL', KEYS[4])
-return {'claimed', token, epoch}
-"""
-
-# KEYS: lock   ARGV: token, parked value, px
-_PARK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# KEYS: out, lock, queued, epoch, last
-# ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel, task_id, last_ttl_ms
-_FAIL_TASK = """
-local holder = redis.call('GET', KEYS[2])
-local epoch
-if holder then
-  if string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then
-    return 0
-  end
-  epoch = tonumber(string.sub(holder, string.find(holder, '|[^|]*$') + 1))
-elseif redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[3]) ~= ARGV[6] then
-  return 0
-else
-  epoch = tonumber(redis.call('GET', KEYS[4]) or '0') + 1  -- the claim it never took
-end
-if ARGV[4] == '1' then
-  if tonumber(ARGV[3]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  else
-    redis.call('SET', KEYS[1], ARGV[2])
-  end
-else
-  redis.call('SET', KEYS[5], epoch .. '|' .. ARGV[2], 'PX', ARGV[7])
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[5], 'o' .. ARGV[2])
-return 1
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +87,10 @@ class StepMessages:
     def __init__(self, flight: SingleFlight) -> None:
         self.flight = flight
         client = flight.client
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._start = client.register_script(_START)
-        self._park = client.register_script(_PARK)
-        self._fail = client.register_script(_FAIL_TASK)
+        self._enqueue = client.register_script(script("enqueue"))
+        self._start = client.register_script(script("start"))
+        self._park = client.register_script(script("park"))
+        self._fail = client.register_script(script("fail_task"))
 
     def keys(self, key: str) -> Keys:
         return self.flight.keyspace.for_step(key)
