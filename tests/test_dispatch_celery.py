@@ -432,3 +432,21 @@ def test_a_countdown_longer_than_the_queued_ttl_is_not_a_lost_message(
     with Published() as published:
         assert workflow(lambda step: step(sig, key=tag)).ok
     assert len(published.for_key(tag)) == 1 and fleet.count(tag) == 1
+
+
+def test_revoking_a_running_step_ends_it_with_that_error(fleet: Fleet, tag: str) -> None:
+    sig = fleet.module.work.s(tag, 30).set(queue=fleet.module.LIMITS_QUEUE)
+    box: dict[str, Any] = {}
+    with Published() as published:
+        runner = threading.Thread(
+            target=lambda: box.update(r=fleet.workflow()(lambda step: step(sig, key=tag)))
+        )
+        runner.start()
+        wait_for(lambda: fleet.count(tag))
+    (task_id,) = published.for_key(tag)
+    fleet.app.control.revoke(task_id, terminate=True)
+    runner.join(timeout=60)
+    result = box["r"]
+    assert isinstance(result.error, UnexpectedError)
+    assert result.error.type.endswith("TaskRevokedError") and "revoked" in result.error.message
+    assert fleet.count(tag) == 1

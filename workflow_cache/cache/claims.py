@@ -328,6 +328,14 @@ class Holder:
             self._lost = True
         return ok
 
+    def abandon(self) -> None:
+        """Stop renewing without releasing: the claim ends when its lease runs out.
+
+        For a process being torn down (terminated, shutting down): whoever ends it may
+        still record an outcome for the claim, and waiters take over after the lease.
+        """
+        self._finish()
+
     def release(self) -> bool:
         """Give up without an outcome so a waiter runs the step now; False if already lost."""
         self._finish()

@@ -17,10 +17,12 @@ For a step message the wrapper:
   retried message (same task id) takes it up and waiters keep waiting;
 - commits the final outcome: the value, an ``err`` the task returned, or the exception
   that ended it (after the last retry), kept by the step's policy; the exception is
-  raised again so Celery records the failure as usual.
+  raised again so Celery records the failure as usual. A ``BaseException`` (the pool
+  process is being terminated) leaves the claim to run out its lease instead.
 
-When Celery kills a pool process at its hard time limit, the worker's main process
-commits ``err(TimeLimitExceeded)`` for the claim that task held.
+When Celery kills a pool process at its hard time limit, or terminates a revoked
+task, the worker's main process commits ``err(TimeLimitExceeded)`` or
+``err(TaskRevokedError)`` for the claim that task held.
 """
 
 from __future__ import annotations
@@ -167,7 +169,9 @@ def _run_holding(
         _commit(holder, header, err(UnexpectedError.from_exception(exc)))
         raise
     except BaseException:
-        holder.release()
+        # the process is being torn down (terminated, revoked, cold shutdown): keep the
+        # claim so the worker's main process can record why; otherwise its lease expires
+        holder.abandon()
         raise
     result = produced if isinstance(produced, Result) else ok(produced)
     _commit(holder, header, result)
