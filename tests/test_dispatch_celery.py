@@ -243,9 +243,17 @@ def test_retries_with_countdown_are_one_execution_while_8_producers_wait(
 
 def test_autoretry_exhausted_is_the_final_error_kept_by_policy(fleet: Fleet, tag: str) -> None:
     sig = fleet.module.always_retry.s(tag)
-    result = fleet.workflow()(lambda step: step(sig, key=tag))
+    with Published() as published:
+        result = fleet.workflow()(lambda step: step(sig, key=tag))
     assert isinstance(result.error, UnexpectedError) and result.error.type == "ValueError"
     assert fleet.count(tag) == 3 and fleet.cache.get(tag) is None  # exceptions not kept
+    (task_id,) = published.for_key(tag)
+    wait_for(lambda: len(fleet.signals(task_id)) >= 6)
+    assert fleet.signals(task_id) == [
+        *["prerun:tests.always_retry", "retry:tests.always_retry"] * 2,
+        "prerun:tests.always_retry",
+        "failure:tests.always_retry",
+    ]
     kept = f"{tag}:kept"
     sig = fleet.module.always_retry.s(kept)
     fleet.workflow(cache_exceptions=True)(lambda step: step(sig, key=kept))
