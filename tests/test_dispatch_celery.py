@@ -336,6 +336,11 @@ def test_a_message_for_a_running_key_is_acknowledged_at_once(fleet: Fleet, tag: 
     runner.join(timeout=60)
     assert box["r"].ok and fleet.count(tag) == 1
     assert all(fleet.signals(d.id) == ["prerun:tests.work"] for d in duplicates)
+    # a redelivered message of a committed key is acknowledged without running
+    again = work.apply_async((tag, 3.0), headers={"wfc_step": header})
+    wait_for(lambda: fleet.signals(again.id) == ["prerun:tests.work"])
+    wait_for(lambda: fleet.client.llen("steps") == 0 and fleet.client.hlen("unacked") == 0)
+    assert fleet.count(tag) == 1
 
 
 def test_a_lost_message_is_sent_again_once_its_marker_expires(fleet: Fleet, tag: str) -> None:
