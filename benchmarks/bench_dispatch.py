@@ -12,7 +12,8 @@ a. Latency of one uncached dispatched step, ``step(noop.s(i))`` inside a workflo
    queue.  Target: dispatched step / plain Celery <= 1.2x.
 b. 64 producer threads (each its own workflow run, one shared RedisCache) on one
    cold key whose task sleeps --sleep seconds, three solo-pool workers: executions of
-   the body (counted with INCR, must be 1) and wall time vs one uncontended call.
+   the body (counted with INCR, must be 1), messages published for the key (one queued
+   marker per key: must be 1) and wall time vs one uncontended call.
 
 ``--profile`` adds a cProfile of the producer side of the dispatched path (part a).
 """
@@ -174,9 +175,12 @@ def profile_step(bench: ModuleType, n: int) -> str:
 
 def bench_stampede(
     bench: ModuleType, producers: int, sleep: float, rounds: int
-) -> tuple[list[float], list[float], list[int]]:
+) -> tuple[list[float], list[float], list[int], list[int]]:
     """Per round: wall of ``producers`` threads on one cold key, wall of one uncontended
-    call of the same task, and how many times the body ran for the stampede key."""
+    call of the same task, how many times the body ran and how many messages were
+    published for the stampede key."""
+    from celery.signals import before_task_publish
+
     from workflow_cache import create_workflow
     from workflow_cache.distributed import CeleryDispatcher
 
@@ -189,8 +193,16 @@ def bench_stampede(
     def one(key: str) -> int:
         return workflow(lambda step: step(counted.s(key, sleep), key=key)).value
 
+    sent: list[str] = []
+
+    def record(headers: Any = None, **_: Any) -> None:
+        step = (headers or {}).get("wfc_step")
+        if step:
+            sent.append(step["key"])  # list.append is atomic
+
+    before_task_publish.connect(record, weak=False)
     one(f"warm:{uuid.uuid4().hex}")
-    walls, singles, executions = [], [], []
+    walls, singles, executions, messages = [], [], [], []
     for _ in range(rounds):
         drain(client, queue)
         key = f"single:{uuid.uuid4().hex}"
@@ -205,7 +217,9 @@ def bench_stampede(
         assert values == [1] * producers, values
         drain(client, queue)  # every duplicate message handled: none may run the body
         executions.append(bench.executions(key))
-    return walls, singles, executions
+        messages.append(sent.count(key))
+    before_task_publish.disconnect(record)
+    return walls, singles, executions, messages
 
 
 # --------------------------------------------------------------------------- main
@@ -284,18 +298,19 @@ def main() -> None:
         more = [CeleryWorker(APP_MODULE, f"bench-b{i}", "steps", env, log=log) for i in (1, 2)]
         workers += more
         wait_ready(bench.app, more)
-        walls, singles, execs = bench_stampede(bench, args.producers, args.sleep, rounds)
+        walls, singles, execs, sent = bench_stampede(bench, args.producers, args.sleep, rounds)
         wall, single = statistics.median(walls), statistics.median(singles)
         print(
             f"\nb. {args.producers} producer threads, one cold key, body sleeps "
             f"{args.sleep * 1000:.0f} ms, 3 solo workers ({rounds} rounds)"
         )
         print(f"   {'executions of the body per round':52}{execs!s:>22}  (must be 1 each)")
+        print(f"   {'messages published for the key per round':52}{sent!s:>22}  (must be 1 each)")
         print(f"   {'one uncontended call (same task, cold key)':52}{ms(single)}")
         print(f"   {'all producers hold the outcome (wall)':52}{ms(wall)}{wall / single:9.2f}x")
         print(f"   {'stampede wall, min-max over rounds':52}{ms(min(walls))} -{ms(max(walls))}")
-        if any(e != 1 for e in execs):
-            raise SystemExit(f"single flight broken: executions per round {execs}")
+        if any(e != 1 for e in execs) or any(m != 1 for m in sent):
+            raise SystemExit(f"single flight broken: executions {execs}, messages {sent}")
     finally:
         for worker in workers:
             worker.stop()

@@ -10,15 +10,23 @@ import os
 import time
 
 import redis
+from celery.signals import task_failure, task_prerun, task_retry, task_success
 
 from workflow_cache import err
 from workflow_cache.distributed import workflow_task
 from workflow_cache.distributed.fleet import fleet_app
 from workflow_cache.distributed.settings import WorkerSettings
+from workflow_cache.distributed.steps import route
 
 settings = WorkerSettings()
 app, cache = fleet_app("wfc_tests", settings)
 _redis = redis.Redis.from_url(settings.cache)
+
+SECOND_QUEUE = "second"
+LIMITS_QUEUE = "limits"  # served by a prefork worker: Celery enforces time limits there
+route(app, "tests.routed", SECOND_QUEUE)
+route(app, "tests.hard_limited", LIMITS_QUEUE)
+route(app, "tests.soft_limited", LIMITS_QUEUE)
 
 
 def count(name: str) -> int:
@@ -55,6 +63,87 @@ def fails(name: str) -> None:
 def not_found(name: str):
     _redis.incr(f"count:{name}")
     return err("NOT_FOUND")
+
+
+def _signal(kind: str):
+    """Record in Redis that a Celery signal fired for a task id (lists ``signals:<id>``)."""
+
+    def handler(sender=None, task_id=None, request=None, **_):
+        if task_id is None:
+            task_id = getattr(request, "id", None) or sender.request.id
+        _redis.rpush(f"signals:{task_id}", f"{kind}:{sender.name}")
+
+    return handler
+
+
+for _kind, _sig in (
+    ("prerun", task_prerun),
+    ("success", task_success),
+    ("failure", task_failure),
+    ("retry", task_retry),
+):
+    _sig.connect(_signal(_kind), weak=False)
+
+
+@app.task(name="tests.whoami", bind=True, shared=False)
+def whoami(self, name: str) -> dict[str, object]:
+    """What Celery's request says about this execution, for ``bind=True`` checks."""
+    _redis.incr(f"count:{name}")
+    r = self.request
+    return {
+        "id": r.id,
+        "called_directly": r.called_directly,
+        "retries": r.retries,
+        "hostname": r.hostname,
+        "routing_key": (r.delivery_info or {}).get("routing_key"),
+        "priority": (r.delivery_info or {}).get("priority"),
+        "eta": r.eta,
+        "pid": os.getpid(),
+    }
+
+
+@app.task(name="tests.routed", bind=True, shared=False)
+def routed(self, name: str) -> dict[str, object]:
+    _redis.incr(f"count:{name}")
+    return {"pid": os.getpid(), "routing_key": self.request.delivery_info.get("routing_key")}
+
+
+@app.task(name="tests.retry_twice", bind=True, shared=False, max_retries=5)
+def retry_twice(self, name: str, countdown: float = 1.0) -> dict[str, object]:
+    """Fails its first two attempts with ``self.retry(countdown=...)``, then succeeds."""
+    n = _redis.incr(f"count:{name}")
+    if self.request.retries < 2:
+        raise self.retry(countdown=countdown)
+    return {"attempts": n, "retries": self.request.retries, "id": self.request.id}
+
+
+@app.task(
+    name="tests.always_retry",
+    shared=False,
+    autoretry_for=(ValueError,),
+    retry_backoff=1,
+    retry_jitter=False,
+    max_retries=2,
+)
+def always_retry(name: str) -> None:
+    """Raises every time: ``autoretry_for`` retries it twice (1 s, then 2 s), then it fails."""
+    _redis.incr(f"count:{name}")
+    raise ValueError(f"{name} never works")
+
+
+@app.task(name="tests.hard_limited", shared=False, time_limit=2)
+def hard_limited(name: str, seconds: float) -> int:
+    _redis.incr(f"count:{name}")
+    _redis.rpush(f"pids:{name}", os.getpid())
+    time.sleep(seconds)
+    return 1
+
+
+@app.task(name="tests.soft_limited", shared=False, soft_time_limit=1)
+def soft_limited(name: str, seconds: float) -> int:
+    _redis.incr(f"count:{name}")
+    time.sleep(seconds)
+    return 1
 
 
 @workflow_task(app, name="tests.two_steps", queue=settings.workflow_queue)

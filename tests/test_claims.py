@@ -140,10 +140,13 @@ def test_keys_share_one_hash_slot_and_name_the_namespace() -> None:
         lock="wfc:prod:{user:1}:lock",
         epoch="wfc:prod:{user:1}:epoch",
         channel="wfc:prod:{user:1}:done",
+        queued="wfc:prod:{user:1}:queued",
+        last="wfc:prod:{user:1}:last",
     )
     for step in ("user:1", "a{b}c", "x}y", "{weird", "ü*?"):
         k = KeySpace("prod").for_step(step)
-        assert len({key_slot(name.encode()) for name in (k.out, k.lock, k.epoch, k.channel)}) == 1
+        names = (k.out, k.lock, k.epoch, k.channel, k.queued, k.last)
+        assert len({key_slot(name.encode()) for name in names}) == 1
 
 
 @pytest.mark.parametrize("namespace", ["", "a:b", "a{b", "a}b"])

@@ -26,7 +26,7 @@ from workflow_cache import (
     UnexpectedError,
     create_workflow,
 )
-from workflow_cache.distributed import STEP_TASK, CeleryDispatcher, result_of
+from workflow_cache.distributed import CeleryDispatcher, result_of
 
 LEASE = 1.5
 
@@ -166,9 +166,9 @@ def test_fan_out_reads_once_and_dispatches_only_misses(fleet: Fleet, tag: str) -
     workflow(lambda step: step(work.s(f"{tag}:0"), key=f"{tag}:0"))
     sent: list[str] = []
 
-    def record(sender=None, body=None, **_):
-        if sender == STEP_TASK:
-            sent.append(body[0][3])
+    def record(sender=None, headers=None, **_):
+        if sender == "tests.work" and "wfc_step" in (headers or {}):
+            sent.append(headers["wfc_step"]["key"])
 
     before_task_publish.connect(record, weak=False)
     try:

@@ -4,6 +4,9 @@
     celery -A workers.app worker -Q workflows -c 4      # workflow workers
 
 Producers import the same module to enqueue work (see examples/distributed.py).
+A signature of one of its tasks given to ``step(...)`` is sent as that task itself
+(unrouted tasks go to the ``steps`` queue); ``fleet_app`` installs the claim that
+wraps it on the worker.
 Flows run here too: ``workflow-cache run FLOW.yaml --broker $WFC_BROKER_URL --queue workflows``;
 set ``WFC_STORAGE`` (e.g. ``s3://bucket/prefix``) so every machine shares archives.
 """

@@ -23,6 +23,7 @@ _LAZY = {
     "CeleryDispatcher": "workflow_cache.distributed",
     "install": "workflow_cache.distributed",
     "result_of": "workflow_cache.distributed",
+    "signature_key": "workflow_cache.distributed",
     "workflow_task": "workflow_cache.distributed",
     "EntryKey": "workflow_cache.workdir.filecache",
     "FileCache": "workflow_cache.workdir.filecache",
@@ -76,5 +77,6 @@ __all__ = [
     "parse_flow",
     "result_of",
     "run_flow",
+    "signature_key",
     "workflow_task",
 ]

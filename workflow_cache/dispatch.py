@@ -26,3 +26,35 @@ class Dispatcher(Protocol):
     def run_many(self, works: Sequence[tuple[Any, StepOptions]]) -> list[Result[Any, Any]]:
         """Send every piece of work first, then wait for all of them (fan-out)."""
         ...
+
+
+class Expanding(Protocol):
+    """A dispatcher whose work may be several steps at once (e.g. a Celery group)."""
+
+    def expand(self, work: Any) -> list[Any] | None:
+        """The separate pieces of ``work``, None when it is one step; TypeError if it cannot
+        be a step at all (e.g. a chain), raised before anything is sent."""
+        ...
+
+
+def is_signature(work: object) -> bool:
+    """True for a Celery signature, told apart without importing Celery (the core stays light)."""
+    return any(
+        cls.__name__ == "Signature" and cls.__module__ == "celery.canvas"
+        for cls in type(work).__mro__
+    )
+
+
+def no_dispatcher(work: Any) -> TypeError:
+    """The error for a signature given to a workflow that has no way to send it."""
+    name = getattr(work, "task", None) or type(work).__name__
+    return TypeError(
+        f"step() got a Celery signature ({name}) but the workflow has no dispatcher for it: "
+        "pass dispatcher=CeleryDispatcher(app, cache) to create_workflow to run it on "
+        "workers, or step(..., run_locally=True) to run it in this process"
+    )
+
+
+def member_keys(key: str | None, count: int) -> list[str | None]:
+    """Keys of the pieces of expanded work: ``key[0]``, ``key[1]``, ... (None when unkeyed)."""
+    return [None if key is None else f"{key}[{i}]" for i in range(count)]

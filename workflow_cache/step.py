@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from workflow_cache.cache.base import ClaimingStore
+from workflow_cache.dispatch import is_signature, member_keys, no_dispatcher
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope, NotStorableError
@@ -60,12 +61,24 @@ class Step:
         cache_errors: bool = UNSET,
         cache_exceptions: bool = UNSET,
         returns: Any = None,
+        run_locally: bool = False,
     ) -> Any:
         """Run ``thunk`` (or reuse its stored outcome) and return its value.
 
         An ``err`` outcome ends the workflow: its result becomes that ``err``.
-        In an ``async`` workflow this returns an awaitable.
+        In an ``async`` workflow this returns an awaitable. A Celery signature needs
+        the workflow's dispatcher, or ``run_locally=True`` to run it in this process.
         """
+        thunk = self._local_or_refuse(thunk, run_locally)
+        parts = self._expand(thunk)
+        if parts is not None:  # e.g. a Celery group: one step per member, sent together
+            return self.all(
+                parts,
+                keys=member_keys(check_key(key), len(parts)),
+                ttl=ttl,
+                cache_errors=cache_errors,
+                cache_exceptions=cache_exceptions,
+            )
         options = self._options(key, ttl, cache_errors, cache_exceptions, returns)
         if self._is_async:
             return self._run_async(thunk, options)
@@ -81,6 +94,7 @@ class Step:
         cache_errors: bool = UNSET,
         cache_exceptions: bool = UNSET,
         returns: Any = None,
+        run_locally: bool = False,
     ) -> Any:
         """Run several steps, reading all their keys from the cache in one round trip.
 
@@ -88,7 +102,7 @@ class Step:
         workflow (stopping at the first ``err``) and concurrently in an async one;
         Celery signatures among them are sent together and run side by side.
         """
-        thunks = list(thunks)
+        thunks = [self._local_or_refuse(thunk, run_locally) for thunk in thunks]
         if keys is None:
             keys = [None] * len(thunks)
         keys = list(keys)
@@ -117,6 +131,27 @@ class Step:
             result = hit if hit is not None else drive_sync(self._plan(thunk, options, True))
             values.append(_unwrap(result))
         return values
+
+    # -- signatures -------------------------------------------------------------------
+
+    def _local_or_refuse(self, thunk: Any, run_locally: bool) -> Any:
+        """A signature goes to the dispatcher; without one it is refused, unless the
+        caller asked for it to run here (Celery's own eager ``apply``)."""
+        if not is_signature(thunk):
+            return thunk
+        if run_locally:
+            return lambda: thunk.apply().get()
+        dispatcher = self._workflow.dispatcher
+        if dispatcher is None or not dispatcher.accepts(thunk):
+            raise no_dispatcher(thunk)
+        return thunk
+
+    def _expand(self, thunk: Any) -> list[Any] | None:
+        dispatcher = self._workflow.dispatcher
+        if dispatcher is None or not dispatcher.accepts(thunk):
+            return None
+        expand = getattr(dispatcher, "expand", None)
+        return None if expand is None else expand(thunk)
 
     # -- options ----------------------------------------------------------------------
 

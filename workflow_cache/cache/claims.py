@@ -1,7 +1,7 @@
 """Single flight in Redis: at most one process runs a step, every caller gets its outcome.
 
-The protocol is four Lua scripts, each one atomic step on the keys of one step (see
-``keys.py``; they share a cluster hash slot):
+The protocol is four Lua scripts (``lua/<name>.lua``), each one atomic step on the keys
+of one step (see ``keys.py``; they share a cluster hash slot):
 
 ``claim``
     Outcome stored -> ``Done``.  Lock held -> ``Running(owner, remaining lease)``.
@@ -16,14 +16,17 @@ The protocol is four Lua scripts, each one atomic step on the keys of one step (
     has expired but nobody has claimed since (the epoch key still equals this claim's
     epoch) and no outcome is stored: a holder that overran its lease without a successor
     keeps its work, which is safe because any later claim would have bumped the epoch.
+    An outcome that is not kept is written to ``:last`` with its epoch for a minute
+    instead, for waiters that missed the notice (see ``messages.py``).
     A refused commit writes nothing and notifies nobody.
 ``release``
     Owner-checked delete of the lock and a "released" notice, so waiters claim at once
     instead of waiting for the lease to run out.
 
 Notifications on the step's channel are ``b"o" + outcome`` (commit) or ``b"r"``
-(release).  Waiters wake on them; if the holder dies silently they wake when its lease
-runs out and claim in turn, which is how a crashed holder is taken over.
+(release), delivered by ``notices.py``.  Waiters wake on them; if the holder dies
+silently they wake when its lease runs out and claim in turn, which is how a crashed
+holder is taken over.  Holders' leases are renewed by ``leases.py``.
 
 Epoch expiry (trade-off): the epoch key gets a long expiry (7 days) refreshed at every
 claim.  Without it, every step key ever claimed would leave an integer in Redis
@@ -41,8 +44,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
-import select
 import socket
 import threading
 import time
@@ -58,9 +59,13 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from workflow_cache.cache.keys import Keys, KeySpace
+from workflow_cache.cache.leases import Renewer
+from workflow_cache.cache.lua import script
+from workflow_cache.cache.notices import NOTICE_OUTCOME, Listener, Notices, Watch
 
 __all__ = [
     "EPOCH_TTL_MS",
+    "LAST_TTL_MS",
     "CacheUnavailable",
     "ClaimTimeout",
     "Claimed",
@@ -78,8 +83,10 @@ log = logging.getLogger(__name__)
 EPOCH_TTL_MS = 7 * 24 * 3600 * 1000
 """Expiry of a step's epoch key, refreshed at each claim (see the module docstring)."""
 
-NOTICE_OUTCOME = b"o"
-NOTICE_RELEASED = b"r"
+LAST_TTL_MS = 60_000
+"""How long an outcome that is not kept stays readable by the callers that waited for it
+(``Keys.last``), in case its notice did not reach them."""
+
 
 _T = TypeVar("_T")
 
@@ -130,67 +137,6 @@ ClaimState = Done | Running | Claimed
 
 # --------------------------------------------------------------------------- scripts
 
-# KEYS: out, lock, epoch   ARGV: owner, lease_ms, epoch_ttl_ms (0 = no expiry)
-_CLAIM = """
-local out = redis.call('GET', KEYS[1])
-if out then
-  return {'done', out}
-end
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  return {'running', holder, redis.call('PTTL', KEYS[2])}
-end
-local epoch = redis.call('INCR', KEYS[3])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
-end
-local token = ARGV[1] .. '|' .. epoch
-redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-return {'claimed', token, epoch}
-"""
-
-# KEYS: lock   ARGV: token, lease_ms
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: out, lock, epoch   ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel
-_COMMIT = """
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  if holder ~= ARGV[1] then
-    return 0
-  end
-elseif redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[3]) ~= ARGV[2] then
-  return 0
-end
-if ARGV[5] == '1' then
-  if tonumber(ARGV[4]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-  else
-    redis.call('SET', KEYS[1], ARGV[3])
-  end
-end
-if holder then
-  redis.call('DEL', KEYS[2])
-end
-redis.call('PUBLISH', ARGV[6], 'o' .. ARGV[3])
-return 1
-"""
-
-# KEYS: lock   ARGV: token, channel
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'r')
-  return 1
-end
-return 0
-"""
-
 
 def _as_bytes(value: bytes | str | memoryview) -> bytes:
     if isinstance(value, bytes):
@@ -235,10 +181,10 @@ class Claims:
         self.client = client
         self.where = describe(client)
         self._epoch_ttl_ms = int(epoch_ttl_ms or 0)
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._commit = client.register_script(_COMMIT)
-        self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(script("claim"))
+        self._renew = client.register_script(script("renew"))
+        self._commit = client.register_script(script("commit"))
+        self._release = client.register_script(script("release"))
 
     def call(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` and turn a connection failure into ``CacheUnavailable`` naming the server."""
@@ -288,9 +234,12 @@ class Claims:
             int(ttl_ms or 0),
             1 if keep else 0,
             keys.channel,
+            LAST_TTL_MS,
         ]
         return bool(
-            self.call(lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch], args=args))
+            self.call(
+                lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch, keys.last], args=args)
+            )
         )
 
     def release(self, keys: Keys, claim: Claimed) -> bool:
@@ -298,235 +247,6 @@ class Claims:
         return bool(
             self.call(lambda: self._release(keys=[keys.lock], args=[claim.token, keys.channel]))
         )
-
-
-# --------------------------------------------------------------------------- notifications
-
-
-class _Watch:
-    """One waiting thread's mailbox for the notices of one channel."""
-
-    __slots__ = ("channel", "inbox")
-
-    def __init__(self, channel: bytes) -> None:
-        self.channel = channel
-        self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-
-    def get(self, timeout: float) -> bytes | None:
-        try:
-            return self.inbox.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return None
-
-
-class _Channel:
-    """Subscription state of one channel on the shared connection."""
-
-    __slots__ = ("acked", "sent", "subscribed", "watches")
-
-    def __init__(self) -> None:
-        self.watches: set[_Watch] = set()
-        self.subscribed = False  # the last command sent for it was SUBSCRIBE
-        self.sent = 0  # SUBSCRIBE commands sent since connecting
-        self.acked = 0  # subscribe confirmations received since connecting
-
-    @property
-    def live(self) -> bool:
-        return self.subscribed and self.acked == self.sent
-
-
-class _Listener:
-    """One pub/sub connection shared by every waiting thread of a ``SingleFlight``.
-
-    A daemon thread owns the connection: it sends (UN)SUBSCRIBE when waiters come and
-    go (woken through a socket pair) and hands each message to the mailboxes of the
-    threads watching its channel.  Subscribing is reference-counted per channel, so 64
-    threads waiting on one key cost one connection and one subscription.  After a
-    connection loss it reconnects with backoff and resubscribes; notices sent meanwhile
-    are lost, which waiters survive because they never wait longer than the lease.
-    """
-
-    IDLE_PING_S = 15.0
-
-    def __init__(self, make_connection: Callable[[], Any]) -> None:
-        self._make_connection = make_connection
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._channels: dict[bytes, _Channel] = {}
-        self._dirty: set[bytes] = set()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._conn: Any = None
-
-    # -- called by waiting threads
-
-    def watch(self, channel: str) -> _Watch:
-        name = channel.encode()
-        w = _Watch(name)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("SingleFlight is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="wfc-listener", daemon=True)
-                self._thread.start()
-            ch = self._channels.get(name)
-            if ch is None:
-                ch = self._channels[name] = _Channel()
-            ch.watches.add(w)
-            wake = not ch.subscribed
-            if wake:
-                self._dirty.add(name)
-        if wake:
-            self._wake()
-        return w
-
-    def wait_live(self, w: _Watch, timeout: float) -> bool:
-        """Wait until the server has confirmed the subscription ``w`` relies on."""
-        with self._lock:
-            ch = self._channels.get(w.channel)
-            return ch is not None and self._changed.wait_for(lambda: ch.live, timeout)
-
-    def unwatch(self, w: _Watch) -> None:
-        with self._lock:
-            ch = self._channels.get(w.channel)
-            if ch is None:
-                return
-            ch.watches.discard(w)
-            wake = not ch.watches
-            if wake:
-                self._dirty.add(w.channel)
-        if wake:
-            self._wake()
-
-    def subscriptions(self) -> int:
-        """Channels currently subscribed (for tests and benchmarks)."""
-        with self._lock:
-            return sum(1 for ch in self._channels.values() if ch.subscribed)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            thread = self._thread
-        self._wake()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        for sock in (self._wake_r, self._wake_w):
-            sock.close()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full pipe: a wake-up is already pending
-            self._wake_w.send(b"!")
-
-    # -- the listener thread
-
-    def _run(self) -> None:
-        backoff = 0.05
-        while not self._closed:
-            conn = None
-            try:
-                conn = self._connect()
-                backoff = 0.05
-                self._pump(conn)
-            except Exception as exc:  # any failure: drop the connection, then reconnect
-                if self._closed:
-                    break
-                with self._lock:
-                    self._conn = None
-                    for ch in self._channels.values():  # confirmations died with it
-                        ch.subscribed, ch.sent, ch.acked = False, 0, 0
-                    self._changed.notify_all()
-                    if not any(ch.watches for ch in self._channels.values()):
-                        self._thread = None  # nobody waits: the next watch() starts again
-                        return
-                log.warning("workflow-cache pub/sub connection lost (%s); reconnecting", exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                if conn is not None:
-                    conn.disconnect()
-        with self._lock:
-            self._conn = None
-            self._changed.notify_all()
-
-    def _connect(self) -> Any:
-        conn = self._make_connection()
-        conn.connect()
-        with self._lock:
-            self._conn = conn
-            for name, ch in list(self._channels.items()):
-                ch.subscribed, ch.sent, ch.acked = False, 0, 0
-                if ch.watches:
-                    self._dirty.add(name)
-                else:
-                    del self._channels[name]
-        return conn
-
-    def _pump(self, conn: Any) -> None:
-        sock = conn._sock  # select() on it together with the wake-up socket
-        last_rx = time.monotonic()
-        ping_sent = False
-        while not self._closed:
-            with self._lock:
-                self._sync_subscriptions(conn)
-            while conn.can_read(timeout=0):
-                self._dispatch(conn.read_response())
-                last_rx, ping_sent = time.monotonic(), False
-            if getattr(sock, "pending", None) and sock.pending():
-                continue  # TLS bytes already decrypted but not yet parsed
-            ready, _, _ = select.select([sock, self._wake_r], [], [], self.IDLE_PING_S)
-            if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while self._wake_r.recv(4096):
-                        pass
-            if not ready and time.monotonic() - last_rx >= self.IDLE_PING_S:
-                if ping_sent:
-                    raise TimeoutError("no answer to PING on the pub/sub connection")
-                conn.send_command("PING", check_health=False)
-                ping_sent = True
-
-    def _sync_subscriptions(self, conn: Any) -> None:
-        """Bring the server's subscriptions in line with the watchers (lock held)."""
-        if not self._dirty:
-            return
-        commands: list[tuple[str, bytes]] = []
-        for name in self._dirty:
-            ch = self._channels.get(name)
-            if ch is None:
-                continue
-            if ch.watches and not ch.subscribed:
-                ch.subscribed = True
-                ch.sent += 1
-                commands.append(("SUBSCRIBE", name))
-            elif not ch.watches and ch.subscribed:
-                ch.subscribed = False
-                commands.append(("UNSUBSCRIBE", name))
-            if not ch.watches and not ch.subscribed and ch.acked == ch.sent:
-                del self._channels[name]
-        self._dirty.clear()
-        if commands:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-    def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or len(reply) < 3:
-            return  # PONG
-        kind, name, data = reply[0], _as_bytes(reply[1]), reply[2]
-        with self._lock:
-            ch = self._channels.get(name)
-            if ch is None:
-                return
-            if kind == b"message":
-                for w in ch.watches:
-                    w.inbox.put(_as_bytes(data))
-            elif kind == b"subscribe":
-                ch.acked += 1
-                if not ch.watches and not ch.subscribed and ch.acked == ch.sent:
-                    del self._channels[name]
-                self._changed.notify_all()
 
 
 # --------------------------------------------------------------------------- single flight
@@ -608,6 +328,14 @@ class Holder:
             self._lost = True
         return ok
 
+    def abandon(self) -> None:
+        """Stop renewing without releasing: the claim ends when its lease runs out.
+
+        For a process being torn down (terminated, shutting down): whoever ends it may
+        still record an outcome for the claim, and waiters take over after the lease.
+        """
+        self._finish()
+
     def release(self) -> bool:
         """Give up without an outcome so a waiter runs the step now; False if already lost."""
         self._finish()
@@ -632,58 +360,6 @@ class Holder:
                 if exc is None:
                     raise
                 log.warning("could not release %r (the lease will expire)", self.key)
-
-
-class _Renewer:
-    """One thread per ``SingleFlight`` renewing every open holder each lease/3.
-
-    A thread per claim would cost a thread start (and its scheduling) on the hot
-    path of every step; one shared thread costs nothing while nobody holds a claim:
-    it exits when the last holder finishes and starts again with the next one.
-    """
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._holders: set[Holder] = set()
-        self._thread: threading.Thread | None = None
-
-    def add(self, holder: Holder) -> None:
-        with self._lock:
-            self._holders.add(holder)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="wfc-renew", daemon=True)
-                self._thread.start()
-
-    def discard(self, holder: Holder) -> None:
-        with self._lock:
-            self._holders.discard(holder)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self._interval)
-            with self._lock:
-                holders = list(self._holders)
-                if not holders:
-                    self._thread = None
-                    return
-            for holder in holders:
-                holder._renew()
-
-
-class Notices:
-    """The notices of the keys a caller watches (see ``SingleFlight.watch_many``)."""
-
-    def __init__(self, watches: dict[str, _Watch]) -> None:
-        self._watches = watches
-
-    def outcome(self, key: str, timeout: float) -> bytes | None:
-        """The outcome committed for ``key`` within ``timeout`` seconds, else None
-        (also on a release notice: the caller then checks the claim itself)."""
-        notice = self._watches[key].get(timeout)
-        if notice is not None and notice[:1] == NOTICE_OUTCOME:
-            return notice[1:]
-        return None
 
 
 class SingleFlight:
@@ -717,9 +393,9 @@ class SingleFlight:
         self.owner = owner or default_owner()
         self.claims = Claims(client)
         self._listener_lock = threading.Lock()
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._listener_pid = os.getpid()
-        self._renewer_obj: _Renewer | None = None
+        self._renewer_obj: Renewer | None = None
         self._renewer_pid = os.getpid()
 
     @classmethod
@@ -755,18 +431,18 @@ class SingleFlight:
         )
         return pool.connection_class(**kwargs)
 
-    def _renewer(self) -> _Renewer:
+    def _renewer(self) -> Renewer:
         with self._listener_lock:
             if self._renewer_pid != os.getpid() or self._renewer_obj is None:
-                self._renewer_obj, self._renewer_pid = _Renewer(self.lease / 3), os.getpid()
+                self._renewer_obj, self._renewer_pid = Renewer(self.lease / 3), os.getpid()
             return self._renewer_obj
 
-    def _notifier(self) -> _Listener:
+    def _notifier(self) -> Listener:
         with self._listener_lock:
             if self._listener_pid != os.getpid():  # forked: the parent's thread is not here
                 self._listener, self._listener_pid = None, os.getpid()
             if self._listener is None:
-                self._listener = _Listener(self._make_pubsub_connection)
+                self._listener = Listener(self._make_pubsub_connection)
                 # An instance dropped without close() must not leave its thread and socket.
                 weakref.finalize(self, self._listener.close)
             return self._listener
@@ -839,7 +515,7 @@ class SingleFlight:
         claiming, e.g. a producer that sent the work to a worker: subscribe, send, then wait.
         """
         listener = self._notifier()
-        watches: dict[str, _Watch] = {}
+        watches: dict[str, Watch] = {}
         try:
             for key in keys:
                 if key not in watches:

@@ -2,9 +2,10 @@
 
 Every key of a step is ``wfc:{namespace}:{<step key>}:<suffix>`` with literal braces
 around the step key: Redis Cluster hashes only the text inside the first ``{...}``, so
-a step's outcome, lock and epoch share one hash slot and one Lua script may touch them
-all.  The namespace is written without braces and may not contain ``{``, ``}`` or ``:``
-so it can never be mistaken for the hash tag nor run into a neighbouring namespace.
+a step's outcome, lock, epoch and queued marker share one hash slot and one Lua script
+may touch them all.  The namespace is written without braces and may not contain ``{``,
+``}`` or ``:`` so it can never be mistaken for the hash tag nor run into a neighbouring
+namespace.
 
 Pure functions and values only: nothing here talks to Redis.
 """
@@ -63,6 +64,12 @@ class Keys:
     """Integer key that only grows: the fencing token of the latest claim."""
     channel: str
     """Pub/sub channel on which commits and releases are announced to waiters."""
+    queued: str
+    """String key holding the task id of the one message sent for this step, until a
+    worker starts it (or the marker expires because the message was lost)."""
+    last: str
+    """String key holding ``"<epoch>|<outcome>"`` of the latest outcome that was not kept,
+    for a minute: a waiter that missed its notice still finds the outcome it waited for."""
 
 
 class KeySpace:
@@ -87,7 +94,12 @@ class KeySpace:
         """All names for the step ``key`` (refuses an empty key)."""
         base = f"{self._prefix}{{{_check_step_key(key)}}}"
         return Keys(
-            out=f"{base}:out", lock=f"{base}:lock", epoch=f"{base}:epoch", channel=f"{base}:done"
+            out=f"{base}:out",
+            lock=f"{base}:lock",
+            epoch=f"{base}:epoch",
+            channel=f"{base}:done",
+            queued=f"{base}:queued",
+            last=f"{base}:last",
         )
 
     def out(self, key: str) -> str:

@@ -33,5 +33,5 @@ def fleet_app(main: str, settings: WorkerSettings | None = None) -> tuple[Celery
         workflow_cache_storage=settings.storage,
     )
     cache = RedisCache(settings.cache, namespace=settings.namespace, lease=settings.lease)
-    install(app, cache, queue=settings.step_queue)
+    install(app, cache)
     return app, cache

@@ -16,7 +16,8 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from workflow_cache.cache.redis import RedisCache
-from workflow_cache.distributed.steps import CeleryDispatcher, route
+from workflow_cache.distributed.dispatcher import CeleryDispatcher
+from workflow_cache.distributed.steps import route
 from workflow_cache.envelope import Envelope
 from workflow_cache.result import Result
 from workflow_cache.workflow import create_workflow

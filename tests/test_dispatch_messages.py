@@ -1,0 +1,94 @@
+"""The message-side scripts against a real Redis: queued marker, start, park, fail_task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from workflow_cache.cache.claims import Done, Holder, Running, SingleFlight
+from workflow_cache.cache.messages import Busy, Send, StepMessages
+
+TTL = 30.0
+
+
+@pytest.fixture
+def messages(redis_client: redis.Redis, namespace: str) -> Iterator[StepMessages]:
+    flight = SingleFlight(redis_client, namespace, lease=5)
+    yield StepMessages(flight)
+    flight.close()
+
+
+def started(messages: StepMessages, key: str, task_id: str) -> Holder:
+    holder = messages.start(key, task_id)
+    assert isinstance(holder, Holder), holder
+    return holder
+
+
+def test_one_caller_of_many_gets_to_send(messages: StepMessages) -> None:
+    first = messages.enqueue_many(["k"], ["t1"], TTL)[0]
+    assert first == Send("t1", since=1)
+    for other in ("t2", "t3"):
+        assert messages.enqueue_many(["k"], [other], TTL)[0] == Busy("t1", since=1)
+    holder = started(messages, "k", "t1")
+    assert messages.enqueue_many(["k"], ["t4"], TTL)[0] == Busy("claimed", since=1)
+    holder.commit(b"v")
+    assert messages.enqueue_many(["k"], ["t5"], TTL)[0] == Done(b"v")
+
+
+def test_start_never_waits_on_a_running_or_committed_key(messages: StepMessages) -> None:
+    holder = started(messages, "k", "t1")
+    running = messages.start("k", "t2")
+    assert isinstance(running, Running) and running.owner.startswith("t1@")
+    holder.commit(b"v")
+    assert isinstance(messages.start("k", "t3"), Done)
+
+
+def test_starting_drops_the_queued_marker(messages: StepMessages) -> None:
+    messages.enqueue_many(["k"], ["t1"], TTL)
+    queued = messages.keys("k").queued
+    assert messages.flight.client.get(queued) == b"t1"
+    started(messages, "k", "t1")
+    assert messages.flight.client.get(queued) is None
+
+
+def test_a_parked_claim_is_taken_up_only_by_the_same_task(messages: StepMessages) -> None:
+    holder = started(messages, "k", "t1")
+    assert messages.park(holder, "t1", 10)
+    assert isinstance(messages.start("k", "other"), Running)  # a duplicate: acked at once
+    assert messages.enqueue_many(["k"], ["t9"], TTL)[0] == Busy("claimed", since=1)
+    retry = started(messages, "k", "t1")  # the retried message, same task id
+    assert retry.epoch == holder.epoch + 1
+    claims = messages.flight.claims
+    assert not claims.commit(holder.keys, holder.claim, b"stale")  # parked token is gone
+    assert retry.commit(b"v")
+
+
+def test_a_waiter_finds_an_outcome_that_was_not_kept(messages: StepMessages) -> None:
+    """The notice of a dropped error may be missed; the waiter must not send again."""
+    sent = messages.enqueue_many(["k"], ["t1"], TTL)[0]
+    assert isinstance(sent, Send)
+    started(messages, "k", "t1").commit(b"boom", keep=False)
+    assert messages.enqueue("k", "t2", TTL, since=sent.since) == Done(b"boom")
+    # a new caller is not served the dropped outcome: it runs the step again
+    fresh = messages.enqueue_many(["k"], ["t3"], TTL)[0]
+    assert fresh == Send("t3", since=2)
+    # ... and a waiter of that new run never takes the older outcome for its own
+    messages.flight.client.delete(messages.keys("k").queued)  # the message was lost
+    assert messages.enqueue("k", "t4", TTL, since=fresh.since) == Send("t4", since=2)
+
+
+def test_fail_task_commits_for_the_claim_or_the_marker_of_that_task(
+    messages: StepMessages,
+) -> None:
+    started(messages, "a", "t1")
+    assert not messages.fail_task("a", "t2", b"x", None, keep=True)  # not its claim
+    assert messages.fail_task("a", "t1", b"limit", None, keep=True)
+    assert messages.enqueue_many(["a"], ["t3"], TTL)[0] == Done(b"limit")
+
+    sent = messages.enqueue_many(["b"], ["q1"], TTL)[0]  # queued, never started (expired)
+    assert isinstance(sent, Send)
+    assert not messages.fail_task("b", "q2", b"x", None, keep=False)
+    assert messages.fail_task("b", "q1", b"expired", None, keep=False)
+    assert messages.enqueue("b", "w", TTL, since=sent.since) == Done(b"expired")

@@ -1,0 +1,50 @@
+"""Lease renewal: one thread per ``SingleFlight`` keeps every open claim alive."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+__all__ = ["Renewer"]
+
+
+class Renewable(Protocol):
+    def _renew(self) -> None: ...
+
+
+class Renewer:
+    """One thread per ``SingleFlight`` renewing every open holder each lease/3.
+
+    A thread per claim would cost a thread start (and its scheduling) on the hot
+    path of every step; one shared thread costs nothing while nobody holds a claim:
+    it exits when the last holder finishes and starts again with the next one.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._holders: set[Renewable] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, holder: Renewable) -> None:
+        with self._lock:
+            self._holders.add(holder)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wfc-renew", daemon=True)
+                self._thread.start()
+
+    def discard(self, holder: Renewable) -> None:
+        with self._lock:
+            self._holders.discard(holder)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                holders = list(self._holders)
+                if not holders:
+                    self._thread = None
+                    return
+            for holder in holders:
+                holder._renew()

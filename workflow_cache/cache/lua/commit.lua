@@ -1,0 +1,24 @@
+-- KEYS: out, lock, epoch, last
+-- ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel, last_ttl_ms
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  if holder ~= ARGV[1] then
+    return 0
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[5] == '1' then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('SET', KEYS[1], ARGV[3])
+  end
+else
+  redis.call('SET', KEYS[4], ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[7])
+end
+if holder then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[6], 'o' .. ARGV[3])
+return 1

@@ -1,0 +1,19 @@
+-- KEYS: out, lock, epoch, queued   ARGV: owner, lease_ms, epoch_ttl_ms, task_id
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'done'}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  local mine = 'parked:' .. ARGV[4] .. '|'
+  if string.sub(holder, 1, #mine) ~= mine then
+    return {'running', holder, redis.call('PTTL', KEYS[2])}
+  end
+end
+local epoch = redis.call('INCR', KEYS[3])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local token = ARGV[1] .. '|' .. epoch
+redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+redis.call('DEL', KEYS[4])
+return {'claimed', token, epoch}

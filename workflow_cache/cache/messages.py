@@ -1,0 +1,193 @@
+"""One message per key: the queued marker, and how a worker starts or parks a sent step.
+
+A step sent to a worker as a message adds four atomic scripts (``lua/<name>.lua``) to the
+claim protocol of ``claims.py`` (same keys, same hash slot, plus ``:queued``):
+
+``enqueue`` (producer)
+    Outcome stored -> ``Done(outcome)``.  Claim held (running, or parked between retries)
+    -> ``Busy``.  Queued marker present -> ``Busy``.  Otherwise ``SET queued <task id> PX
+    ttl`` -> ``Send``: this caller, and only this one, sends the message.  The same script
+    is what a waiter runs when it finds no notice: the outcome is read in the same atomic
+    step as the claim and the marker, so a commit landing "between a read and a check"
+    cannot make anyone send again.  An outcome that was not kept (an error the policy
+    drops) is found too: commits leave it in ``:last`` with its epoch for a minute, and a
+    waiter takes it when its epoch is at least the ``since`` its first enqueue returned
+    (the execution it waits for, never an older one).
+``start`` (worker, on receiving the message)
+    Outcome stored -> ``Done``.  Claim held by another execution -> ``Running``: the worker
+    acknowledges the message and returns at once, no slot ever waits on another holder.
+    A claim *parked* for this very task id (a Celery retry of the same execution) is
+    adopted.  Otherwise claim as ``claims.py`` does and drop the queued marker (the message
+    has arrived).
+``park`` (worker, when the task raised Celery's ``Retry``)
+    The holder's lock becomes ``parked:<task id>|<epoch>`` with an expiry covering the
+    retry's countdown plus a lease: waiters keep waiting, no producer re-sends, and only
+    the retried message (same task id) may take the claim up again.
+``fail_task`` (worker main process: a hard time limit killed the task, or Celery
+    revoked it, e.g. its ``expires`` passed before it started)
+    Commit an outcome for the claim the task id holds, or, when nobody holds a claim, for
+    the step whose queued marker is this task id; otherwise nothing.
+
+The claim's owner string for a dispatched step is ``<task id>@<host>:<pid>:<uuid>``, so
+the lock says which message runs the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workflow_cache.cache.claims import (
+    EPOCH_TTL_MS,
+    LAST_TTL_MS,
+    Claimed,
+    Done,
+    Holder,
+    Running,
+    SingleFlight,
+    default_owner,
+)
+from workflow_cache.cache.keys import Keys
+from workflow_cache.cache.lua import script
+
+__all__ = ["Busy", "Send", "StepMessages", "parked_value"]
+
+PARKED = "parked:"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """The caller set the queued marker: it must send the message with this task id."""
+
+    task_id: str
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A message is queued (``holder`` is its task id) or a worker holds the claim."""
+
+    holder: str
+    since: int
+
+
+def parked_value(task_id: str, epoch: int) -> str:
+    return f"{PARKED}{task_id}|{epoch}"
+
+
+def task_owner(task_id: str) -> str:
+    """The owner string of a claim taken by the message ``task_id``."""
+    return f"{task_id}@{default_owner()}"
+
+
+class StepMessages:
+    """The message-side scripts bound to one ``SingleFlight`` (its client, keys and lease)."""
+
+    def __init__(self, flight: SingleFlight) -> None:
+        self.flight = flight
+        client = flight.client
+        self._enqueue = client.register_script(script("enqueue"))
+        self._start = client.register_script(script("start"))
+        self._park = client.register_script(script("park"))
+        self._fail = client.register_script(script("fail_task"))
+
+    def keys(self, key: str) -> Keys:
+        return self.flight.keyspace.for_step(key)
+
+    def enqueue_many(
+        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: float | Sequence[float]
+    ) -> list[Done | Busy | Send]:
+        """For each key: its outcome, busy, or ``Send`` (marker set for ``queued_ttl``
+        seconds, one value or one per key); one round trip."""
+        if not keys:
+            return []
+        ttls = [queued_ttl] * len(keys) if isinstance(queued_ttl, int | float) else queued_ttl
+        client = self.flight.client
+
+        def run() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key, task_id, ttl in zip(keys, task_ids, ttls, strict=True):
+                args = [task_id, max(1, round(ttl * 1000)), ""]
+                self._enqueue(keys=self._enqueue_keys(key), args=args, client=pipe)
+            return pipe.execute()
+
+        return [_enqueued(reply) for reply in self.flight.claims.call(run)]
+
+    def enqueue(
+        self, key: str, task_id: str, queued_ttl: float, *, since: int
+    ) -> Done | Busy | Send:
+        """A waiter's check: as ``enqueue_many``, and also the outcome of any execution of
+        epoch ``since`` or later that was not kept (its notice may have been missed)."""
+        ttl_ms = max(1, round(queued_ttl * 1000))
+        reply = self.flight.claims.call(
+            lambda: self._enqueue(keys=self._enqueue_keys(key), args=[task_id, ttl_ms, since])
+        )
+        return _enqueued(reply)
+
+    def _enqueue_keys(self, key: str) -> list[str]:
+        k = self.keys(key)
+        return [k.out, k.lock, k.queued, k.epoch, k.last]
+
+    def start(self, key: str, task_id: str) -> Done | Running | Holder:
+        """Claim ``key`` for the message ``task_id`` without waiting (see the module doc)."""
+        flight = self.flight
+        k = self.keys(key)
+        owner = task_owner(task_id)
+        reply = flight.claims.call(
+            lambda: self._start(
+                keys=[k.out, k.lock, k.epoch, k.queued],
+                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id],
+            )
+        )
+        kind = _text(reply[0])
+        if kind == "done":
+            return Done(b"")
+        if kind == "running":
+            return Running(owner=_text(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
+        return Holder(flight, key, k, Claimed(token=_text(reply[1]), epoch=int(reply[2])))
+
+    def park(self, holder: Holder, task_id: str, seconds: float) -> bool:
+        """Keep ``holder``'s claim for the retry of ``task_id`` for ``seconds``; False if lost."""
+        holder._finish()
+        px = max(1, round(seconds * 1000))
+        value = parked_value(task_id, holder.epoch)
+        return bool(
+            self.flight.claims.call(
+                lambda: self._park(keys=[holder.keys.lock], args=[holder.token, value, px])
+            )
+        )
+
+    def fail_task(
+        self, key: str, task_id: str, outcome: bytes | str, ttl_ms: int | None, keep: bool
+    ) -> bool:
+        """Commit ``outcome`` for the claim (or queued marker) of the message ``task_id``."""
+        k = self.keys(key)
+        args = [
+            f"{task_id}@",
+            outcome,
+            int(ttl_ms or 0),
+            1 if keep else 0,
+            k.channel,
+            task_id,
+            LAST_TTL_MS,
+        ]
+        return bool(
+            self.flight.claims.call(
+                lambda: self._fail(keys=[k.out, k.lock, k.queued, k.epoch, k.last], args=args)
+            )
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _enqueued(reply: Any) -> Done | Busy | Send:
+    kind = _text(reply[0])
+    if kind == "done":
+        raw = reply[1]
+        return Done(raw if isinstance(raw, bytes) else str(raw).encode())
+    if kind == "busy":
+        return Busy(_text(reply[1]), int(reply[2]))
+    return Send(_text(reply[1]), int(reply[2]))

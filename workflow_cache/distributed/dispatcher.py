@@ -1,0 +1,192 @@
+"""The producer side of a step: send the user's own task once per key, wait for the outcome.
+
+``CeleryDispatcher.run_many`` subscribes to every key's channel, then runs ``enqueue``
+for every key in one pipelined round trip (``cache/messages.py``): a stored outcome is a
+hit, a key already queued or running is only waited on, and for the rest this producer
+set the queued marker and sends ``sig.apply_async(...)`` itself, keeping the
+signature's options (queue, priority, countdown/eta, expires, headers, time limits,
+``task_routes``) and adding the ``wfc_step`` header. The caller waits on the commit
+notice; when none comes within lease/3 it runs ``enqueue`` again, which either finds
+the outcome, finds the step still queued or running, or (the message or its worker was
+lost) sets a fresh marker so that exactly one waiter sends the step again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, Signature
+
+from workflow_cache.cache.claims import ClaimTimeout, Done, Notices
+from workflow_cache.cache.messages import Send, StepMessages
+from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.canvas import members, require_task
+from workflow_cache.distributed.header import HEADER, StepHeader
+from workflow_cache.distributed.steps import require_single_flight
+from workflow_cache.envelope import Envelope
+from workflow_cache.options import StepOptions
+from workflow_cache.result import Result
+
+log = logging.getLogger(__name__)
+
+ONCE_TTL = 600.0
+"""Seconds an unkeyed step's outcome is kept: long enough for its caller to read it."""
+QUEUED_TTL = 60.0
+"""Default life of a queued marker: how long a sent message may wait in the queue before
+a waiter takes it for lost and sends the step again (at most once per expiry)."""
+
+_ONCE = "_once:"
+
+
+class CeleryDispatcher:
+    """Sends Celery signatures given to ``step(...)`` to the workers and waits for outcomes.
+
+    ``timeout``: longest wait for one step (None = no limit).
+    ``queued_ttl``: seconds a sent message may sit in its queue before waiters send the
+    step again (see the module docstring); make it longer than your queues' worst backlog.
+    A signature's own ``countdown``/``eta`` is added to it.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        cache: RedisCache,
+        *,
+        timeout: float | None = None,
+        queued_ttl: float = QUEUED_TTL,
+    ) -> None:
+        require_single_flight(cache, "CeleryDispatcher")
+        if queued_ttl <= 0:
+            raise ValueError(f"queued_ttl must be a positive number of seconds, got {queued_ttl}")
+        self.app = app
+        self.cache = cache
+        self.timeout = timeout
+        self.queued_ttl = float(queued_ttl)
+        self.messages = StepMessages(cache.flight)
+
+    def accepts(self, work: object) -> bool:
+        return isinstance(work, Signature)
+
+    def expand(self, work: Signature) -> list[Signature] | None:
+        """A group's tasks (each its own step), None for one task; TypeError for the rest."""
+        return members(work)
+
+    def run(self, work: Signature, options: StepOptions) -> Result[Any, Any]:
+        return self.run_many([(work, options)])[0]
+
+    def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
+        for sig, _ in works:
+            require_task(sig)  # before anything is sent: a refusal leaves no message behind
+        keyed = [_Pending(sig, _with_key(options)) for sig, options in works]
+        unique = {p.key: p for p in reversed(keyed)}  # one message per key, first one wins
+        outcomes: dict[str, Result[Any, Any]] = {}
+        with self.cache.flight.watch_many(unique) as notices:
+            # Subscribed first, then enqueue: a commit landing before the subscription is
+            # found by enqueue, one landing after it is announced to us.
+            pending = list(unique.values())
+            ids = [_task_id() for _ in pending]
+            ttls = [self._queued_ttl(p) for p in pending]
+            states = self.messages.enqueue_many([p.key for p in pending], ids, ttls)
+            to_send: list[tuple[_Pending, str]] = []
+            since: dict[str, int] = {}
+            for p, state in zip(pending, states, strict=True):
+                if isinstance(state, Done):
+                    outcomes[p.key] = _decode(p, state.outcome)
+                    continue
+                since[p.key] = state.since
+                if isinstance(state, Send):
+                    to_send.append((p, state.task_id))
+            self._publish(to_send)
+            for key, p in unique.items():
+                if key not in outcomes:
+                    outcomes[key] = self._wait(p, notices, since[key])
+        return [outcomes[p.key] for p in keyed]
+
+    def _queued_ttl(self, pending: _Pending) -> float:
+        """A message held back by ``countdown``/``eta`` is not lost while it waits."""
+        return self.queued_ttl + _delay(pending.signature.options)
+
+    def _publish(self, items: list[tuple[_Pending, str]]) -> None:
+        if not items:
+            return
+        namespace = self.cache.namespace
+        with self.app.producer_or_acquire() as producer:
+            for p, task_id in items:
+                sig, options = p.signature, p.options
+                header = StepHeader.of(options, namespace, once=p.key.startswith(_ONCE))
+                headers = {**(sig.options.get("headers") or {}), HEADER: header.dump()}
+                extra: dict[str, Any] = {}
+                if "ignore_result" not in sig.options:
+                    extra["ignore_result"] = True  # the outcome lives in the step cache
+                sig.apply_async(task_id=task_id, headers=headers, producer=producer, **extra)
+
+    def _wait(self, pending: _Pending, notices: Notices, since: int) -> Result[Any, Any]:
+        """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again."""
+        key = pending.key
+        interval = self.cache.flight.lease / 3
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            raw = notices.outcome(key, interval)
+            if raw is not None:
+                return _decode(pending, raw)
+            state = self.messages.enqueue(key, _task_id(), self._queued_ttl(pending), since=since)
+            if isinstance(state, Done):
+                return _decode(pending, state.outcome)
+            if isinstance(state, Send):
+                log.warning("step %r: no worker holds it and no message is queued; sent again", key)
+                self._publish([(pending, state.task_id)])
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClaimTimeout(f"step {key!r} has no outcome after {self.timeout:g} s")
+
+
+def _delay(options: dict[str, Any]) -> float:
+    """Seconds a signature's ``countdown`` or ``eta`` holds its message back (0 if none)."""
+    countdown = options.get("countdown")
+    if isinstance(countdown, int | float) and countdown > 0:
+        return float(countdown)
+    eta = options.get("eta")
+    if isinstance(eta, str):
+        try:
+            eta = dt.datetime.fromisoformat(eta)
+        except ValueError:
+            return 0.0
+    if isinstance(eta, dt.datetime):
+        now = dt.datetime.now(eta.tzinfo) if eta.tzinfo else dt.datetime.now()
+        return max(0.0, (eta - now).total_seconds())
+    return 0.0
+
+
+def _task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _decode(pending: _Pending, raw: bytes) -> Result[Any, Any]:
+    return Envelope.loads(pending.key, raw).to_result(pending.key, pending.options.returns)
+
+
+def _with_key(options: StepOptions) -> StepOptions:
+    """An unkeyed step still needs a key to wait on: a fresh one, kept briefly."""
+    if options.key is not None:
+        return options
+    return StepOptions(
+        key=f"{_ONCE}{uuid.uuid4().hex}",
+        ttl=ONCE_TTL,
+        cache_errors=True,
+        cache_exceptions=True,
+        returns=options.returns,
+    )
+
+
+class _Pending:
+    __slots__ = ("key", "options", "signature")
+
+    def __init__(self, signature: Signature, options: StepOptions) -> None:
+        assert options.key is not None
+        self.signature = signature
+        self.options = options
+        self.key: str = options.key
