@@ -58,6 +58,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from workflow_cache.cache.base import CacheUnavailable
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import script
@@ -92,10 +93,6 @@ _T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class CacheUnavailable(ConnectionError):
-    """Redis could not be reached (or stopped answering) at the address named in the message."""
 
 
 class ClaimTimeout(TimeoutError):
@@ -150,6 +147,14 @@ def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def out_of_memory(where: str) -> str:
+    """The message for a write Redis refused because ``maxmemory`` is reached."""
+    return (
+        f"Redis at {where} refused a write: out of memory (maxmemory reached under a "
+        "noeviction policy); nothing was stored"
+    )
+
+
 def describe(client: redis.Redis) -> str:
     """The address of ``client`` for error messages, without credentials."""
     kwargs = client.connection_pool.connection_kwargs
@@ -192,6 +197,8 @@ class Claims:
             return fn()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CacheUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+        except redis.OutOfMemoryError as exc:
+            raise CacheUnavailable(out_of_memory(self.where)) from exc
 
     def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
         """Done, Running or Claimed (one atomic script)."""
@@ -321,9 +328,19 @@ class Holder:
         self._flight._renewer().discard(self)
 
     def commit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
-        """Store (if ``keep``) and announce ``outcome``; False if a successor took over."""
+        """Store (if ``keep``) and announce ``outcome``; False if a successor took over.
+
+        A commit Redis refuses (out of memory) or cannot take raises ``CacheUnavailable``
+        after releasing the claim where it can: a refused write is no outcome, and
+        waiters are told now rather than when the lease runs out.
+        """
         self._finish()
-        ok = self._flight.claims.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+        try:
+            ok = self._flight.claims.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+        except CacheUnavailable:
+            with contextlib.suppress(CacheUnavailable):
+                self._flight.claims.release(self.keys, self.claim)
+            raise
         if not ok:
             self._lost = True
         return ok

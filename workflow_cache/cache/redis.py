@@ -16,7 +16,13 @@ from typing import Any
 import redis
 
 from workflow_cache.cache.base import NativeCache
-from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, SingleFlight
+from workflow_cache.cache.claims import (
+    CacheUnavailable,
+    Done,
+    Holder,
+    SingleFlight,
+    out_of_memory,
+)
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
@@ -65,6 +71,8 @@ class RedisCache(NativeCache):
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CacheUnavailable(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+        except redis.OutOfMemoryError as exc:
+            raise CacheUnavailable(out_of_memory(_safe(self.url))) from exc
 
     # -- what workflows use -------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from celery.app.task import Task as BaseTask
 from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError, TimeLimitExceeded
 from kombu.utils.imports import symbol_by_name
 
-from workflow_cache.cache.claims import Done, Holder, Running
+from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running
 from workflow_cache.cache.messages import StepMessages
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
@@ -195,7 +195,12 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
 def _commit(holder: Holder, header: StepHeader, result: Result[Any, Any]) -> None:
     envelope, keep = _outcome(header, result)
     ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-    if not holder.commit(envelope.dumps(header.key), ttl_ms=ttl_ms, keep=keep):
+    try:
+        committed = holder.commit(envelope.dumps(header.key), ttl_ms=ttl_ms, keep=keep)
+    except CacheUnavailable as exc:
+        log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
+        return
+    if not committed:
         log.warning("step %r: lease lost before commit; a newer outcome stands", header.key)
 
 
