@@ -82,7 +82,7 @@ def test_fleet_services_name_real_settings(services: dict[str, Any]) -> None:
         env = services[name]["environment"]
         wfc = {key for key in env if key.startswith("WFC_")}
         assert wfc <= SETTINGS_VARS, f"{name}: unknown {sorted(wfc - SETTINGS_VARS)}"
-        assert env["WFC_BROKER_URL"] == "redis://redis:6379/0"
+        assert env["WORKFLOW_CACHE_BROKER"] == "redis://redis:6379/0"
         assert services[name]["build"]["dockerfile"] == "workers/Dockerfile"
         assert services[name]["depends_on"]
     assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -95,7 +95,7 @@ def test_object_store_bucket_is_made_at_start(services: dict[str, Any]) -> None:
     assert init["restart"] == "no"
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
     env = services["worker"]["environment"]
-    assert env["WFC_STORAGE"].startswith("s3://workflow-cache/")
+    assert env["WORKFLOW_CACHE_STORAGE"].startswith("s3://workflow-cache/")
     condition = services["worker"]["depends_on"]["minio-init"]["condition"]
     assert condition == "service_completed_successfully"
 
@@ -144,16 +144,19 @@ def test_dockerignore_keeps_the_build_context_small() -> None:
 def test_the_distributed_example_runs_on_two_real_workers(redis_url: str, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     env = {
-        "WFC_BROKER_URL": redis_url,
-        "WFC_NAMESPACE": f"example-{tag}",
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_NAMESPACE": f"example-{tag}",
         # queues of its own: other tests' leftover messages never reach these workers
-        "WFC_STEP_QUEUE": f"steps-{tag}",
-        "WFC_WORKFLOW_QUEUE": f"workflows-{tag}",
+        "WORKFLOW_CACHE_STEP_QUEUE": f"steps-{tag}",
+        "WORKFLOW_CACHE_WORKFLOW_QUEUE": f"workflows-{tag}",
     }
     log = tmp_path / "workers.log"
     workers = [
         CeleryWorker("workers.app", f"example-{kind}-{tag}", env[var], env, log=log)
-        for kind, var in (("steps", "WFC_STEP_QUEUE"), ("flows", "WFC_WORKFLOW_QUEUE"))
+        for kind, var in (
+            ("steps", "WORKFLOW_CACHE_STEP_QUEUE"),
+            ("flows", "WORKFLOW_CACHE_WORKFLOW_QUEUE"),
+        )
     ]
     control = Celery(broker=redis_url)
     try:
@@ -176,7 +179,7 @@ def test_the_distributed_example_runs_on_two_real_workers(redis_url: str, tmp_pa
     for run in runs:
         assert run.returncode == 0, run.stderr + log.read_text()
         assert run.stdout.strip() == "Hello user 1"
-    cache = RedisCache(redis_url, namespace=env["WFC_NAMESPACE"])
+    cache = RedisCache(redis_url, namespace=env["WORKFLOW_CACHE_NAMESPACE"])
     try:
         assert cache.has("user:1")  # the step's outcome is where every producer finds it
     finally:
@@ -184,15 +187,15 @@ def test_the_distributed_example_runs_on_two_real_workers(redis_url: str, tmp_pa
 
 
 def test_the_fleet_app_runs_flows_and_shares_their_archives(redis_url: str, tmp_path: Path):
-    """``workflow-cache run --broker ... --queue workflows`` on workers.app, with WFC_STORAGE."""
+    """``workflow-cache run --broker ... --queue workflows`` on workers.app, with shared storage."""
     tag = uuid.uuid4().hex[:8]
     queue = f"workflows-{tag}"
     storage = tmp_path / "shared-storage"
     env = {
-        "WFC_BROKER_URL": redis_url,
-        "WFC_NAMESPACE": f"flows-{tag}",
-        "WFC_STORAGE": str(storage),
-        "WFC_WORKFLOW_QUEUE": queue,
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_NAMESPACE": f"flows-{tag}",
+        "WORKFLOW_CACHE_STORAGE": str(storage),
+        "WORKFLOW_CACHE_WORKFLOW_QUEUE": queue,
     }
     worker = CeleryWorker("workers.app", f"flows-{tag}", queue, env, log=tmp_path / "worker.log")
     control = Celery(broker=redis_url)
@@ -222,4 +225,4 @@ def test_the_fleet_app_runs_flows_and_shares_their_archives(redis_url: str, tmp_
         assert run.returncode == 0, run.stdout + run.stderr
     caches = [json.loads(run.stdout)["tasks"][0]["cache"] for run in runs]
     assert caches == ["miss", "hit"]
-    assert any(storage.rglob("*.tar.zst"))  # the archive went to WFC_STORAGE
+    assert any(storage.rglob("*.tar.zst"))  # the archive went to WORKFLOW_CACHE_STORAGE
