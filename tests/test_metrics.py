@@ -88,9 +88,10 @@ def test_worker_serves_metrics_summed_over_its_prefork_processes(
         cache.clear()
         cache.close()
     assert executed == 4, log.read_text()
-    assert value(
-        samples, "workflow_cache_step_executions_total", namespace=namespace, status="err"
-    ) == 1
+    assert (
+        value(samples, "workflow_cache_step_executions_total", namespace=namespace, status="err")
+        == 1
+    )
     assert value(samples, "workflow_cache_step_errors_total", namespace=namespace) == 1
     assert value(samples, "workflow_cache_claim_wait_seconds_count", namespace=namespace) == 5
     assert value(samples, "workflow_cache_step_seconds_count", namespace=namespace) == 5

@@ -29,6 +29,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from workflow_cache.admin.commands import register_prune, register_steps
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--prefix", help="delete every entry whose key starts with this")
     delete.add_argument("--all", action="store_true", help="delete every entry")
     _storage_option(delete)
+    register_prune(actions, _storage_option)
+    register_steps(commands)
     return parser
 
 
@@ -108,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, out, err)
+        if args.command == "steps":
+            from workflow_cache.admin.commands import run_steps
+
+            return run_steps(args, out, err)
+        if args.action == "prune":
+            from workflow_cache.admin.commands import run_prune
+
+            return run_prune(args, out)
         return _cache(args, out)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -122,11 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_message(exc: Exception) -> str | None:
     """The one-line message for errors a user can act on; ``None`` for real bugs."""
+    from workflow_cache.admin.commands import UsageError
     from workflow_cache.duration import DurationError
     from workflow_cache.workdir.patterns import PatternError
     from workflow_cache.workdir.spec import FlowError
 
-    if isinstance(exc, FlowError | CliError | PatternError | DurationError):
+    if isinstance(exc, FlowError | CliError | PatternError | DurationError | UsageError):
         return str(exc)
     if isinstance(exc, OSError | ValueError | TimeoutError | ConnectionError):
         return f"{type(exc).__name__}: {exc}"
