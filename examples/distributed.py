@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+# workers/ is a folder deployed beside examples/, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers.app import greet
 from workflow_cache.distributed import result_of
