@@ -30,6 +30,8 @@ from rich.progress import (
 from rich.table import Table
 
 from workflow_cache.admin.commands import register_prune, register_steps
+from workflow_cache.admin.reach import reachable
+from workflow_cache.units import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -171,6 +173,7 @@ def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) 
     colors = {"stdout": "", "stderr": "yellow"}
 
     def sink(task_id: str, stream: str, line: str) -> None:
+        progress.stop()  # a bar never stays on screen between script lines
         style = colors.get(stream, "")
         err.print(f"[dim]\\[{task_id}][/] ", end="", markup=True)
         err.print(line, style=style or None, markup=False, highlight=False)
@@ -204,16 +207,21 @@ class _SlowProgress:
         started = time.monotonic()
         done = 0
         task: TaskID | None = None
+        shown_on: Progress | None = None
 
         def advance(delta: int) -> None:
-            nonlocal done, task
+            nonlocal done, task, shown_on
             done += delta
-            if task is None:
-                if time.monotonic() - started < self._delay:
-                    return
-                task = self._bars().add_task(label, total=total, completed=done)
+            if total is not None and done >= total:
+                self.stop()  # finished: cleared before anything else is printed
+                return
+            if time.monotonic() - started < self._delay:
+                return
+            bars = self._bars()
+            if task is None or shown_on is not bars:  # first time, or after a stop
+                task, shown_on = bars.add_task(label, total=total, completed=done), bars
             else:
-                self._bars().update(task, completed=done)
+                bars.update(task, completed=done)
 
         return advance
 
@@ -247,15 +255,24 @@ def _run_remote(args: argparse.Namespace, flow: Any, out: Console, err: Console)
             "for the summary to come back"
         )
     text = args.flow.read_text(encoding="utf-8")
-    return submit_flow(
-        text,
-        app=app,
-        source=str(args.flow),
-        storage=args.storage,
-        namespace=args.namespace,
-        queue=args.queue,
-        timeout=args.timeout,
+    reachable(app)
+    err.print(
+        "[dim]running on the workers: script output goes to the worker's log, "
+        "not to this terminal[/]",
+        markup=True,
     )
+    try:
+        return submit_flow(
+            text,
+            app=app,
+            source=str(args.flow),
+            storage=args.storage,
+            namespace=args.namespace,
+            queue=args.queue,
+            timeout=args.timeout,
+        )
+    except RuntimeError as exc:  # Celery gave up reconnecting to its result store
+        raise CliError(f"lost the connection to the broker or result backend: {exc}") from None
 
 
 def _summary_table(summary: Any, out: Console) -> None:
@@ -305,11 +322,8 @@ def _seconds(value: float) -> str:
 
 
 def _size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GB"
+    """SI units, as the progress bars count (``workflow_cache.units``)."""
+    return human_bytes(count)
 
 
 def _cache(args: argparse.Namespace, out: Console) -> int:
@@ -345,7 +359,13 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
             out.print_json(json.dumps(data))
         else:
             for name, value in data.items():
-                out.print(f"{name}: {value}")
+                if value is None:
+                    continue  # e.g. no content key
+                if isinstance(value, list):
+                    value = ", ".join(str(v) for v in value)
+                elif name in ("bytes", "archive_size"):
+                    value = f"{_size(value)} ({value} B)"
+                out.print(f"{name}: {value}", markup=False)
         return EXIT_OK
     chosen = sum(bool(choice) for choice in (args.name, args.prefix, args.all))
     if chosen != 1:
@@ -374,7 +394,8 @@ def _entry_dict(entry: Any) -> dict[str, Any]:
         "files": entry.files,
         "bytes": entry.bytes,
         "archive_size": entry.size,
-        "patterns": entry.patterns,
+        # the folder's own bookkeeping file is saved too, but is not a user pattern
+        "patterns": [p for p in entry.patterns if not p.startswith(".workflow-cache/")],
     }
 
 
