@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        _apply_settings(args, err)
         if args.command == "run":
             return _run(args, out, err)
         if args.command == "steps":
@@ -134,15 +136,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _apply_settings(args: argparse.Namespace, err: Console) -> None:
+    """Fill options left out from the one settings model; misspelt variables warn here."""
+    from workflow_cache.settings import SettingsWarning, load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SettingsWarning)
+        settings = load()
+    for warning in caught:
+        if issubclass(warning.category, SettingsWarning):
+            err.print(f"[yellow]warning:[/] {warning.message}", markup=True)
+    for name in ("broker", "result_backend", "storage"):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, getattr(settings, name))
+
+
 def _user_message(exc: Exception) -> str | None:
     """The one-line message for errors a user can act on; ``None`` for real bugs."""
+    from pydantic import ValidationError
+
     from workflow_cache.admin.commands import UsageError
     from workflow_cache.duration import DurationError
+    from workflow_cache.settings import PREFIX
     from workflow_cache.workdir.patterns import PatternError
     from workflow_cache.workdir.spec import FlowError
 
     if isinstance(exc, FlowError | CliError | PatternError | DurationError | UsageError):
         return str(exc)
+    if isinstance(exc, ValidationError):  # a WORKFLOW_CACHE_* variable with a bad value
+        first = exc.errors()[0]
+        where = PREFIX + "_".join(str(p) for p in first["loc"]).upper()
+        return f"setting {where}: {first['msg']} (got {first.get('input')!r})"
     if isinstance(exc, OSError | ValueError | TimeoutError | ConnectionError):
         return f"{type(exc).__name__}: {exc}"
     module = type(exc).__module__
