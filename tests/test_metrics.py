@@ -144,3 +144,33 @@ def test_archive_counters_and_names() -> None:
 @pytest.fixture(autouse=True)
 def _redis_cache_import() -> None:
     assert RedisCache  # the metrics are recorded by RedisCache
+
+
+def test_opentelemetry_spans_per_step_when_installed(redis_url: str, namespace: str) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # what an application does; once per process
+    cache = RedisCache(redis_url, namespace=namespace)
+    try:
+        workflow = create_workflow({}, cache=cache)
+        workflow(lambda step: step(lambda: 1, key="traced"))
+        workflow(lambda step: step(lambda: 1, key="traced"))
+    finally:
+        cache.clear()
+        cache.close()
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["workflow_cache.step", "workflow_cache.step"]
+    ran, hit = spans
+    assert ran.attributes["workflow_cache.key"] == "traced"
+    assert ran.attributes["workflow_cache.hit"] is False
+    assert ran.attributes["workflow_cache.committed"] is True
+    assert ran.attributes["workflow_cache.status"] == "ok"
+    assert hit.attributes["workflow_cache.hit"] is True
+    assert hit.attributes["workflow_cache.namespace"] == namespace

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from workflow_cache import metrics
+from workflow_cache import metrics, tracing
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, SingleFlight
 from workflow_cache.cache.keys import KeySpace
@@ -93,10 +93,14 @@ class RedisCache(NativeCache):
     def _looked_up(self, keys: Sequence[str], rows: Sequence[Any]) -> None:
         hits = sum(raw is not None for raw in rows)
         metrics.lookup(self.namespace, hits, len(rows) - hits)
-        if log.isEnabledFor(logging.DEBUG):
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug or hits:
             for key, raw in zip(keys, rows, strict=True):
-                found = "hit" if raw is not None else "miss"
-                log.debug("step %s: %s in namespace %s", found, key, self.namespace)
+                if raw is not None:
+                    tracing.hit(key, self.namespace)
+                if debug:
+                    found = "hit" if raw is not None else "miss"
+                    log.debug("step %s: %s in namespace %s", found, key, self.namespace)
 
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.dumps(key)
@@ -167,17 +171,24 @@ class RedisClaim:
         self.holder = holder
         self.namespace = namespace
         self._started = time.perf_counter()
+        self._span = tracing.start(
+            key, namespace, **{"workflow_cache.epoch": holder.epoch, "workflow_cache.hit": False}
+        )
 
     def commit(self, envelope: Envelope, *, keep: bool) -> bool:
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
         accepted = self.holder.commit(envelope.dumps(self.key), ttl_ms=ttl_ms, keep=keep)
         seconds = time.perf_counter() - self._started
         metrics.commit(self.namespace, envelope.status, seconds, accepted=accepted)
+        tracing.end(self._span, status=envelope.status, committed=accepted, stored=keep)
+        self._span = None
         return accepted
 
     def release(self) -> None:
         if not self.holder.finished:
             self.holder.release()
+        tracing.end(self._span, released=True)
+        self._span = None
 
 
 def _safe(url: str) -> str:
