@@ -321,3 +321,15 @@ def test_the_fleet_app_runs_flows_and_shares_their_archives(redis_url: str, tmp_
     caches = [json.loads(run.stdout)["tasks"][0]["cache"] for run in runs]
     assert caches == ["miss", "hit"]
     assert any(storage.rglob("*.tar.zst"))  # the archive went to WORKFLOW_CACHE_STORAGE
+
+
+def test_the_package_ships_py_typed_and_no_workers_package() -> None:
+    """workers/ is deployed as a folder; a top-level ``workers`` in site-packages would clash."""
+    from setuptools import find_packages
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = find_packages(str(ROOT), **tool["packages"]["find"])
+    assert "workflow_cache" in packages and "workflow_cache.admin" in packages
+    assert not [p for p in packages if p.split(".")[0] != "workflow_cache"], packages
+    assert "py.typed" in tool["package-data"]["workflow_cache"]
+    assert (ROOT / "workflow_cache" / "py.typed").is_file()

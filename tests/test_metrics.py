@@ -174,3 +174,15 @@ def test_opentelemetry_spans_per_step_when_installed(redis_url: str, namespace: 
     assert ran.attributes["workflow_cache.status"] == "ok"
     assert hit.attributes["workflow_cache.hit"] is True
     assert hit.attributes["workflow_cache.namespace"] == namespace
+
+
+def test_importing_the_package_does_not_import_prometheus_or_opentelemetry() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workflow_cache; "
+        "print(sorted(m for m in ('prometheus_client', 'opentelemetry') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -33,6 +33,8 @@ _LAZY = {
     "parse_flow": "workflow_cache.workdir.loader",
     "run_flow": "workflow_cache.workdir.flow",
     "FlowSummary": "workflow_cache.workdir.flow",
+    "Settings": "workflow_cache.settings",
+    "SettingsWarning": "workflow_cache.settings",
 }
 
 
@@ -59,6 +61,8 @@ __all__ = [
     "RedisCache",
     "Result",
     "ResultError",
+    "Settings",
+    "SettingsWarning",
     "Step",
     "StepEvent",
     "UnexpectedError",
