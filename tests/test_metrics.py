@@ -180,9 +180,6 @@ def test_importing_the_package_does_not_import_prometheus() -> None:
     import subprocess
     import sys
 
-    code = (
-        "import sys, workflow_cache; "
-        "print('prometheus_client' in sys.modules)"
-    )
+    code = "import sys, workflow_cache; print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # metrics are made on first use
