@@ -92,13 +92,23 @@ def _make() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- recording
 
 
+_children: dict[tuple[str, str], Any] = {}
+
+
+def _child(metric: str, namespace: str) -> Any:
+    """The labelled counter of one namespace, looked up once: lookups are the hot path."""
+    child = _children.get((metric, namespace))
+    if child is None:
+        child = _children[(metric, namespace)] = _made()[metric].labels(namespace)
+    return child
+
+
 def lookup(namespace: str, hits: int, misses: int) -> None:
     """Outcome reads: ``hits`` keys found, ``misses`` not."""
-    m = _made()
     if hits:
-        m["hits"].labels(namespace).inc(hits)
+        _child("hits", namespace).inc(hits)
     if misses:
-        m["misses"].labels(namespace).inc(misses)
+        _child("misses", namespace).inc(misses)
 
 
 def claim_acquired(namespace: str, seconds: float, *, waited: bool, takeover: bool) -> None:
