@@ -52,6 +52,7 @@ METRIC_NAMES = {
 
 _lock = threading.Lock()
 _metrics: dict[str, Any] | None = None
+_made_dirs: list[Path] = []
 
 
 def _made() -> dict[str, Any]:
@@ -161,6 +162,7 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
         return Path(current)
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="workflow-cache-metrics-"))
+        _made_dirs.append(directory)  # removed when the worker shuts down
     else:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,12 @@ def watch_celery(app: Any, *, port: int | None, addr: str = "0.0.0.0") -> None:
             log.info("workflow-cache metrics on http://%s:%d/metrics", addr, bound)
 
     # One receiver per process however many apps are made (the first app's port wins).
+    def stopped(**_: Any) -> None:
+        for directory in _made_dirs:  # main process only: children never get this signal
+            shutil.rmtree(directory, ignore_errors=True)
+
     signals.before_task_publish.connect(sent, weak=False, dispatch_uid=f"{__name__}.sent")
+    signals.worker_shutdown.connect(stopped, weak=False, dispatch_uid=f"{__name__}.stop")
     signals.task_postrun.connect(flow_done, weak=False, dispatch_uid=f"{__name__}.flow")
     if port is not None:
         signals.worker_init.connect(started, weak=False, dispatch_uid=f"{__name__}.serve")
