@@ -1,6 +1,6 @@
 """The Celery app that bench_dispatch.py's worker subprocesses run.
 
-Configured like ``workers/app.py`` (same ``WFC_*`` variables, late acks, JSON,
+Configured like ``workers/app.py`` (same ``WORKFLOW_CACHE_*`` variables, late acks, JSON,
 prefetch 1) so the figures describe the fleet's settings, but with tasks whose
 bodies cost nothing (``noop``) or a known sleep (``counted``), so that what is
 measured is dispatch, not work.

@@ -57,7 +57,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def load_app(env: dict[str, str]) -> ModuleType:
-    """Import the bench app only once ``WFC_*`` are set: it reads them at import time."""
+    """Import the bench app only once ``WORKFLOW_CACHE_*`` are set: it reads them at import time."""
     os.environ.update(env)
     import importlib
 
@@ -253,9 +253,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     server = RedisServer(tmp)
     env = {
-        "WFC_BROKER_URL": server.url,
-        "WFC_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
-        "WFC_LEASE": str(LEASE),
+        "WORKFLOW_CACHE_BROKER": server.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
     }
     bench = load_app(env)
     log = tmp / "workers.log"

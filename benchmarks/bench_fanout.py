@@ -61,7 +61,10 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     server = RedisServer(tmp)
-    env = {"WFC_BROKER_URL": server.url, "WFC_NAMESPACE": f"fan-{uuid.uuid4().hex[:8]}"}
+    env = {
+        "WORKFLOW_CACHE_BROKER": server.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"fan-{uuid.uuid4().hex[:8]}",
+    }
     bench = load_app(env)
     from celery import group
 

@@ -86,9 +86,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-starvation-"))
     server = RedisServer(tmp)
     env = {
-        "WFC_BROKER_URL": server.url,
-        "WFC_NAMESPACE": f"starve-{uuid.uuid4().hex[:8]}",
-        "WFC_LEASE": str(LEASE),
+        "WORKFLOW_CACHE_BROKER": server.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"starve-{uuid.uuid4().hex[:8]}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
     }
     bench = load_app(env)
     from celery.signals import before_task_publish

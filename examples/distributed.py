@@ -11,8 +11,8 @@ Run it on one machine (the package installed, e.g. ``pip install -e .``)::
     celery -A workers.app worker -Q workflows -l INFO     # terminal 3: workflow workers
     python examples/distributed.py                        # terminal 4: this producer
 
-Workers and producer read the same ``WFC_*`` variables (``WFC_BROKER_URL``,
-``WFC_NAMESPACE``, ...; see ``workflow_cache/distributed/settings.py``); the
+Workers and producer read the same ``WORKFLOW_CACHE_*`` variables (``WORKFLOW_CACHE_BROKER``,
+``WORKFLOW_CACHE_NAMESPACE``, ...; see ``workflow_cache/distributed/settings.py``); the
 defaults point at ``redis://localhost:6379/0``. With Docker, ``docker compose up``
 starts Redis and the workers, and ``docker compose run --rm producer`` runs this.
 """
@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+# workers/ is a folder deployed beside examples/, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers.app import greet
 from workflow_cache.distributed import result_of

@@ -1,6 +1,6 @@
 """The Celery app of the distributed tests, run by real ``celery -A tests.celery_app worker``.
 
-Configured from the same ``WFC_*`` variables as ``workers/app.py``. Its tasks
+Configured from the same ``WORKFLOW_CACHE_*`` variables as ``workers/app.py``. Its tasks
 count their executions in Redis, so tests can prove how often a body ran.
 """
 

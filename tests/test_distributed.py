@@ -67,7 +67,11 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(redis_url, tmp_path_factory) -> Iterator[Fleet]:
     namespace = f"dist-{uuid.uuid4().hex[:8]}"
-    env = {"WFC_BROKER_URL": redis_url, "WFC_NAMESPACE": namespace, "WFC_LEASE": str(LEASE)}
+    env = {
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_NAMESPACE": namespace,
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     module = importlib.import_module("tests.celery_app")

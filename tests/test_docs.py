@@ -25,7 +25,11 @@ def python_blocks(path: Path) -> list[str]:
 @pytest.fixture
 def fleet_app(redis_url, tmp_path, monkeypatch) -> Iterator[None]:
     """Real workers of ``workers.app`` for the distributed guide, configured like production."""
-    env = {"WFC_BROKER_URL": redis_url, "WFC_NAMESPACE": f"docs-{tmp_path.name}", "WFC_LEASE": "2"}
+    env = {
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_NAMESPACE": f"docs-{tmp_path.name}",
+        "WORKFLOW_CACHE_LEASE": "2",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     sys.modules.pop("workers.app", None)

@@ -57,9 +57,9 @@ def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet
     server = RedisServer(tmp_path_factory.mktemp("redis-aof"), appendonly=True)
     link = LinkProxy(server.port)  # workers and producer reach Redis only through it
     env = {
-        "WFC_BROKER_URL": link.url,
-        "WFC_NAMESPACE": f"faults-{uuid.uuid4().hex[:8]}",
-        "WFC_LEASE": str(LEASE),
+        "WORKFLOW_CACHE_BROKER": link.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"faults-{uuid.uuid4().hex[:8]}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

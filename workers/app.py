@@ -1,4 +1,4 @@
-"""The fleet's Celery app, configured from ``WFC_*`` environment variables.
+"""The fleet's Celery app, configured from ``WORKFLOW_CACHE_*`` environment variables.
 
     celery -A workers.app worker -Q steps -c 8          # step workers
     celery -A workers.app worker -Q workflows -c 4      # workflow workers
@@ -7,8 +7,10 @@ Producers import the same module to enqueue work (see examples/distributed.py).
 A signature of one of its tasks given to ``step(...)`` is sent as that task itself
 (unrouted tasks go to the ``steps`` queue); ``fleet_app`` installs the claim that
 wraps it on the worker.
-Flows run here too: ``workflow-cache run FLOW.yaml --broker $WFC_BROKER_URL --queue workflows``;
-set ``WFC_STORAGE`` (e.g. ``s3://bucket/prefix``) so every machine shares archives.
+Flows run here too (``workflow-cache run FLOW.yaml --broker URL --queue workflows``);
+set ``WORKFLOW_CACHE_STORAGE`` (e.g. ``s3://bucket/prefix``) so every machine shares
+archives, and ``WORKFLOW_CACHE_METRICS_PORT`` for a Prometheus endpoint.
+This folder is deployed next to the package (see workers/Dockerfile), not installed.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import workflow_cache.workdir.celery_tasks  # noqa: F401  (flows run on this fleet too)
 from workflow_cache.distributed import workflow_task
 from workflow_cache.distributed.fleet import fleet_app
-from workflow_cache.distributed.settings import WorkerSettings
+from workflow_cache.settings import load
 
-settings = WorkerSettings()
+settings = load()
 
 app, cache = fleet_app("workflow_cache_workers", settings)
 

@@ -36,6 +36,8 @@ _LAZY = {
     "FlowSummary": "workflow_cache.workdir.flow",
     "InputError": "workflow_cache.workdir.inputs",
     "ExpressionError": "workflow_cache.workdir.expressions",
+    "Settings": "workflow_cache.settings",
+    "SettingsWarning": "workflow_cache.settings",
 }
 
 
@@ -64,6 +66,8 @@ __all__ = [
     "RedisCache",
     "Result",
     "ResultError",
+    "Settings",
+    "SettingsWarning",
     "Step",
     "StepEvent",
     "UnexpectedError",

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +29,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from workflow_cache.admin.commands import register_prune, register_steps
+from workflow_cache.admin.reach import reachable
+from workflow_cache.units import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--prefix", help="delete every entry whose key starts with this")
     delete.add_argument("--all", action="store_true", help="delete every entry")
     _storage_option(delete)
+    register_prune(actions, _storage_option)
+    register_steps(commands)
     return parser
 
 
@@ -121,8 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        _apply_settings(args, err)
         if args.command == "run":
             return _run(args, out, err)
+        if args.command == "steps":
+            from workflow_cache.admin.commands import run_steps
+
+            return run_steps(args, out, err)
+        if args.action == "prune":
+            from workflow_cache.admin.commands import run_prune
+
+            return run_prune(args, out)
         return _cache(args, out)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -135,14 +151,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _apply_settings(args: argparse.Namespace, err: Console) -> None:
+    """Fill options left out from the one settings model; misspelt variables warn here."""
+    from workflow_cache.settings import SettingsWarning, load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SettingsWarning)
+        settings = load()
+    for warning in caught:
+        if issubclass(warning.category, SettingsWarning):
+            err.print(f"[yellow]warning:[/] {warning.message}", markup=True)
+    for name in ("broker", "result_backend", "storage"):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, getattr(settings, name))
+
+
 def _user_message(exc: Exception) -> str | None:
     """The one-line message for errors a user can act on; ``None`` for real bugs."""
+    from pydantic import ValidationError
+
+    from workflow_cache.admin.commands import UsageError
     from workflow_cache.duration import DurationError
+    from workflow_cache.settings import PREFIX
     from workflow_cache.workdir.patterns import PatternError
     from workflow_cache.workdir.spec import FlowError
 
-    if isinstance(exc, FlowError | CliError | PatternError | DurationError):
+    if isinstance(exc, FlowError | CliError | PatternError | DurationError | UsageError):
         return str(exc)
+    if isinstance(exc, ValidationError):  # a WORKFLOW_CACHE_* variable with a bad value
+        first = exc.errors()[0]
+        where = PREFIX + "_".join(str(p) for p in first["loc"]).upper()
+        return f"setting {where}: {first['msg']} (got {first.get('input')!r})"
     if isinstance(exc, OSError | ValueError | TimeoutError | ConnectionError):
         return f"{type(exc).__name__}: {exc}"
     module = type(exc).__module__
@@ -176,6 +215,7 @@ def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) 
     colors = {"stdout": "", "stderr": "yellow"}
 
     def sink(task_id: str, stream: str, line: str) -> None:
+        progress.stop()  # a bar never stays on screen between script lines
         style = colors.get(stream, "")
         err.print(f"[dim]\\[{task_id}][/] ", end="", markup=True)
         err.print(line, style=style or None, markup=False, highlight=False)
@@ -210,16 +250,21 @@ class _SlowProgress:
         started = time.monotonic()
         done = 0
         task: TaskID | None = None
+        shown_on: Progress | None = None
 
         def advance(delta: int) -> None:
-            nonlocal done, task
+            nonlocal done, task, shown_on
             done += delta
-            if task is None:
-                if time.monotonic() - started < self._delay:
-                    return
-                task = self._bars().add_task(label, total=total, completed=done)
+            if total is not None and done >= total:
+                self.stop()  # finished: cleared before anything else is printed
+                return
+            if time.monotonic() - started < self._delay:
+                return
+            bars = self._bars()
+            if task is None or shown_on is not bars:  # first time, or after a stop
+                task, shown_on = bars.add_task(label, total=total, completed=done), bars
             else:
-                self._bars().update(task, completed=done)
+                bars.update(task, completed=done)
 
         return advance
 
@@ -253,16 +298,25 @@ def _run_remote(args: argparse.Namespace, flow: Any, out: Console, err: Console)
             "for the summary to come back"
         )
     text = args.flow.read_text(encoding="utf-8")
-    return submit_flow(
-        text,
-        app=app,
-        source=str(args.flow),
-        storage=args.storage,
-        namespace=args.namespace,
-        queue=args.queue,
-        timeout=args.timeout,
-        inputs=args.inputs,
+    reachable(app)
+    err.print(
+        "[dim]running on the workers: script output goes to the worker's log, "
+        "not to this terminal[/]",
+        markup=True,
     )
+    try:
+        return submit_flow(
+            text,
+            app=app,
+            source=str(args.flow),
+            storage=args.storage,
+            namespace=args.namespace,
+            queue=args.queue,
+            timeout=args.timeout,
+            inputs=args.inputs,
+        )
+    except RuntimeError as exc:  # Celery gave up reconnecting to its result store
+        raise CliError(f"lost the connection to the broker or result backend: {exc}") from None
 
 
 def _summary_table(summary: Any, out: Console) -> None:
@@ -314,11 +368,8 @@ def _seconds(value: float) -> str:
 
 
 def _size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GB"
+    """SI units, as the progress bars count (``workflow_cache.units``)."""
+    return human_bytes(count)
 
 
 def _cache(args: argparse.Namespace, out: Console) -> int:
@@ -354,7 +405,13 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
             out.print_json(json.dumps(data))
         else:
             for name, value in data.items():
-                out.print(f"{name}: {value}")
+                if value is None:
+                    continue  # e.g. no content key
+                if isinstance(value, list):
+                    value = ", ".join(str(v) for v in value)
+                elif name in ("bytes", "archive_size"):
+                    value = f"{_size(value)} ({value} B)"
+                out.print(f"{name}: {value}", markup=False)
         return EXIT_OK
     chosen = sum(bool(choice) for choice in (args.name, args.prefix, args.all))
     if chosen != 1:
@@ -383,7 +440,8 @@ def _entry_dict(entry: Any) -> dict[str, Any]:
         "files": entry.files,
         "bytes": entry.bytes,
         "archive_size": entry.size,
-        "patterns": entry.patterns,
+        # the folder's own bookkeeping file is saved too, but is not a user pattern
+        "patterns": [p for p in entry.patterns if not p.startswith(".workflow-cache/")],
     }
 
 

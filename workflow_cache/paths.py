@@ -7,7 +7,11 @@ from pathlib import Path
 
 
 def home() -> Path:
-    """``$WORKFLOW_CACHE_HOME``, else ``$XDG_CACHE_HOME/workflow-cache``, else ``~/.cache/...``."""
+    """``$WORKFLOW_CACHE_HOME``, else ``$XDG_CACHE_HOME/workflow-cache``, else ``~/.cache/...``.
+
+    Read straight from the environment (the ``home`` field of ``Settings``): this is
+    called by every default cache, and the full settings model is not needed for it.
+    """
     explicit = os.environ.get("WORKFLOW_CACHE_HOME")
     if explicit:
         return Path(explicit).expanduser()

@@ -28,9 +28,17 @@ Notifications on the step's channel are ``b"o" + outcome`` (commit) or ``b"r"``
 silently they wake when its lease runs out and claim in turn, which is how a crashed
 holder is taken over.  Holders' leases are renewed by ``leases.py``.
 
+Epoch after commit: a commit that stores its outcome deletes the epoch key, so a
+committed step leaves nothing in Redis but its outcome.  While the outcome is stored
+nobody can claim; once it expires a new claim restarts at epoch 1, and fencing rests on
+the owner part of the token (a stale holder's ``owner|epoch`` never equals a new
+owner's).  An outcome that is not kept leaves the epoch: it tells the readers of
+``last`` which run that outcome belongs to.
+
 Epoch expiry (trade-off): the epoch key gets a long expiry (7 days) refreshed at every
-claim.  Without it, every step key ever claimed would leave an integer in Redis
-forever.  With it, an epoch can restart at 1 after a step has seen no claim for a week;
+claim, which bounds what claims that never commit leave behind.  Without it, every
+step key ever claimed without a commit would leave an integer in Redis forever.  With
+it, an epoch can restart at 1 after a step has seen no claim for a week;
 fencing then relies on the owner part of the token (hostname:pid:uuid), so a holder
 paused for more than a week could only be confused with a claim made by the very same
 ``SingleFlight`` instance.  Pass ``epoch_ttl_ms=None`` to ``Claims`` to keep epochs forever.

@@ -8,13 +8,16 @@ processes that reach it at once, one executes and the others get its outcome.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 
+from workflow_cache import metrics, tracing
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.cache.claims import (
     CacheUnavailable,
@@ -29,6 +32,8 @@ from workflow_cache.envelope import Envelope
 from workflow_cache.options import check_key
 
 _SCAN_BATCH = 500
+
+log = logging.getLogger(__name__)
 
 
 class RedisCache(NativeCache):
@@ -79,6 +84,7 @@ class RedisCache(NativeCache):
     def load(self, key: str) -> Envelope | None:
         with self._reaching():
             raw = self.client.get(self._out(key))
+        self._looked_up([key], [raw])
         return None if raw is None else Envelope.loads(key, raw)
 
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
@@ -86,10 +92,23 @@ class RedisCache(NativeCache):
             return []
         with self._reaching():
             rows = self.client.mget([self._out(key) for key in keys])
+        self._looked_up(keys, rows)
         return [
             None if raw is None else Envelope.loads(k, raw)
             for k, raw in zip(keys, rows, strict=True)
         ]
+
+    def _looked_up(self, keys: Sequence[str], rows: Sequence[Any]) -> None:
+        hits = sum(raw is not None for raw in rows)
+        metrics.lookup(self.namespace, hits, len(rows) - hits)
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug or hits:
+            for key, raw in zip(keys, rows, strict=True):
+                if raw is not None:
+                    tracing.hit(key, self.namespace)
+                if debug:
+                    found = "hit" if raw is not None else "miss"
+                    log.debug("step %s: %s in namespace %s", found, key, self.namespace)
 
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.dumps(key)
@@ -107,10 +126,17 @@ class RedisCache(NativeCache):
 
     def acquire(self, key: str) -> Envelope | RedisClaim:
         """The key's outcome once known (waiting while another process runs it), or its claim."""
+        started = time.perf_counter()
         got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
+        waited = time.perf_counter() - started
+        done = isinstance(got, Done)
+        # Epoch keys are deleted at commit, so a claim with epoch > 1 follows one that
+        # ended without an outcome: its holder crashed or gave the key back.
+        takeover = not done and got.epoch > 1  # type: ignore[union-attr]
+        metrics.claim_acquired(self.namespace, waited, waited=done, takeover=takeover)
         if isinstance(got, Done):
             return Envelope.loads(key, got.outcome)
-        return RedisClaim(key, got)
+        return RedisClaim(key, got, self.namespace)
 
     # -- Map-like management --------------------------------------------------------------
 
@@ -148,17 +174,29 @@ class RedisCache(NativeCache):
 class RedisClaim:
     """This process runs the key: commit its outcome (fenced) or release the claim."""
 
-    def __init__(self, key: str, holder: Holder) -> None:
+    def __init__(self, key: str, holder: Holder, namespace: str = "") -> None:
         self.key = key
         self.holder = holder
+        self.namespace = namespace
+        self._started = time.perf_counter()
+        self._span = tracing.start(
+            key, namespace, **{"workflow_cache.epoch": holder.epoch, "workflow_cache.hit": False}
+        )
 
     def commit(self, envelope: Envelope, *, keep: bool) -> bool:
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-        return self.holder.commit(envelope.dumps(self.key), ttl_ms=ttl_ms, keep=keep)
+        accepted = self.holder.commit(envelope.dumps(self.key), ttl_ms=ttl_ms, keep=keep)
+        seconds = time.perf_counter() - self._started
+        metrics.commit(self.namespace, envelope.status, seconds, accepted=accepted)
+        tracing.end(self._span, status=envelope.status, committed=accepted, stored=keep)
+        self._span = None
+        return accepted
 
     def release(self) -> None:
         if not self.holder.finished:
             self.holder.release()
+        tracing.end(self._span, released=True)
+        self._span = None
 
 
 def _safe(url: str) -> str:

@@ -36,6 +36,7 @@ from workflow_cache import paths
 from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, pack, unpack
 from workflow_cache.workdir.patterns import match_files, validate_patterns
 from workflow_cache.workdir.storage import Storage
+from workflow_cache.workdir.usage import record_restore
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ class FileCache:
         except OSError as exc:
             self._warn(f"cannot restore cache entry {entry.name!r}: {exc}")
             return self._corrupt(start, entry)
+        record_restore(self.storage, entry.name, self.now())  # for least-recently-restored
         return RestoreResult(
             hit=True,
             reason="restored",
@@ -392,4 +394,6 @@ def _prefix(prefix: str) -> str:
         "@" + _segment(unquote(p[1:])) if i == 3 and p.startswith("@") else _segment(p)
         for i, p in enumerate(parts)
     ]
-    return "/".join(encoded) + "/" if encoded else ""
+    # "Starts with": dev/offline matches dev/offline_node/...; dev/ only the dev namespace.
+    joined = "/".join(encoded)
+    return joined + "/" if joined and prefix.endswith("/") else joined

@@ -14,6 +14,9 @@ if ARGV[5] == '1' then
   else
     redis.call('SET', KEYS[1], ARGV[3])
   end
+  -- Nobody can claim while the outcome is stored: the epoch is not needed until it
+  -- expires, and then a fresh claim restarts at 1 with a new owner in its token.
+  redis.call('DEL', KEYS[3])
 else
   redis.call('SET', KEYS[4], ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[7])
 end

@@ -1,0 +1,1 @@
+"""Operating the caches: seeing and cleaning step outcomes and archives."""

@@ -1,0 +1,258 @@
+"""Prometheus metrics of step outcomes, claims, dispatch and archives.
+
+Counters and histograms are made on first use, so ``enable_multiprocess`` can still
+switch ``prometheus_client`` to its multi-process mode first: under Celery's prefork
+pool every child process writes its samples to files in one folder, and the endpoint
+that the worker's main process serves adds them up. Recording is always on and costs
+a dictionary lookup and an addition; nothing is served unless a port is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "METRIC_NAMES",
+    "archive_transfer",
+    "claim_acquired",
+    "commit",
+    "enable_multiprocess",
+    "lookup",
+    "message_sent",
+    "serve",
+    "watch_celery",
+]
+
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+METRIC_NAMES = {
+    "workflow_cache_step_hits_total": "Step lookups that found a stored outcome.",
+    "workflow_cache_step_misses_total": "Step lookups that found nothing stored.",
+    "workflow_cache_step_executions_total": "Steps executed and committed, by outcome status.",
+    "workflow_cache_step_errors_total": "Executed steps whose outcome was an err.",
+    "workflow_cache_step_seconds": "Seconds from a step's claim to its commit.",
+    "workflow_cache_claim_waits_total": "Claims that waited for another holder's outcome.",
+    "workflow_cache_claim_wait_seconds": "Seconds spent in acquiring a key's claim or outcome.",
+    "workflow_cache_claim_takeovers_total": "Claims of a key whose previous claim ended "
+    "without an outcome (crashed or released holder).",
+    "workflow_cache_commits_refused_total": "Commits refused because the lease was lost.",
+    "workflow_cache_step_messages_sent_total": "Step messages sent to workers.",
+    "workflow_cache_archive_bytes_total": "Bytes of working-directory files restored or saved.",
+    "workflow_cache_archive_seconds": "Seconds spent restoring or saving one archive.",
+}
+
+_lock = threading.Lock()
+_metrics: dict[str, Any] | None = None
+_made_dirs: list[Path] = []
+
+
+def _made() -> dict[str, Any]:
+    global _metrics
+    if _metrics is None:
+        with _lock:
+            if _metrics is None:
+                _metrics = _make()
+    return _metrics
+
+
+def _make() -> dict[str, Any]:
+    from prometheus_client import Counter, Histogram
+
+    def counter(name: str, labels: tuple[str, ...]) -> Counter:
+        return Counter(name.removesuffix("_total"), METRIC_NAMES[name], labels)
+
+    def histogram(name: str, labels: tuple[str, ...]) -> Histogram:
+        return Histogram(name, METRIC_NAMES[name], labels, buckets=_SECONDS_BUCKETS)
+
+    ns = ("namespace",)
+    return {
+        "hits": counter("workflow_cache_step_hits_total", ns),
+        "misses": counter("workflow_cache_step_misses_total", ns),
+        "executions": counter("workflow_cache_step_executions_total", (*ns, "status")),
+        "errors": counter("workflow_cache_step_errors_total", ns),
+        "step_seconds": histogram("workflow_cache_step_seconds", ns),
+        "waits": counter("workflow_cache_claim_waits_total", ns),
+        "wait_seconds": histogram("workflow_cache_claim_wait_seconds", ns),
+        "takeovers": counter("workflow_cache_claim_takeovers_total", ns),
+        "refused": counter("workflow_cache_commits_refused_total", ns),
+        "sent": counter("workflow_cache_step_messages_sent_total", (*ns, "queue")),
+        "archive_bytes": counter("workflow_cache_archive_bytes_total", ("direction",)),
+        "archive_seconds": histogram("workflow_cache_archive_seconds", ("direction",)),
+    }
+
+
+# ----------------------------------------------------------------------------- recording
+
+
+_children: dict[tuple[str, str], Any] = {}
+
+
+def _child(metric: str, namespace: str) -> Any:
+    """The labelled counter of one namespace, looked up once: lookups are the hot path."""
+    child = _children.get((metric, namespace))
+    if child is None:
+        child = _children[(metric, namespace)] = _made()[metric].labels(namespace)
+    return child
+
+
+def lookup(namespace: str, hits: int, misses: int) -> None:
+    """Outcome reads: ``hits`` keys found, ``misses`` not."""
+    if hits:
+        _child("hits", namespace).inc(hits)
+    if misses:
+        _child("misses", namespace).inc(misses)
+
+
+def claim_acquired(namespace: str, seconds: float, *, waited: bool, takeover: bool) -> None:
+    """One ``acquire``: how long it took, whether another holder's outcome came back."""
+    m = _made()
+    m["wait_seconds"].labels(namespace).observe(seconds)
+    if waited:
+        m["waits"].labels(namespace).inc()
+    if takeover:
+        m["takeovers"].labels(namespace).inc()
+
+
+def commit(namespace: str, status: str, seconds: float, *, accepted: bool) -> None:
+    """A holder's commit: counted as an execution, or as refused when fenced off."""
+    m = _made()
+    if not accepted:
+        m["refused"].labels(namespace).inc()
+        return
+    m["executions"].labels(namespace, status).inc()
+    m["step_seconds"].labels(namespace).observe(seconds)
+    if status == "err":
+        m["errors"].labels(namespace).inc()
+
+
+def message_sent(namespace: str, queue: str) -> None:
+    _made()["sent"].labels(namespace, queue).inc()
+
+
+def archive_transfer(direction: str, nbytes: int, seconds: float) -> None:
+    """One archive restored (``direction="restore"``) or saved (``"save"``)."""
+    m = _made()
+    m["archive_bytes"].labels(direction).inc(max(0, nbytes))
+    m["archive_seconds"].labels(direction).observe(max(0.0, seconds))
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def enable_multiprocess(directory: Path | None = None) -> Path:
+    """Share samples between the processes of one worker through files in ``directory``.
+
+    Must run before the first sample is recorded (fleet apps call it at import time,
+    before the pool forks). A fresh temporary folder when none is given; an explicit
+    folder is emptied, because samples of a previous run would be added to this one.
+    """
+    import prometheus_client.values as values
+
+    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if current and directory is None:
+        return Path(current)
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="workflow-cache-metrics-"))
+        _made_dirs.append(directory)  # removed when the worker shuts down
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.get_value_class()
+    return directory
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> int:
+    """Serve ``/metrics`` on ``addr:port`` from a background thread; returns the port."""
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = REGISTRY
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return int(server.server_port)
+
+
+def watch_celery(app: Any, *, port: int | None, addr: str = "0.0.0.0") -> None:
+    """Count the app's step messages and flows' archive work; serve metrics on ``port``.
+
+    The endpoint is started once the worker is up (``worker_init``), in the main
+    process, so prefork children never bind the port themselves.
+    """
+    from celery import signals
+
+    def sent(sender: str | None = None, body: Any = None, routing_key: str = "", **_: Any) -> None:
+        if sender == "workflow_cache.step":
+            message_sent(_namespace_of(body), routing_key or "")
+
+    def flow_done(sender: Any = None, retval: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == "workflow_cache.run_flow":
+            for task in _summary_tasks(retval):
+                if task.get("restored_bytes"):
+                    archive_transfer(
+                        "restore",
+                        int(task["restored_bytes"]),
+                        float(task.get("restore_seconds", 0)),
+                    )
+                if task.get("saved"):
+                    archive_transfer(
+                        "save", int(task.get("saved_bytes", 0)), float(task.get("save_seconds", 0))
+                    )
+
+    def started(**_: Any) -> None:
+        if port is not None:
+            bound = serve(port, addr)
+            log.info("workflow-cache metrics on http://%s:%d/metrics", addr, bound)
+
+    # One receiver per process however many apps are made (the first app's port wins).
+    def stopped(**_: Any) -> None:
+        for directory in _made_dirs:  # main process only: children never get this signal
+            shutil.rmtree(directory, ignore_errors=True)
+
+    signals.before_task_publish.connect(sent, weak=False, dispatch_uid=f"{__name__}.sent")
+    signals.worker_shutdown.connect(stopped, weak=False, dispatch_uid=f"{__name__}.stop")
+    signals.task_postrun.connect(flow_done, weak=False, dispatch_uid=f"{__name__}.flow")
+    if port is not None:
+        signals.worker_init.connect(started, weak=False, dispatch_uid=f"{__name__}.serve")
+
+
+def _namespace_of(body: Any) -> str:
+    """The namespace argument of a ``workflow_cache.step`` message (protocol 2 body)."""
+    try:
+        args = body[0]
+        return str(args[4])
+    except (IndexError, KeyError, TypeError):
+        return ""
+
+
+def _summary_tasks(retval: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(retval, Mapping):
+        return []
+    summary = retval.get("summary")
+    tasks = summary.get("tasks") if isinstance(summary, Mapping) else None
+    if not isinstance(tasks, list):
+        return []
+    good = []
+    for task in tasks:
+        if isinstance(task, Mapping):
+            try:
+                float(task.get("restore_seconds", 0))
+                float(task.get("save_seconds", 0))
+                int(task.get("restored_bytes", 0))
+                int(task.get("saved_bytes", 0))
+            except (TypeError, ValueError):
+                continue
+            good.append(task)
+    return good
