@@ -67,6 +67,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from workflow_cache.cache.base import CacheUnavailable
+from workflow_cache.cache.clients import client_from_url, describe
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import script
@@ -163,18 +164,6 @@ def out_of_memory(where: str) -> str:
     )
 
 
-def describe(client: redis.Redis) -> str:
-    """The address of ``client`` for error messages, without credentials."""
-    kwargs = client.connection_pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    scheme = (
-        "rediss" if "ssl" in client.connection_pool.connection_class.__name__.lower() else "redis"
-    )
-    return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
-
-
 def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
     """A client that fails fast: ``timeout``-second connect/socket timeouts, one quick retry.
 
@@ -184,7 +173,7 @@ def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("socket_connect_timeout", timeout)
     kwargs.setdefault("socket_timeout", timeout)
     kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.05, base=0.01), 1))
-    return redis.Redis.from_url(url, **kwargs)
+    return client_from_url(url, **kwargs)
 
 
 class Claims:

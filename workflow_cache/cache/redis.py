@@ -26,6 +26,7 @@ from workflow_cache.cache.claims import (
     SingleFlight,
     out_of_memory,
 )
+from workflow_cache.cache.clients import client_from_url
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
@@ -59,7 +60,7 @@ class RedisCache(NativeCache):
         self.wait_timeout = wait_timeout
         self._flight: SingleFlight | None = None
         self._flight_lock = threading.Lock()
-        self.client = client or redis.Redis.from_url(
+        self.client = client or client_from_url(
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
