@@ -67,7 +67,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from workflow_cache.cache.base import CacheUnavailable
-from workflow_cache.cache.clients import client_from_url, describe
+from workflow_cache.cache.clients import client_from_url, describe, pool_of, read_many
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import script
@@ -432,7 +432,7 @@ class SingleFlight:
     # -- pub/sub
 
     def _make_pubsub_connection(self) -> Any:
-        pool = self.client.connection_pool
+        pool = pool_of(self.client)
         kwargs = dict(pool.connection_kwargs)
         if "maint_notifications_config" in kwargs:  # redis-py >= 6.3, RESP3-only feature
             kwargs.pop("maint_notifications_pool_handler", None)
@@ -520,7 +520,7 @@ class SingleFlight:
         outs = [self.keyspace.for_step(k).out for k in keys]
         if not outs:
             return []
-        values: Sequence[Any] = self.claims.call(lambda: self.client.mget(outs))
+        values: Sequence[Any] = self.claims.call(lambda: read_many(self.client, outs))
         return [None if v is None else _as_bytes(v) for v in values]
 
     @contextlib.contextmanager

@@ -26,7 +26,7 @@ from workflow_cache.cache.claims import (
     SingleFlight,
     out_of_memory,
 )
-from workflow_cache.cache.clients import client_from_url
+from workflow_cache.cache.clients import client_from_url, read_many
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
@@ -92,7 +92,7 @@ class RedisCache(NativeCache):
         if not keys:
             return []
         with self._reaching():
-            rows = self.client.mget([self._out(key) for key in keys])
+            rows = read_many(self.client, [self._out(key) for key in keys])
         self._looked_up(keys, rows)
         return [
             None if raw is None else Envelope.loads(k, raw)
