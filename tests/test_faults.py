@@ -19,11 +19,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import redis
 
 from tests.proxy import LinkProxy
 from tests.servers import RedisServer
 from tests.workers import CeleryWorker, wait_ready
-from workflow_cache import CacheUnavailable, Result, create_workflow
+from workflow_cache import CacheUnavailable, RedisCache, Result, create_workflow
+from workflow_cache.cache.claims import Holder
 from workflow_cache.distributed import CeleryDispatcher
 
 LEASE = 2.0
@@ -253,3 +255,79 @@ def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
     )
     assert after.ok and fault_fleet.count(f"{tag}:after") == 1
     assert fault_fleet.dead_workers() == []
+
+
+# -- memory pressure ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_redis(tmp_path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def fill_until_refused(client: Any, prefix: str) -> str:
+    """Write until Redis refuses, in ever smaller values so that almost no room is left.
+
+    Returns a 20 kB value: writing it anywhere needs more room than is left.
+    """
+    n = 0
+    for size in (10_000, 1_000, 64):
+        while True:
+            try:
+                client.set(f"{prefix}:{n}", b"x" * size)
+            except redis.OutOfMemoryError:
+                break
+            n += 1
+    return "y" * 20_000
+
+
+def test_a_commit_refused_under_noeviction_is_an_err_and_frees_the_claim(
+    small_redis: RedisServer,
+) -> None:
+    client = small_redis.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 2_000_000)
+    cache = RedisCache(small_redis.url, namespace="oom", lease=30)
+    workflow = create_workflow({}, cache=cache)
+
+    # The step fills the memory while it runs, so its commit is the write refused.
+    result = workflow(lambda step: step(lambda: fill_until_refused(client, "junk"), key="k"))
+
+    assert not result.ok
+    assert result.error.type == "workflow_cache.cache.base.CacheUnavailable"
+    assert "out of memory" in result.error.message
+    keys = cache.keyspace.for_step("k")
+    # Nothing half-written: no outcome, and no claim left for waiters to sit out.
+    assert client.exists(keys.out, keys.lock, keys.last) == 0
+    # Every later write is refused the same way, as an error, not a hang or a raw traceback.
+    with pytest.raises(CacheUnavailable, match="out of memory"):
+        workflow(lambda step: step(lambda: 1, key="other"))
+    client.flushdb()
+    assert workflow(lambda step: step(lambda: 7, key="k")).value == 7
+
+
+def test_an_evicted_claim_cannot_let_two_holders_commit(small_redis: RedisServer) -> None:
+    """allkeys-lru may evict a running step's claim; the epoch still fences the old holder."""
+    client = small_redis.client()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    cache = RedisCache(small_redis.url, namespace="lru", lease=60)
+    flight = cache.flight
+    first = flight.acquire("k", timeout=0)
+    assert isinstance(first, Holder)
+
+    # Fill memory with newer keys until eviction has taken the claim.
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 1_000_000)
+    n = 0
+    while client.exists(first.keys.lock):
+        client.set(f"junk:{n}", b"x" * 10_000)
+        n += 1
+    client.config_set("maxmemory", 0)
+    client.flushdb()  # and the epoch, the worst case: a successor starts from nothing
+
+    second = flight.acquire("k", timeout=0)
+    assert isinstance(second, Holder)
+    assert second.commit(b'"second"') is True
+    assert first.commit(b'"first"') is False
+    assert client.get(first.keys.out) == b'"second"'

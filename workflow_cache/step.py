@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workflow_cache.cache.base import ClaimingStore
+from workflow_cache.cache.base import CacheUnavailable, ClaimingStore
 from workflow_cache.dispatch import is_signature, member_keys, no_dispatcher
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
@@ -225,7 +225,10 @@ class Step:
         except BaseException:
             claim.release()
             raise
-        committed = yield self._offload(lambda: claim.commit(outcome, keep=keep))
+        try:
+            committed = yield self._offload(lambda: claim.commit(outcome, keep=keep))
+        except CacheUnavailable as exc:  # ran, but the outcome could not be recorded
+            return err(UnexpectedError.from_exception(exc))
         if not committed and keep:  # our lease ran out and a successor's outcome stands
             newer = yield lambda: store.load(key)
             if newer is not None:

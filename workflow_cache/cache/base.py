@@ -25,6 +25,14 @@ U = TypeVar("U")
 MaybeAwaitable = T | Awaitable[T]
 
 
+class CacheUnavailable(ConnectionError):
+    """The shared cache could not be reached, stopped answering, or refused a write.
+
+    The message names the server. A refused write (Redis out of memory under
+    ``noeviction``) is one too: the cache cannot do its job until it is fixed.
+    """
+
+
 @runtime_checkable
 class OutcomeStore(Protocol):
     """What the workflow core needs; each method may return an awaitable."""

@@ -66,6 +66,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from workflow_cache.cache.base import CacheUnavailable
+from workflow_cache.cache.clients import client_from_url, describe, pool_of, read_many
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import script
@@ -100,10 +102,6 @@ _T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class CacheUnavailable(ConnectionError):
-    """Redis could not be reached (or stopped answering) at the address named in the message."""
 
 
 class ClaimTimeout(TimeoutError):
@@ -158,16 +156,12 @@ def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def describe(client: redis.Redis) -> str:
-    """The address of ``client`` for error messages, without credentials."""
-    kwargs = client.connection_pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    scheme = (
-        "rediss" if "ssl" in client.connection_pool.connection_class.__name__.lower() else "redis"
+def out_of_memory(where: str) -> str:
+    """The message for a write Redis refused because ``maxmemory`` is reached."""
+    return (
+        f"Redis at {where} refused a write: out of memory (maxmemory reached under a "
+        "noeviction policy); nothing was stored"
     )
-    return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
 def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
@@ -179,7 +173,7 @@ def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("socket_connect_timeout", timeout)
     kwargs.setdefault("socket_timeout", timeout)
     kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.05, base=0.01), 1))
-    return redis.Redis.from_url(url, **kwargs)
+    return client_from_url(url, **kwargs)
 
 
 class Claims:
@@ -200,6 +194,8 @@ class Claims:
             return fn()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CacheUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+        except redis.OutOfMemoryError as exc:
+            raise CacheUnavailable(out_of_memory(self.where)) from exc
 
     def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
         """Done, Running or Claimed (one atomic script)."""
@@ -329,9 +325,19 @@ class Holder:
         self._flight._renewer().discard(self)
 
     def commit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
-        """Store (if ``keep``) and announce ``outcome``; False if a successor took over."""
+        """Store (if ``keep``) and announce ``outcome``; False if a successor took over.
+
+        A commit Redis refuses (out of memory) or cannot take raises ``CacheUnavailable``
+        after releasing the claim where it can: a refused write is no outcome, and
+        waiters are told now rather than when the lease runs out.
+        """
         self._finish()
-        ok = self._flight.claims.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+        try:
+            ok = self._flight.claims.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+        except CacheUnavailable:
+            with contextlib.suppress(CacheUnavailable):
+                self._flight.claims.release(self.keys, self.claim)
+            raise
         if not ok:
             self._lost = True
         return ok
@@ -426,7 +432,7 @@ class SingleFlight:
     # -- pub/sub
 
     def _make_pubsub_connection(self) -> Any:
-        pool = self.client.connection_pool
+        pool = pool_of(self.client)
         kwargs = dict(pool.connection_kwargs)
         if "maint_notifications_config" in kwargs:  # redis-py >= 6.3, RESP3-only feature
             kwargs.pop("maint_notifications_pool_handler", None)
@@ -514,7 +520,7 @@ class SingleFlight:
         outs = [self.keyspace.for_step(k).out for k in keys]
         if not outs:
             return []
-        values: Sequence[Any] = self.claims.call(lambda: self.client.mget(outs))
+        values: Sequence[Any] = self.claims.call(lambda: read_many(self.client, outs))
         return [None if v is None else _as_bytes(v) for v in values]
 
     @contextlib.contextmanager

@@ -34,7 +34,7 @@ the lock says which message runs the step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ from workflow_cache.cache.claims import (
     SingleFlight,
     default_owner,
 )
+from workflow_cache.cache.clients import in_one_trip
 from workflow_cache.cache.keys import Keys
 from workflow_cache.cache.lua import script
 
@@ -105,12 +106,15 @@ class StepMessages:
         ttls = [queued_ttl] * len(keys) if isinstance(queued_ttl, int | float) else queued_ttl
         client = self.flight.client
 
+        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+            args = [task_id, max(1, round(ttl * 1000)), ""]
+            return lambda target: self._enqueue(
+                keys=self._enqueue_keys(key), args=args, client=target
+            )
+
         def run() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for key, task_id, ttl in zip(keys, task_ids, ttls, strict=True):
-                args = [task_id, max(1, round(ttl * 1000)), ""]
-                self._enqueue(keys=self._enqueue_keys(key), args=args, client=pipe)
-            return pipe.execute()
+            calls = [call(*row) for row in zip(keys, task_ids, ttls, strict=True)]
+            return in_one_trip(client, calls)
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 

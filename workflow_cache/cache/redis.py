@@ -19,7 +19,14 @@ import redis
 
 from workflow_cache import metrics, tracing
 from workflow_cache.cache.base import NativeCache
-from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, SingleFlight
+from workflow_cache.cache.claims import (
+    CacheUnavailable,
+    Done,
+    Holder,
+    SingleFlight,
+    out_of_memory,
+)
+from workflow_cache.cache.clients import client_from_url, read_many
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
@@ -53,7 +60,7 @@ class RedisCache(NativeCache):
         self.wait_timeout = wait_timeout
         self._flight: SingleFlight | None = None
         self._flight_lock = threading.Lock()
-        self.client = client or redis.Redis.from_url(
+        self.client = client or client_from_url(
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
@@ -70,6 +77,8 @@ class RedisCache(NativeCache):
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CacheUnavailable(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+        except redis.OutOfMemoryError as exc:
+            raise CacheUnavailable(out_of_memory(_safe(self.url))) from exc
 
     # -- what workflows use -------------------------------------------------------------
 
@@ -83,7 +92,7 @@ class RedisCache(NativeCache):
         if not keys:
             return []
         with self._reaching():
-            rows = self.client.mget([self._out(key) for key in keys])
+            rows = read_many(self.client, [self._out(key) for key in keys])
         self._looked_up(keys, rows)
         return [
             None if raw is None else Envelope.loads(k, raw)

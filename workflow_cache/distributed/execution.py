@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,8 @@ from celery.app.task import Task as BaseTask
 from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError, TimeLimitExceeded
 from kombu.utils.imports import symbol_by_name
 
-from workflow_cache.cache.claims import Done, Holder, Running
+from workflow_cache import metrics, tracing
+from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running
 from workflow_cache.cache.messages import StepMessages
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
@@ -140,41 +142,61 @@ def _call(
     except ValueError as exc:
         log.warning("task %s[%s] refused: wfc_step header: %s", task.name, request.id, exc)
         raise Ignore() from None
+    begun = time.perf_counter()
     started = messages.start(header.key, request.id)
     if isinstance(started, Done | Running):
         log.debug("step %r: %s already, message %s acknowledged", header.key, started, request.id)
         raise Ignore()
-    return _run_holding(task, runner, messages, started, header, body)
+    # A claim with epoch > 1 follows one that ended without an outcome (crash, release).
+    takeover = started.epoch > 1
+    metrics.claim_acquired(header.ns, time.perf_counter() - begun, waited=False, takeover=takeover)
+    run = _Execution(header, started, begun, tracing.start(header.key, header.ns))
+    return _run_holding(task, runner, messages, run, body)
+
+
+class _Execution:
+    """One execution of a step on this worker: what its commit reports to metrics and traces."""
+
+    __slots__ = ("begun", "header", "holder", "span")
+
+    def __init__(self, header: StepHeader, holder: Holder, begun: float, span: Any) -> None:
+        self.header = header
+        self.holder = holder
+        self.begun = begun
+        self.span = span
 
 
 def _run_holding(
     task: Task,
     runner: StepRunner,
     messages: StepMessages,
-    holder: Holder,
-    header: StepHeader,
+    run: _Execution,
     body: Callable[[], Any],
 ) -> Any:
+    holder, header = run.holder, run.header
     try:
         produced = body()
     except Retry as exc:
         seconds = runner.park_seconds(_countdown(exc))
         if not messages.park(holder, task.request.id, seconds):
             log.warning("step %r: lease lost before the retry was parked", header.key)
+        tracing.end(run.span, retried=True)
         raise
     except (Ignore, Reject):
         holder.release()
+        tracing.end(run.span, released=True)
         raise
     except Exception as exc:
-        _commit(holder, header, err(UnexpectedError.from_exception(exc)))
+        _commit(run, err(UnexpectedError.from_exception(exc)))
         raise
     except BaseException:
         # the process is being torn down (terminated, revoked, cold shutdown): keep the
         # claim so the worker's main process can record why; otherwise its lease expires
         holder.abandon()
+        tracing.end(run.span, abandoned=True)
         raise
     result = produced if isinstance(produced, Result) else ok(produced)
-    _commit(holder, header, result)
+    _commit(run, result)
     if isinstance(produced, Result):
         return Envelope.from_result(header.key, produced, ttl=None).detached(header.key)
     return produced
@@ -192,10 +214,19 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
     return envelope, keep
 
 
-def _commit(holder: Holder, header: StepHeader, result: Result[Any, Any]) -> None:
+def _commit(run: _Execution, result: Result[Any, Any]) -> None:
+    header = run.header
     envelope, keep = _outcome(header, result)
     ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-    if not holder.commit(envelope.dumps(header.key), ttl_ms=ttl_ms, keep=keep):
+    try:
+        committed = run.holder.commit(envelope.dumps(header.key), ttl_ms=ttl_ms, keep=keep)
+    except CacheUnavailable as exc:
+        log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
+        tracing.end(run.span, released=True)
+        return
+    metrics.commit(header.ns, envelope.status, time.perf_counter() - run.begun, accepted=committed)
+    tracing.end(run.span, status=envelope.status, committed=committed, stored=keep)
+    if not committed:
         log.warning("step %r: lease lost before commit; a newer outcome stands", header.key)
 
 

@@ -1,0 +1,143 @@
+"""Redis clients from URLs: one server, a primary found through Sentinel, or a Cluster.
+
+``redis://``, ``rediss://`` and ``unix://`` are redis-py's own URLs.
+``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` asks the
+listed sentinels for the primary of ``service`` and follows it across a
+failover: when the primary changes, connections are re-made to the new one.
+The password is the data nodes'; ``?sentinel_password=...`` gives the
+sentinels' own, if they have one.
+``redis+cluster://[:password@]host:port[,host:port...]`` starts from any of the
+listed nodes and routes each command to the node owning its key's slot.
+
+The few calls that differ on a Cluster are here, so the rest of the cache
+does not ask which kind of client it holds: reading many keys of many slots
+(``read_many``), running many scripts in one round trip where the server
+allows it (``in_one_trip``), and the connection pub/sub notices use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import Sentinel
+
+SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+
+
+class BadRedisURL(ValueError):
+    """A Redis URL that names no server the way its scheme requires."""
+
+
+def client_from_url(url: str, **kwargs: Any) -> redis.Redis:
+    """A client for ``url``; ``kwargs`` (timeouts, retry) apply to every data connection."""
+    if url.startswith(f"{SENTINEL_SCHEME}://"):
+        return _sentinel_client(url, **kwargs)
+    if url.startswith(f"{CLUSTER_SCHEME}://"):
+        return _cluster_client(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def _hosts(url: str, what: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in urlsplit(url).netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise BadRedisURL(
+                f"{_hide(url)}: expected host:port[,host:port...] of the {what}, got {item!r}"
+            )
+        hosts.append((host, int(port)))
+    return hosts
+
+
+def _cluster_client(url: str, **kwargs: Any) -> redis.Redis:
+    parts = urlsplit(url)
+    nodes = [ClusterNode(host, port) for host, port in _hosts(url, "cluster nodes")]
+    if parts.path.strip("/") not in ("", "0"):
+        raise BadRedisURL(f"{_hide(url)}: a Redis Cluster has only database 0")
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    client = RedisCluster(startup_nodes=nodes, password=password, username=username, **kwargs)
+    return client  # type: ignore[return-value]
+
+
+def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
+    parts = urlsplit(url)
+    sentinels = _hosts(url, "sentinels")
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise BadRedisURL(f"{_hide(url)}: expected /<service name>[/<db>] after the sentinels")
+    service, db = path[0], int(path[1]) if len(path) == 2 else 0
+    query = parse_qs(parts.query)
+    sentinel_kwargs = {
+        "socket_timeout": kwargs.get("socket_timeout"),
+        "socket_connect_timeout": kwargs.get("socket_connect_timeout"),
+    }
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"][0]
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    return manager.master_for(service, db=db, password=password, username=username, **kwargs)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def read_many(client: Any, names: Sequence[str]) -> list[Any]:
+    """GET of every name in order: one MGET, or on a Cluster one per slot."""
+    if is_cluster(client):
+        return list(client.mget_nonatomic(list(names)))
+    return list(client.mget(list(names)))
+
+
+def in_one_trip(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """Each call made with a pipeline (one round trip), or on a Cluster with the client
+    itself, one after another: a Cluster pipeline refuses scripts."""
+    if is_cluster(client):
+        return [call(client) for call in calls]
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        call(pipe)
+    return list(pipe.execute())
+
+
+def pool_of(client: Any) -> Any:
+    """The connection pool to copy a dedicated pub/sub connection from.
+
+    On a Cluster, any node will do: a PUBLISH reaches the subscribers of every node.
+    """
+    if is_cluster(client):
+        return client.get_default_node().redis_connection.connection_pool
+    return client.connection_pool
+
+
+def describe(client: redis.Redis) -> str:
+    """Where ``client`` points, for messages, without credentials."""
+    if is_cluster(client):
+        nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_primaries())  # type: ignore[attr-defined]
+        return f"{CLUSTER_SCHEME}://{nodes}"
+    pool = client.connection_pool
+    service = getattr(pool, "service_name", None)
+    kwargs = pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if service is not None:
+        hosts = ",".join(
+            "{host}:{port}".format(**node.connection_pool.connection_kwargs)
+            for node in pool.sentinel_manager.sentinels
+        )
+        return f"{SENTINEL_SCHEME}://{hosts}/{service}/{db}"
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    scheme = "rediss" if "ssl" in pool.connection_class.__name__.lower() else "redis"
+    return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def _hide(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
