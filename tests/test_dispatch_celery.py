@@ -333,7 +333,7 @@ def test_a_message_for_a_running_key_is_acknowledged_at_once(fleet: Fleet, tag: 
     work = fleet.module.work
     box: dict[str, Any] = {}
     runner = threading.Thread(
-        target=lambda: box.update(r=fleet.workflow()(lambda step: step(work.s(tag, 3.0), key=tag)))
+        target=lambda: box.update(r=fleet.workflow()(lambda step: step(work.s(tag, 8.0), key=tag)))
     )
     runner.start()
     wait_for(lambda: fleet.count(tag))
