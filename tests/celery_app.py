@@ -59,6 +59,13 @@ def fails(name: str) -> None:
     raise ValueError(f"{name} always fails")
 
 
+@app.task(name="tests.unstorable", shared=False)
+def unstorable(name: str) -> set[str]:
+    """Returns a value JSON cannot hold (Celery never serializes it: steps keep no result)."""
+    _redis.incr(f"count:{name}")
+    return {name}
+
+
 @app.task(name="tests.not_found", shared=False)
 def not_found(name: str):
     _redis.incr(f"count:{name}")

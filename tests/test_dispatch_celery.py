@@ -23,7 +23,13 @@ from celery import group
 from celery.signals import before_task_publish
 
 from tests.workers import CeleryWorker, wait_ready
-from workflow_cache import LocalCache, RedisCache, UnexpectedError, create_workflow
+from workflow_cache import (
+    LocalCache,
+    NotStorableError,
+    RedisCache,
+    UnexpectedError,
+    create_workflow,
+)
 from workflow_cache.distributed import CeleryDispatcher, install, signature_key
 
 LEASE = 1.5
@@ -327,7 +333,7 @@ def test_a_message_for_a_running_key_is_acknowledged_at_once(fleet: Fleet, tag: 
     work = fleet.module.work
     box: dict[str, Any] = {}
     runner = threading.Thread(
-        target=lambda: box.update(r=fleet.workflow()(lambda step: step(work.s(tag, 3.0), key=tag)))
+        target=lambda: box.update(r=fleet.workflow()(lambda step: step(work.s(tag, 8.0), key=tag)))
     )
     runner.start()
     wait_for(lambda: fleet.count(tag))
@@ -467,3 +473,14 @@ def test_revoking_a_running_step_ends_it_with_that_error(fleet: Fleet, tag: str)
     assert isinstance(result.error, UnexpectedError)
     assert result.error.type.endswith("TaskRevokedError") and "revoked" in result.error.message
     assert fleet.count(tag) == 1
+
+
+def test_a_value_json_cannot_hold_is_refused_as_it_is_locally(fleet: Fleet, tag: str) -> None:
+    """Local or dispatched, the same step code raises ``NotStorableError`` naming key and type."""
+    workflow = fleet.workflow()
+    with pytest.raises(NotStorableError, match=rf"'{tag}'.*set"):
+        workflow(lambda step: step(fleet.module.unstorable.s(tag), key=tag))
+    with pytest.raises(NotStorableError, match=rf"'{tag}:local'.*set"):
+        workflow(lambda step: step(lambda: {tag}, key=f"{tag}:local"))
+    assert not fleet.cache.has(tag) and not fleet.cache.has(f"{tag}:local")
+    assert fleet.module.count(tag) == 1

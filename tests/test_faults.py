@@ -145,11 +145,13 @@ def test_a_worker_with_a_task_in_flight_outlives_a_redis_restart(fault_fleet: Fa
     fault_fleet.app_module.slow_first.apply_async((tag, 4.0), queue="steps")
     wait_for(lambda: fault_fleet.started(tag))
     fault_fleet.server.restart(down_for=3.0)
+    back_at = time.monotonic()
 
     work = fault_fleet.app_module.work
     after = run_through_outages(
         fault_fleet, lambda step: step(work.s(f"{tag}:after"), key=f"{tag}:after")
     )
+    report_recovery("restart 3 s, new step sent", back_at, [after, time.monotonic()])
     assert after.ok and fault_fleet.count(f"{tag}:after") == 1
     assert fault_fleet.dead_workers() == []
 

@@ -41,10 +41,11 @@ class SentinelSet:
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     def primary_port(self) -> int | None:
+        """The primary's port as the sentinels report it (raw reply: no client-side parsing)."""
         for port in self.sentinel_ports:
             try:
-                addr = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(
-                    SERVICE
+                addr = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE
                 )
             except redis.RedisError:
                 continue
@@ -54,7 +55,9 @@ class SentinelSet:
 
     def sees_replica(self) -> bool:
         for port in self.sentinel_ports:
-            replicas = redis.Redis(port=port, socket_timeout=1).sentinel_slaves(SERVICE)
+            replicas = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).sentinel_slaves(
+                SERVICE
+            )
             if not any(r.get("port") == self.replica.port for r in replicas):
                 return False
         return True

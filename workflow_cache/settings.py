@@ -84,7 +84,17 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=3600,
         gt=0,
-        description="Seconds before Redis redelivers an unacknowledged task (crashed worker).",
+        description="Seconds an unacknowledged task must wait before a worker's sweep "
+        "redelivers it (crashed machine); the sweep adds up to 100 s (docs/faults.md).",
+    )
+    redis_connect_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds to open a connection to the step cache's Redis."
+    )
+    redis_socket_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds one step-cache Redis call may wait for its reply "
+        "(a hung server is CacheUnavailable after this).",
     )
     signing_key: SecretStr | None = Field(
         default=None,

@@ -28,9 +28,9 @@ from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import members, require_task
 from workflow_cache.distributed.header import HEADER, StepHeader
 from workflow_cache.distributed.steps import require_single_flight
-from workflow_cache.envelope import Envelope
+from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.options import StepOptions
-from workflow_cache.result import Result
+from workflow_cache.result import Result, UnexpectedError
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,15 @@ def _task_id() -> str:
 
 
 def _decode(pending: _Pending, raw: bytes) -> Result[Any, Any]:
-    return Envelope.loads(pending.key, raw).to_result(pending.key, pending.options.returns)
+    result = Envelope.loads(pending.key, raw).to_result(pending.key, pending.options.returns)
+    error = None if result.ok else result.error
+    if isinstance(error, UnexpectedError) and error.type == _NOT_STORABLE:
+        # As when the step runs here: a value JSON cannot hold is the caller's bug, raised.
+        raise NotStorableError(error.message)
+    return result
+
+
+_NOT_STORABLE = f"{NotStorableError.__module__}.{NotStorableError.__qualname__}"
 
 
 def _with_key(options: StepOptions) -> StepOptions:

@@ -42,6 +42,8 @@ def fleet_app(main: str, settings: Settings | None = None) -> tuple[Celery, Redi
         namespace=settings.namespace,
         lease=settings.lease,
         default_ttl=settings.default_ttl,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
     )
     install(app, cache)
     metrics.watch_celery(app, port=settings.metrics_port, addr=settings.metrics_addr)
