@@ -38,12 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _fleet import APP_MODULE, drain, load_app  # noqa: E402
 from _stampede import stampede  # noqa: E402
 
 from tests.servers import RedisServer  # noqa: E402
 from tests.workers import CeleryWorker, wait_ready  # noqa: E402
 
-APP_MODULE = "benchmarks._bench_app"
 LEASE = 5.0
 
 
@@ -54,24 +54,6 @@ def ms(seconds: float) -> str:
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def load_app(env: dict[str, str]) -> ModuleType:
-    """Import the bench app only once ``WORKFLOW_CACHE_*`` are set: it reads them at import time."""
-    os.environ.update(env)
-    import importlib
-
-    return importlib.import_module(APP_MODULE)
-
-
-def drain(client: Any, queue: str, timeout: float = 30.0) -> None:
-    """Wait until the queue is empty and nothing is unacknowledged (leftover duplicates)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.llen(queue) == 0 and client.hlen("unacked") == 0:
-            return
-        time.sleep(0.005)
-    raise RuntimeError(f"queue {queue!r} did not drain in {timeout} s")
 
 
 # --------------------------------------------------------------------------- part a

@@ -24,32 +24,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _fleet import APP_MODULE, drain, load_app  # noqa: E402
+
 from tests.servers import RedisServer  # noqa: E402
 from tests.workers import CeleryWorker, wait_ready  # noqa: E402
-
-APP_MODULE = "benchmarks._bench_app"
-
-
-def load_app(env: dict[str, str]) -> ModuleType:
-    os.environ.update(env)
-    import importlib
-
-    return importlib.import_module(APP_MODULE)
-
-
-def drain(client: Any, queue: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.llen(queue) == 0 and client.hlen("unacked") == 0:
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"queue {queue!r} did not drain in {timeout} s")
 
 
 def main() -> None:
