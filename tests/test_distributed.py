@@ -19,7 +19,7 @@ import redis
 from celery.signals import before_task_publish
 
 from tests.servers import free_port
-from tests.workers import CeleryWorker, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import (
     CacheUnavailable,
     RedisCache,
@@ -72,32 +72,24 @@ def fleet(redis_url, tmp_path_factory) -> Iterator[Fleet]:
         "WORKFLOW_CACHE_NAMESPACE": namespace,
         "WORKFLOW_CACHE_LEASE": str(LEASE),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    module = importlib.import_module("tests.celery_app")
-    module = importlib.reload(module)  # pick up this module's settings
-    logs = tmp_path_factory.mktemp("celery-logs")
-    fleet = Fleet(module, env, logs)
-    fleet.steps = [
-        CeleryWorker("tests.celery_app", f"step{i}", "steps", env, log=logs / "steps.log")
-        for i in range(3)
-    ]
-    fleet.flows = [
-        CeleryWorker(
-            "tests.celery_app", "flow", "workflows", env, pool="prefork", log=logs / "flows.log"
-        )
-    ]
-    try:
-        wait_ready(module.app, fleet.steps + fleet.flows)
-        yield fleet
-    finally:
-        for worker in fleet.steps + fleet.flows:
-            worker.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with configured_test_app(env) as module:
+        logs = tmp_path_factory.mktemp("celery-logs")
+        fleet = Fleet(module, env, logs)
+        fleet.steps = [
+            CeleryWorker("tests.celery_app", f"step{i}", "steps", env, log=logs / "steps.log")
+            for i in range(3)
+        ]
+        fleet.flows = [
+            CeleryWorker(
+                "tests.celery_app", "flow", "workflows", env, pool="prefork", log=logs / "flows.log"
+            )
+        ]
+        try:
+            wait_ready(module.app, fleet.steps + fleet.flows)
+            yield fleet
+        finally:
+            for worker in fleet.steps + fleet.flows:
+                worker.stop()
 
 
 @pytest.fixture

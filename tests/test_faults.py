@@ -8,8 +8,6 @@ worker process still alive (no supervisor restarts anything here).
 
 from __future__ import annotations
 
-import importlib
-import os
 import threading
 import time
 import uuid
@@ -23,7 +21,7 @@ import redis
 
 from tests.proxy import LinkProxy
 from tests.servers import RedisServer
-from tests.workers import CeleryWorker, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import CacheUnavailable, RedisCache, Result, create_workflow
 from workflow_cache.cache.claims import Holder
 from workflow_cache.distributed import CeleryDispatcher
@@ -61,35 +59,28 @@ def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet
         "WORKFLOW_CACHE_NAMESPACE": f"faults-{uuid.uuid4().hex[:8]}",
         "WORKFLOW_CACHE_LEASE": str(LEASE),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    module = importlib.reload(importlib.import_module("tests.celery_app"))
-    logs = tmp_path_factory.mktemp("fault-logs")
-    workers = [
-        CeleryWorker(
-            "tests.celery_app",
-            f"fault{i}",
-            "steps",
-            env,
-            pool="prefork",
-            concurrency=2,
-            log=logs / f"fault{i}.log",
-        )
-        for i in range(2)
-    ]
-    try:
-        wait_ready(module.app, workers)
-        yield FaultFleet(server, link, module, workers)
-    finally:
-        for worker in workers:
-            worker.stop()
-        link.close()
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with configured_test_app(env) as module:
+        logs = tmp_path_factory.mktemp("fault-logs")
+        workers = [
+            CeleryWorker(
+                "tests.celery_app",
+                f"fault{i}",
+                "steps",
+                env,
+                pool="prefork",
+                concurrency=2,
+                log=logs / f"fault{i}.log",
+            )
+            for i in range(2)
+        ]
+        try:
+            wait_ready(module.app, workers)
+            yield FaultFleet(server, link, module, workers)
+        finally:
+            for worker in workers:
+                worker.stop()
+            link.close()
+            server.stop()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> None:

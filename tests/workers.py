@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +99,16 @@ def wait_ready(app: Celery, workers: list[CeleryWorker], timeout: float = 60.0) 
         if wanted <= seen:
             return
     raise RuntimeError(f"workers not ready after {timeout} s: {sorted(wanted - seen)}")
+
+
+@contextmanager
+def configured_test_app(env: dict[str, str]) -> Iterator[ModuleType]:
+    """``tests.celery_app`` configured from ``env`` (it reads its settings at import).
+
+    The variables are set for the block and restored after it; worker
+    subprocesses get the same ``env`` explicitly.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield importlib.reload(importlib.import_module("tests.celery_app"))
