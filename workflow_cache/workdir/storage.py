@@ -250,7 +250,9 @@ class Storage:
             fds = [os.dup(root_fd)]
             try:
                 for depth, part in enumerate(parts[:-1], 1):
-                    fds.append(safefs.step_into(fds[-1], part, "/".join(parts[:depth]), create=False))
+                    fds.append(
+                        safefs.step_into(fds[-1], part, "/".join(parts[:depth]), create=False)
+                    )
                 mode = os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=False).st_mode
                 if stat.S_ISDIR(mode):
                     raise UnsafePathError(errno.EISDIR, "a folder where an object should be", name)

@@ -1,0 +1,57 @@
+"""The environment settings of the trust boundary, read in one place.
+
+``WORKFLOW_CACHE_SIGNING_KEY`` (or ``WORKFLOW_CACHE_SIGNING_KEYS``): one key, or
+several separated by commas for rotation; the first signs, every one verifies.
+``WORKFLOW_CACHE_MAX_RESTORE_BYTES``: the most file bytes one restore may write.
+Both are read at each use so a process picks up what it was started with, and
+both are small functions so a settings model can supply them instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+SIGNING_KEY_VARIABLES = ("WORKFLOW_CACHE_SIGNING_KEY", "WORKFLOW_CACHE_SIGNING_KEYS")
+MAX_RESTORE_VARIABLE = "WORKFLOW_CACHE_MAX_RESTORE_BYTES"
+DEFAULT_MAX_RESTORE_BYTES = 10 << 30  # 10 GiB, the size limit of a GitHub Actions cache entry
+MIN_KEY_LENGTH = 16
+
+
+class TrustConfigError(ValueError):
+    """A signing key or restore limit in the environment that cannot be used."""
+
+
+def signing_keys() -> tuple[bytes, ...]:
+    """The configured signing keys, the signing one first; empty when signing is off."""
+    keys: list[bytes] = []
+    for variable in SIGNING_KEY_VARIABLES:
+        for text in os.environ.get(variable, "").split(","):
+            text = text.strip()
+            if not text:
+                continue
+            if len(text) < MIN_KEY_LENGTH:
+                raise TrustConfigError(
+                    f"{variable}: a signing key must have at least {MIN_KEY_LENGTH} characters "
+                    "(for example the output of 'python -c \"import secrets; "
+                    "print(secrets.token_hex(32))\"')"
+                )
+            key = text.encode()
+            if key not in keys:
+                keys.append(key)
+    return tuple(keys)
+
+
+def max_restore_bytes() -> int:
+    """The cap on file bytes one restore writes (default 10 GiB)."""
+    text = os.environ.get(MAX_RESTORE_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_RESTORE_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise TrustConfigError(
+            f"{MAX_RESTORE_VARIABLE} must be a positive whole number of bytes, got {text!r}"
+        )
+    return value
