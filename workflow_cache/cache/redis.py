@@ -4,10 +4,15 @@ Each outcome is one JSON envelope at ``wfc:<namespace>:{<key>}:out`` with its
 time-to-live set in Redis itself. One client (one connection pool) per cache.
 A missing key is run under the single-flight claim of ``claims.py``: of all the
 processes that reach it at once, one executes and the others get its outcome.
+
+With signing keys configured, outcomes are written signed and an unsigned,
+forged or wrongly keyed one is a miss with one warning: it is removed (only if
+it is still the same bytes) so the step runs and stores a signed outcome.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,10 +24,18 @@ from workflow_cache.cache.base import NativeCache
 from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, SingleFlight
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
-from workflow_cache.envelope import Envelope
+from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
 from workflow_cache.options import check_key
 
 _SCAN_BATCH = 500
+_REFUSED_RETRIES = 3
+# KEYS: out   ARGV: the exact bytes read. Deletes the value only if nobody replaced it since.
+_DELETE_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+log = logging.getLogger(__name__)
 
 
 class RedisCache(NativeCache):
@@ -71,7 +84,7 @@ class RedisCache(NativeCache):
     def load(self, key: str) -> Envelope | None:
         with self._reaching():
             raw = self.client.get(self._out(key))
-        return None if raw is None else Envelope.loads(key, raw)
+        return None if raw is None else self._decode(key, raw)
 
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
@@ -79,12 +92,24 @@ class RedisCache(NativeCache):
         with self._reaching():
             rows = self.client.mget([self._out(key) for key in keys])
         return [
-            None if raw is None else Envelope.loads(k, raw)
-            for k, raw in zip(keys, rows, strict=True)
+            None if raw is None else self._decode(k, raw) for k, raw in zip(keys, rows, strict=True)
         ]
 
+    def _decode(self, key: str, raw: bytes) -> Envelope | None:
+        """The stored envelope; None (a miss, removed, one warning) if its signature is bad."""
+        try:
+            return Envelope.loads(key, raw)
+        except UnsignedEnvelopeError as exc:
+            self._refuse(key, raw, exc)
+            return None
+
+    def _refuse(self, key: str, raw: bytes, problem: EnvelopeError) -> None:
+        log.warning("%s; treating it as a miss and removing it", problem)
+        with self._reaching():
+            self.client.eval(_DELETE_IF_SAME, 1, self._out(key), raw)
+
     def save(self, key: str, envelope: Envelope) -> None:
-        text = envelope.dumps(key)
+        text = envelope.sealed(key)
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
         with self._reaching():
             self.client.set(self._out(key), text, px=ttl_ms)
@@ -99,10 +124,17 @@ class RedisCache(NativeCache):
 
     def acquire(self, key: str) -> Envelope | RedisClaim:
         """The key's outcome once known (waiting while another process runs it), or its claim."""
-        got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
-        if isinstance(got, Done):
-            return Envelope.loads(key, got.outcome)
-        return RedisClaim(key, got)
+        for _ in range(_REFUSED_RETRIES):
+            got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
+            if not isinstance(got, Done):
+                return RedisClaim(key, got)
+            try:
+                return Envelope.loads(key, got.outcome)
+            except UnsignedEnvelopeError as exc:
+                self._refuse(key, got.outcome, exc)
+        raise EnvelopeError(
+            f"cache entry for key {key!r} keeps being replaced by unsigned or forged outcomes"
+        )
 
     # -- Map-like management --------------------------------------------------------------
 
@@ -146,7 +178,7 @@ class RedisClaim:
 
     def commit(self, envelope: Envelope, *, keep: bool) -> bool:
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-        return self.holder.commit(envelope.dumps(self.key), ttl_ms=ttl_ms, keep=keep)
+        return self.holder.commit(envelope.sealed(self.key), ttl_ms=ttl_ms, keep=keep)
 
     def release(self) -> None:
         if not self.holder.finished:
