@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("delete", help="delete one entry, a prefix, or everything")
     delete.add_argument("name", nargs="?")
     delete.add_argument("--prefix", help="delete every entry whose key starts with this")
-    delete.add_argument("--all", action="store_true", help="delete every entry")
+    delete.add_argument("--all", action="store_true", help="delete every entry (with --yes)")
+    delete.add_argument("--yes", action="store_true", help="do not ask before --all")
     _storage_option(delete)
     return parser
 
@@ -338,16 +339,27 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
     if chosen != 1:
         raise CliError("cache delete needs exactly one of NAME, --prefix PREFIX or --all")
     if args.all:
+        _confirm_all(args, cache.storage.url)
         count = cache.clear()
     elif args.prefix:
         count = cache.delete_prefix(args.prefix)
+    elif not cache.delete_name(args.name):
+        raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
     else:
-        entry = cache.show(args.name)
-        if entry is None or not cache.delete(entry.key):
-            raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
         count = 1
     out.print(f"deleted {count} entr{'y' if count == 1 else 'ies'}")
     return EXIT_OK
+
+
+def _confirm_all(args: argparse.Namespace, where: str) -> None:
+    """``--all`` deletes every entry: it needs ``--yes``, or a "y" typed at a terminal."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError("cache delete --all removes every entry; add --yes to confirm")
+    answer = input(f"delete every cache entry in {where}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CliError("nothing deleted")
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:

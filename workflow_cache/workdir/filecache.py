@@ -334,6 +334,12 @@ class FileCache:
         pointer says inside.
         """
         folder = name.strip("/").removesuffix(f"/{POINTER}")
+        parts = folder.split("/")
+        if not 3 <= len(parts) <= 4 or "" in parts or (len(parts) == 4 and parts[3][:1] != "@"):
+            raise ValueError(
+                f"cache entry name {name!r} is not namespace/flow/task[/@content] "
+                "(see 'workflow-cache cache list')"
+            )
         names = [n for n in self.storage.list(f"{folder}/") if "/" not in n[len(folder) + 1 :]]
         return self._delete_names(names) > 0
 
