@@ -341,6 +341,9 @@ class FileCache:
                 "(see 'workflow-cache cache list')"
             )
         names = [n for n in self.storage.list(f"{folder}/") if "/" not in n[len(folder) + 1 :]]
+        pointer = f"{folder}/{POINTER}"
+        if pointer not in names and self.storage.exists(pointer):
+            names.append(pointer)  # not a regular file (a FIFO, a symlink): remove it too
         return self._delete_names(names) > 0
 
     def delete_prefix(self, prefix: str) -> int:

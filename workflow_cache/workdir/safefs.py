@@ -30,6 +30,9 @@ _REPLACE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
 class UnsafePathError(OSError):
     """A path that would leave its root through a symlink, or is not the kind of file expected."""
 
+    def __str__(self) -> str:
+        return f"{self.filename!r}: {self.strerror}"
+
 
 def parts_of(relative: str) -> list[str]:
     """The components of a relative ``/``-separated name; absolute names and ``..`` refused."""
