@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile import KEY, Member, Sandbox, archive_bytes, assert_clean, flow_yaml, plant_entry
+from tests.hostile import (
+    KEY,
+    Member,
+    Sandbox,
+    archive_bytes,
+    assert_clean,
+    flow_yaml,
+    plant_entry,
+    snapshot,
+)
 
 SYM, DIR = tarfile.SYMTYPE, tarfile.DIRTYPE
 CACHED = Member("cached/file.txt", b"from the cache\n")
@@ -176,6 +185,7 @@ def test_running_out_of_space_while_restoring_is_a_miss(box: Sandbox, tmp_path: 
     """A file-size limit makes writes fail like a full disk (EFBIG); the entry is kept."""
     members = [CACHED, Member("cached/big.bin", os.urandom(4 << 20))]
     entry = plant_entry(box.storage, members)
+    kept = snapshot(entry)
     limit = 2 << 20
 
     def small_files() -> None:
@@ -185,6 +195,6 @@ def test_running_out_of_space_while_restoring_is_a_miss(box: Sandbox, tmp_path: 
     assert_clean(run)
     task = run.task()
     assert task["cache"] == "miss" and task["status"] == "success"
-    assert (entry / "entry.json").exists(), "a local failure must not remove a good entry"
+    assert snapshot(entry) == kept, "a local failure must not remove or replace a good entry"
     assert not list(box.work.iterdir())
     assert KEY.name in run.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _user_message(exc)
         if message is None:
             raise
-        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
         return EXIT_USAGE
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -45,7 +45,7 @@ class EntryDocument(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
-    v: Literal[1]
+    v: Annotated[int, Field(ge=FORMAT, le=FORMAT)]
     key: KeyFields
     created_at: datetime
     archive: Annotated[str, StringConstraints(pattern=r"^archive-[A-Za-z0-9._-]{1,200}\.tar\.zst$")]

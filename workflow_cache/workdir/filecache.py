@@ -337,7 +337,8 @@ class FileCache:
         parts = folder.split("/")
         if not 3 <= len(parts) <= 4 or "" in parts or (len(parts) == 4 and parts[3][:1] != "@"):
             raise ValueError(
-                f"cache entry name {name!r} is not namespace/flow/task[/@content] "
+                f"cache entry name {name!r} is not namespace/flow/task or "
+                "namespace/flow/task/@content "
                 "(see 'workflow-cache cache list')"
             )
         names = [n for n in self.storage.list(f"{folder}/") if "/" not in n[len(folder) + 1 :]]
@@ -351,8 +352,9 @@ class FileCache:
 
         A prefix with no segment (``""``, ``/``, ``//``) is refused: use :meth:`clear`.
         """
-        storage_prefix = _prefix(prefix)
-        if not storage_prefix:
+        storage_prefix = _prefix(prefix.strip())
+        parts = [p for p in prefix.strip().strip("/").split("/") if p]
+        if not storage_prefix or any(p in (".", "..") or not p.strip() for p in parts):
             raise ValueError(
                 f"cache prefix {prefix!r} names no namespace; give one like 'dev' or "
                 "'dev/my_flow' (deleting everything is clear())"
