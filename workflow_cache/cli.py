@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
@@ -152,9 +153,10 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) -> Any:
-    from workflow_cache.workdir.filecache import FileCache
+    from workflow_cache.workdir.filecache import CacheRestoreWarning, FileCache
     from workflow_cache.workdir.flow import run_flow
 
+    warnings.simplefilter("ignore", CacheRestoreWarning)  # already logged as one line
     if args.namespace:
         flow = flow.model_copy(update={"namespace": args.namespace})
     colors = {"stdout": "", "stderr": "yellow"}

@@ -20,6 +20,8 @@ from functools import lru_cache
 
 from workflow_cache.trust_config import signing_keys
 
+__all__ = ["SignatureError", "enabled", "sign", "signing_keys", "verify"]
+
 SCHEME = "hmac-sha256"
 _TOKEN_LIMIT = 200
 

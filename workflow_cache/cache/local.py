@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workflow_cache import paths
+from workflow_cache import paths, signing
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
@@ -43,6 +43,7 @@ class LocalCache(NativeCache):
         self.directory = Path(directory) if directory is not None else paths.steps_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.default_ttl = to_seconds(default_ttl, name="default_ttl")
+        signing.signing_keys()  # a bad key setting fails here, not at the first read
         self.path = self.directory / DB_NAME
         _check_files(self.path)
         self._lock = threading.Lock()

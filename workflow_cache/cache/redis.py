@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from workflow_cache import signing
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, SingleFlight
 from workflow_cache.cache.keys import KeySpace
@@ -57,6 +58,7 @@ class RedisCache(NativeCache):
         self.namespace = namespace
         self.keyspace = KeySpace(namespace)
         self.default_ttl = to_seconds(default_ttl, name="default_ttl")
+        signing.signing_keys()  # a bad key setting fails here, not at the first read
         self.lease = float(lease)
         self.wait_timeout = wait_timeout
         self._flight: SingleFlight | None = None

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
 from workflow_cache import paths, signing
-from workflow_cache.trust_config import max_restore_bytes
+from workflow_cache.trust_config import max_restore_bytes as default_max_restore_bytes
 from workflow_cache.workdir import entrydoc
 from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, Limits, pack, unpack
 from workflow_cache.workdir.patterns import match_files, validate_patterns
@@ -167,7 +167,8 @@ class FileCache:
         )
         self._clock = clock or (lambda: datetime.now(UTC))
         self._progress_factory = progress_factory
-        self.max_restore_bytes = max_restore_bytes
+        self.max_restore_bytes = max_restore_bytes or default_max_restore_bytes()
+        signing.signing_keys()  # a bad key setting is an error now, not a corrupt entry later
 
     def now(self) -> datetime:
         moment = self._clock()
@@ -205,7 +206,7 @@ class FileCache:
                 created_at=entry.created_at,
             )
         progress = self._progress(f"restore {entry.name}", entry.bytes)
-        cap = self.max_restore_bytes or max_restore_bytes()
+        cap = self.max_restore_bytes
         limits = Limits(
             file_bytes=min(cap, entry.bytes + _margin(entry.bytes)),
             stream_bytes=cap + _margin(cap),
