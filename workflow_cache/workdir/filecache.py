@@ -213,8 +213,9 @@ class FileCache:
         )
         try:
             with self.storage.open_read(f"{entry.name}/{entry.archive}") as raw:
-                src = _Reading(raw, entry.size + _margin(entry.size), entry.digest)
-                check = src.check if signing.enabled() else None
+                verify = signing.enabled()
+                src = _Reading(raw, entry.size + _margin(entry.size), verify)
+                check = (lambda: src.check(entry.digest)) if verify else None
                 stats = unpack(src, Path(root), progress=progress, limits=limits, check=check)
         except (ArchiveError, FileNotFoundError, UnsafePathError) as exc:
             self._warn(f"cache entry {entry.name!r} is corrupt ({exc}); removing it")
@@ -447,28 +448,28 @@ class _Counting:
 class _Reading:
     """Reads an archive from storage, refusing more than ``limit`` bytes.
 
-    With an expected digest it hashes what it reads, so :meth:`check` can refuse
+    When ``hashing`` it hashes what it reads, so :meth:`check` can refuse
     an archive whose bytes are not the ones its signed ``entry.json`` names.
     """
 
-    def __init__(self, raw: BinaryIO, limit: int, digest: str | None) -> None:
+    def __init__(self, raw: BinaryIO, limit: int, hashing: bool) -> None:
         self.raw = raw
         self.limit = limit
         self.count = 0
-        self.expected = digest
-        self.hasher = hashlib.sha256()
+        self.hasher = hashlib.sha256() if hashing else None
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.count += len(data)
         if self.count > self.limit:
             raise ArchiveError(f"the archive is larger than the {self.limit:,} bytes recorded")
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         return data
 
-    def check(self) -> None:
-        found = f"sha256:{self.hasher.hexdigest()}"
-        if self.expected is None or not hmac.compare_digest(found, self.expected):
+    def check(self, expected: str | None) -> None:
+        found = "" if self.hasher is None else f"sha256:{self.hasher.hexdigest()}"
+        if expected is None or not hmac.compare_digest(found, expected):
             raise ArchiveError("the archive's bytes do not match the digest its entry.json signs")
 
     def flush(self) -> None:
