@@ -10,6 +10,7 @@ both are small functions so a settings model can supply them instead.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 SIGNING_KEY_VARIABLES = ("WORKFLOW_CACHE_SIGNING_KEY", "WORKFLOW_CACHE_SIGNING_KEYS")
 MAX_RESTORE_VARIABLE = "WORKFLOW_CACHE_MAX_RESTORE_BYTES"
@@ -23,9 +24,14 @@ class TrustConfigError(ValueError):
 
 def signing_keys() -> tuple[bytes, ...]:
     """The configured signing keys, the signing one first; empty when signing is off."""
+    return _parse_keys(tuple(os.environ.get(variable, "") for variable in SIGNING_KEY_VARIABLES))
+
+
+@lru_cache(maxsize=8)
+def _parse_keys(values: tuple[str, ...]) -> tuple[bytes, ...]:
     keys: list[bytes] = []
-    for variable in SIGNING_KEY_VARIABLES:
-        for text in os.environ.get(variable, "").split(","):
+    for variable, value in zip(SIGNING_KEY_VARIABLES, values, strict=True):
+        for text in value.split(","):
             text = text.strip()
             if not text:
                 continue
