@@ -29,8 +29,10 @@ import hashlib
 import hmac
 import logging
 import os
+import queue
 import re
 import stat
+import threading
 import time
 import uuid
 import warnings
@@ -216,7 +218,10 @@ class FileCache:
                 verify = signing.enabled()
                 src = _Reading(raw, entry.size + _margin(entry.size), verify)
                 check = (lambda: src.check(entry.digest)) if verify else None
-                stats = unpack(src, Path(root), progress=progress, limits=limits, check=check)
+                try:
+                    stats = unpack(src, Path(root), progress=progress, limits=limits, check=check)
+                finally:
+                    src.close()
         except (ArchiveError, FileNotFoundError, UnsafePathError) as exc:
             self._warn(f"cache entry {entry.name!r} is corrupt ({exc}); removing it")
             self._remove(entry)
@@ -448,32 +453,63 @@ class _Counting:
 class _Reading:
     """Reads an archive from storage, refusing more than ``limit`` bytes.
 
-    When ``hashing`` it hashes what it reads, so :meth:`check` can refuse
-    an archive whose bytes are not the ones its signed ``entry.json`` names.
+    When ``hashing`` it hashes what it reads, so :meth:`check` can refuse an
+    archive whose bytes are not the ones its signed ``entry.json`` names. The
+    hashing runs on a helper thread, overlapping decompression and file writes:
+    ``hashlib`` releases the GIL while it hashes, and the bytes go to it in
+    batches of a few MiB, so the thread rarely has to wait for the GIL. At most
+    :data:`_QUEUED` batches wait, which bounds the memory it holds.
     """
+
+    _BATCH = 4 << 20
+    _QUEUED = 4
 
     def __init__(self, raw: BinaryIO, limit: int, hashing: bool) -> None:
         self.raw = raw
         self.limit = limit
         self.count = 0
-        self.hasher = hashlib.sha256() if hashing else None
+        self._hasher = hashlib.sha256()
+        self._pending = bytearray()
+        self._queue: queue.Queue[bytearray | None] | None = None
+        self._thread: threading.Thread | None = None
+        if hashing:
+            self._queue = queue.Queue(maxsize=self._QUEUED)
+            self._thread = threading.Thread(target=self._hash, name="wfc-archive-digest")
+            self._thread.daemon = True
+            self._thread.start()
+
+    def _hash(self) -> None:
+        assert self._queue is not None
+        while (batch := self._queue.get()) is not None:
+            self._hasher.update(batch)
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.count += len(data)
         if self.count > self.limit:
             raise ArchiveError(f"the archive is larger than the {self.limit:,} bytes recorded")
-        if self.hasher is not None:
-            self.hasher.update(data)
+        if self._queue is not None:
+            self._pending += data
+            if len(self._pending) >= self._BATCH:
+                self._queue.put(self._pending)
+                self._pending = bytearray()
         return data
 
+    def close(self) -> None:
+        """Hash what is left and stop the helper thread (idempotent)."""
+        if self._thread is not None and self._queue is not None:
+            if self._pending:
+                self._queue.put(self._pending)
+                self._pending = bytearray()
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
     def check(self, expected: str | None) -> None:
-        found = "" if self.hasher is None else f"sha256:{self.hasher.hexdigest()}"
+        self.close()
+        found = f"sha256:{self._hasher.hexdigest()}"
         if expected is None or not hmac.compare_digest(found, expected):
             raise ArchiveError("the archive's bytes do not match the digest its entry.json signs")
-
-    def flush(self) -> None:
-        self.raw.flush()
 
 
 def _total_size(root: Path, found: list[Path]) -> int:
