@@ -116,7 +116,7 @@ def test_bad_signature_is_a_miss_with_one_warning_and_is_replaced(
         monkeypatch.setenv(VARIABLE, NEW)
     caplog.clear()
     honest = Counter("honest")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="workflow_cache"):
         assert run_step(store.cache, "k", honest) == ok("honest")
     assert honest.calls == 1
     assert len(warnings_about(caplog, "'k'")) == 1, caplog.text
