@@ -252,7 +252,11 @@ class Envelope:
             ) from None
         except ValueError as exc:
             raise EnvelopeError(f"cache entry for key {key!r} is not valid JSON: {exc}") from None
-        if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(data):
+        if (
+            len(text) > MAX_DEPTH
+            and text.count("[") + text.count("{") > MAX_DEPTH
+            and _too_deep(data)
+        ):
             raise EnvelopeError(
                 f"cache entry for key {key!r} is nested more than {MAX_DEPTH} levels deep"
             )
