@@ -189,3 +189,18 @@ def test_failed_pointer_write_removes_the_archive(box: Sandbox) -> None:
         cache.save(KEY, folder, ["cached/**"])
     assert snapshot(box.storage) == {}
     assert os.listdir(box.storage) == []
+
+
+def test_show_of_a_bad_entry_is_one_line_exit_2(box: Sandbox) -> None:
+    plant_entry(box.storage, [CACHED], size=float("inf"))
+    run = box.cli("cache", "show", KEY.name, "--storage", box.storage)
+    assert_clean(run, status=2)
+    assert len(run.stderr.strip().splitlines()) == 1 and "size" in run.stderr
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5"])
+def test_bad_restore_cap_setting_is_exit_2(box: Sandbox, value: str) -> None:
+    run = box.run(flow_yaml(box.root / "f.yaml"), env={"WORKFLOW_CACHE_MAX_RESTORE_BYTES": value})
+    assert_clean(run, status=2)
+    assert "WORKFLOW_CACHE_MAX_RESTORE_BYTES" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
