@@ -3,6 +3,7 @@
     python benchmarks/bench_archive.py                      # ~20,000 files, ~200 MB
     python benchmarks/bench_archive.py --files 5000 --mb 50
     python benchmarks/bench_archive.py --quick              # small sizes, seconds
+    python benchmarks/bench_archive.py --dir /dev/shm       # on tmpfs: no disk in the figures
 
 It generates a tree shaped like a ``venv``/``node_modules`` (many small files, a
 few large ones, hex text that compresses about 2:1, some symlinks and exec
@@ -18,11 +19,16 @@ peak RSS of a child process that packs and unpacks a tree and the same number
 of files holding 10x the bytes: streaming means the peak must not grow with
 the archive. (A third tree with 10x the files shows the per-file cost: the
 list of matched paths.)
+
+Finally it restores the same tree through ``FileCache`` from a signed entry,
+with the signing key set (entry.json HMAC checked, archive SHA-256 compared)
+and without it, interleaved: target signed <= 1.05x unsigned.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -34,11 +40,15 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from workflow_cache.trust_config import SIGNING_KEY_VARIABLES
 from workflow_cache.workdir.archive import pack, unpack
+from workflow_cache.workdir.filecache import EntryKey, FileCache
 from workflow_cache.workdir.patterns import match_files
 
 TARGET_VS_TAR = 1.25
 TARGET_VS_ZIP = 3.0
+TARGET_SIGNED = 1.05
+BENCH_KEY = "bench-signing-key-" + "0" * 32
 
 
 def generate(root: Path, files: int, total_mb: float, seed: int = 7) -> tuple[int, int]:
@@ -192,6 +202,68 @@ def memory(files: int, mb: float, work: Path) -> bool:
     return flat
 
 
+def _signing(on: bool) -> None:
+    for variable in SIGNING_KEY_VARIABLES:
+        os.environ.pop(variable, None)
+    if on:
+        os.environ[SIGNING_KEY_VARIABLES[0]] = BENCH_KEY
+
+
+def _hash_seconds(archive: Path) -> float:
+    """Best of three: SHA-256 over the archive file, the bulk of what verifying adds."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        digest = hashlib.sha256()
+        with open(archive, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def signed_restore(files: int, mb: float, repeat: int, work: Path) -> bool:
+    """Restore one signed entry through FileCache with and without verifying it."""
+    src = fresh(work / "signed-src")
+    generate(src, files, mb)
+    key = EntryKey("bench", "archive", "signed")
+    _signing(True)
+    try:
+        cache = FileCache(str(work / "storage"))
+        saved = cache.save(key, src, ["tree/**"])
+        assert saved.saved, saved
+        shutil.rmtree(src, ignore_errors=True)
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        for signed in (False, True):  # warm up: the first restores fill caches
+            _signing(signed)
+            cache.restore(key, fresh(work / "signed-out"), None)
+        for round_ in range(repeat):  # interleaved, order alternating, so noise hits both alike
+            for signed in (False, True) if round_ % 2 == 0 else (True, False):
+                _signing(signed)
+                out = fresh(work / "signed-out")
+                result = cache.restore(key, out, None)
+                assert result.hit, result
+                runs[signed].append(result.seconds)
+    finally:
+        _signing(False)
+        shutil.rmtree(work / "signed-out", ignore_errors=True)
+    archive = next((work / "storage").rglob("archive-*.tar.zst"), None)
+    hashing = _hash_seconds(archive) if archive is not None else 0.0
+    shutil.rmtree(work / "storage", ignore_errors=True)
+    unsigned, signed = min(runs[False]), min(runs[True])
+    ratio = signed / unsigned
+    ok = ratio <= TARGET_SIGNED
+    print(
+        f"\nrestore through FileCache, {files:,} files, {mb:g} MB; best of {repeat}, interleaved:"
+    )
+    print(f"  unsigned {unsigned:6.2f} s")
+    print(f"  signed   {signed:6.2f} s  (entry.json HMAC + archive SHA-256 verified)")
+    print(f"  (the SHA-256 of the archive alone: {hashing:.3f} s, {hashing / unsigned:.1%})")
+    verdict = "ok" if ok else "MISSED"
+    print(f"  signed / unsigned = {ratio:.3f}x  (target <= {TARGET_SIGNED}x: {verdict})")
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=20_000)
@@ -201,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=float, default=50, help="MB of the small tree (x10)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument(
-        "--part", choices=["all", "speed", "memory"], default="all", help="what to measure"
+        "--part",
+        choices=["all", "speed", "memory", "signing"],
+        default="all",
+        help="what to measure",
     )
     parser.add_argument("--dir", type=Path, help="where to build trees (default: a temp dir)")
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
@@ -221,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = compare(args.files, args.mb, args.repeat, work) and ok
         if args.part in ("all", "memory"):
             ok = memory(args.memory_files, args.memory_mb, work) and ok
+        if args.part in ("all", "signing"):
+            ok = signed_restore(args.files, args.mb, max(args.repeat, 5), work) and ok
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1

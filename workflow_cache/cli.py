@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("delete", help="delete one entry, a prefix, or everything")
     delete.add_argument("name", nargs="?")
     delete.add_argument("--prefix", help="delete every entry whose key starts with this")
-    delete.add_argument("--all", action="store_true", help="delete every entry")
+    delete.add_argument("--all", action="store_true", help="delete every entry (with --yes)")
+    delete.add_argument("--yes", action="store_true", help="do not ask before --all")
     _storage_option(delete)
     register_prune(actions, _storage_option)
     register_steps(commands)
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _user_message(exc)
         if message is None:
             raise
-        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
         return EXIT_USAGE
 
 
@@ -207,9 +209,10 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) -> Any:
-    from workflow_cache.workdir.filecache import FileCache
+    from workflow_cache.workdir.filecache import CacheRestoreWarning, FileCache
     from workflow_cache.workdir.flow import run_flow
 
+    warnings.simplefilter("ignore", CacheRestoreWarning)  # already logged as one line
     if args.namespace:
         flow = flow.model_copy(update={"namespace": args.namespace})
     colors = {"stdout": "", "stderr": "yellow"}
@@ -417,16 +420,27 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
     if chosen != 1:
         raise CliError("cache delete needs exactly one of NAME, --prefix PREFIX or --all")
     if args.all:
+        _confirm_all(args, cache.storage.url)
         count = cache.clear()
     elif args.prefix:
         count = cache.delete_prefix(args.prefix)
+    elif not cache.delete_name(args.name):
+        raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
     else:
-        entry = cache.show(args.name)
-        if entry is None or not cache.delete(entry.key):
-            raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
         count = 1
     out.print(f"deleted {count} entr{'y' if count == 1 else 'ies'}")
     return EXIT_OK
+
+
+def _confirm_all(args: argparse.Namespace, where: str) -> None:
+    """``--all`` deletes every entry: it needs ``--yes``, or a "y" typed at a terminal."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError("cache delete --all removes every entry; add --yes to confirm")
+    answer = input(f"delete every cache entry in {where}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CliError("nothing deleted")
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:

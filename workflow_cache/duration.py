@@ -2,11 +2,14 @@
 
 Durations follow Java's ``Duration`` form (days, hours, minutes, seconds), the
 form Kestra flows use. Years and months are refused: their length depends on
-the calendar, and a cache lifetime should not.
+the calendar, and a cache lifetime should not. Nothing may exceed
+:data:`MAX_DURATION` (100 years): longer values overflow date arithmetic or,
+just below that, turn every later comparison with a creation time into an error.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -26,6 +29,11 @@ _ISO = re.compile(
 
 TTL = float | int | timedelta | str
 
+MAX_DURATION = timedelta(days=36525)
+"""The longest duration accepted anywhere: 100 years."""
+
+_UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+
 
 class DurationError(ValueError):
     """A duration that is not an ISO 8601 duration (or a number of seconds)."""
@@ -41,8 +49,20 @@ def parse_iso_duration(text: str) -> timedelta:
             f"invalid duration {text!r}: expected an ISO 8601 duration such as "
             "'PT1H', 'PT30M', 'P1D' or 'P1DT12H' (days, hours, minutes, seconds)"
         )
-    delta = timedelta(**{k: float(v.replace(",", ".")) for k, v in units.items()})
+    numbers = {k: float(v.replace(",", ".")) for k, v in units.items()}
+    _check_bound(sum(_UNIT_SECONDS[k] * n for k, n in numbers.items()), text)
+    delta = timedelta(**numbers)
     return -delta if parts["sign"] == "-" else delta
+
+
+def _check_bound(seconds: float, shown: object) -> None:
+    text = repr(shown) if len(repr(shown)) <= 40 else repr(shown)[:37] + "..."
+    if math.isnan(seconds):
+        raise DurationError(f"duration {text} is not a number")
+    if abs(seconds) > MAX_DURATION.total_seconds():
+        raise DurationError(
+            f"duration {text} is longer than the limit of 100 years ({MAX_DURATION.days} days)"
+        )
 
 
 def to_timedelta(value: TTL | None, *, name: str = "ttl") -> timedelta | None:
@@ -54,6 +74,11 @@ def to_timedelta(value: TTL | None, *, name: str = "ttl") -> timedelta | None:
     if isinstance(value, timedelta):
         delta = value
     elif isinstance(value, int | float):
+        try:
+            _check_bound(float(value), value)
+        except (DurationError, OverflowError) as exc:
+            message = str(exc) if isinstance(exc, DurationError) else "the value is too large"
+            raise DurationError(f"{name}: {message}") from None
         delta = timedelta(seconds=value)
     elif isinstance(value, str):
         try:
@@ -66,6 +91,8 @@ def to_timedelta(value: TTL | None, *, name: str = "ttl") -> timedelta | None:
         )
     if delta <= timedelta(0):
         raise DurationError(f"{name} must be positive, got {value!r}")
+    if delta > MAX_DURATION:
+        raise DurationError(f"{name}: duration {value!r} is longer than the limit of 100 years")
     return delta
 
 

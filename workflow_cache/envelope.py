@@ -4,6 +4,15 @@ A shared cache must not be a remote-code-execution channel, so everything
 stored is plain JSON: ``{"v": 1, "status": "ok"|"err", "value": ..., "error": ...,
 "created_at": ..., "ttl": ...}``. Exceptions are stored as
 :class:`~workflow_cache.result.UnexpectedError` text, flagged by ``"unexpected": true``.
+
+What is read back is untrusted: :meth:`Envelope.loads` is the one way in. It
+bounds the size (:data:`MAX_BYTES`) and nesting depth (:data:`MAX_DEPTH`),
+checks every field's type and range with one pydantic model, and raises
+:class:`EnvelopeError` naming the key for anything else. With signing keys
+configured (:mod:`workflow_cache.signing`), stores write :meth:`Envelope.sealed`
+text, which carries an HMAC-SHA256 ``"sig"`` over the rest of the document and
+the key, and :meth:`Envelope.loads` refuses a missing or wrong signature with
+:class:`UnsignedEnvelopeError` before parsing anything.
 """
 
 from __future__ import annotations
@@ -12,13 +21,22 @@ import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from workflow_cache import signing
+from workflow_cache.duration import MAX_DURATION
 from workflow_cache.result import Result, UnexpectedError, err, ok
 
 VERSION = 1
+MAX_BYTES = 64 << 20
+"""The largest envelope written or read: 64 MiB of JSON text."""
+MAX_DEPTH = 500
+"""The deepest nesting of lists and objects in a stored value."""
+SIGNATURE_PURPOSE = "workflow-cache step outcome v1"
+_SIG_START = '{"sig":"'
+_LATEST = 32503680000.0  # the year 3000, as a Unix time
 
 
 class NotStorableError(TypeError):
@@ -27,6 +45,51 @@ class NotStorableError(TypeError):
 
 class EnvelopeError(ValueError):
     """A stored entry is not an envelope this version understands."""
+
+
+class UnsignedEnvelopeError(EnvelopeError):
+    """A stored entry without a valid signature while signing keys are configured.
+
+    Stores treat it as a miss (with one warning) and remove it, so the step runs
+    and its outcome is stored again, signed.
+    """
+
+
+class _UnexpectedFields(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class _Stored(BaseModel):
+    """The shape every stored envelope must have; extra fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    v: Literal[1]
+    status: Literal["ok", "err"]
+    value: Any = None
+    error: Any = None
+    unexpected: bool = False
+    created_at: Annotated[float, Field(ge=0, le=_LATEST, allow_inf_nan=False)] = 0.0
+    ttl: (
+        Annotated[float, Field(gt=0, le=MAX_DURATION.total_seconds(), allow_inf_nan=False)] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _error_shape(self) -> _Stored:
+        if self.unexpected:
+            if self.status != "err":
+                raise ValueError('"unexpected" is only allowed on an err outcome')
+            try:
+                _UnexpectedFields.model_validate(self.error)
+            except ValidationError:
+                raise ValueError(
+                    'the "error" of an unexpected outcome needs "type" and "message" text'
+                ) from None
+        return self
 
 
 @lru_cache(maxsize=256)
@@ -97,11 +160,33 @@ class Envelope:
         return data
 
     def dumps(self, key: str) -> str:
-        """Encode as JSON text; a value JSON cannot hold raises :class:`NotStorableError`."""
+        """Encode as JSON text; a value JSON cannot hold raises :class:`NotStorableError`.
+
+        What could not be read back (too large, too deeply nested) is refused too.
+        """
         try:
-            return json.dumps(self.to_data(), separators=(",", ":"), allow_nan=False)
+            text = json.dumps(self.to_data(), separators=(",", ":"), allow_nan=False)
+        except RecursionError:
+            raise _not_storable(key, self, ValueError("nested too deeply")) from None
         except (TypeError, ValueError) as exc:
             raise _not_storable(key, self, exc) from exc
+        if len(text) > MAX_BYTES:
+            raise NotStorableError(
+                f"step {key!r}: the outcome is {len(text):,} bytes of JSON, more than the "
+                f"{MAX_BYTES:,} a cache entry may hold; nothing was stored"
+            )
+        if _too_deep_text(text):
+            raise NotStorableError(
+                f"step {key!r}: the outcome is nested more than {MAX_DEPTH} levels deep; "
+                "nothing was stored"
+            )
+        return text
+
+    def sealed(self, key: str) -> str:
+        """The text a shared store writes: :meth:`dumps`, signed when signing keys are set."""
+        text = self.dumps(key)
+        token = signing.sign(SIGNATURE_PURPOSE, key, text.encode())
+        return text if token is None else f'{_SIG_START}{token}",{text[1:]}'
 
     def detached(self, key: str) -> dict[str, Any]:
         """JSON-ready data that shares nothing with the caller's objects."""
@@ -109,37 +194,83 @@ class Envelope:
 
     @classmethod
     def from_data(cls, key: str, data: Any) -> Envelope:
-        if (
-            not isinstance(data, dict)
-            or data.get("v") != VERSION
-            or data.get("status") not in ("ok", "err")
-        ):
+        """Check stored data (already parsed) and build the envelope; :class:`EnvelopeError`."""
+        if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != VERSION:
             raise EnvelopeError(
                 f"cache entry for key {key!r} is not a workflow-cache envelope "
                 f'(expected a JSON object with "v": {VERSION} and a status of ok/err)'
             )
-        ttl = data.get("ttl")
+        if _too_deep(data):
+            raise EnvelopeError(
+                f"cache entry for key {key!r} is nested more than {MAX_DEPTH} levels deep"
+            )
+        return cls._checked(key, data)
+
+    @classmethod
+    def _checked(cls, key: str, data: Any) -> Envelope:
+        if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != VERSION:
+            raise EnvelopeError(
+                f"cache entry for key {key!r} is not a workflow-cache envelope "
+                f'(expected a JSON object with "v": {VERSION} and a status of ok/err)'
+            )
+        try:
+            stored = _Stored.model_validate(data)
+        except ValidationError as exc:
+            raise EnvelopeError(f"cache entry for key {key!r} {_first_problem(exc)}") from None
         return cls(
-            status=data["status"],
-            value=data.get("value"),
-            error=data.get("error"),
-            unexpected=bool(data.get("unexpected")),
-            created_at=float(data.get("created_at") or 0.0),
-            ttl=None if ttl is None else float(ttl),
+            status=stored.status,
+            value=stored.value,
+            error=stored.error,
+            unexpected=stored.unexpected,
+            created_at=float(stored.created_at),
+            ttl=None if stored.ttl is None else float(stored.ttl),
         )
 
     @classmethod
     def loads(cls, key: str, text: str | bytes) -> Envelope:
+        """Parse and check stored text: the one way an envelope comes back from a store.
+
+        With signing keys configured, the signature is checked first, and a
+        missing or wrong one raises :class:`UnsignedEnvelopeError`.
+        """
+        if len(text) > MAX_BYTES:
+            raise EnvelopeError(
+                f"cache entry for key {key!r} is {len(text):,} bytes, more than {MAX_BYTES:,}"
+            )
+        if isinstance(text, bytes | bytearray):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise EnvelopeError(f"cache entry for key {key!r} is not UTF-8 text") from None
+        if signing.enabled():
+            text = _verified(key, text)
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise EnvelopeError(
+                f"cache entry for key {key!r} is nested more than {MAX_DEPTH} levels deep"
+            ) from None
         except ValueError as exc:
             raise EnvelopeError(f"cache entry for key {key!r} is not valid JSON: {exc}") from None
-        return cls.from_data(key, data)
+        if (
+            len(text) > MAX_DEPTH
+            and text.count("[") + text.count("{") > MAX_DEPTH
+            and _too_deep(data)
+        ):
+            raise EnvelopeError(
+                f"cache entry for key {key!r} is nested more than {MAX_DEPTH} levels deep"
+            )
+        return cls._checked(key, data)
 
     def to_result(self, key: str, returns: Any = None) -> Result[Any, Any]:
         if self.status == "err":
-            error = UnexpectedError.from_json(self.error) if self.unexpected else self.error
-            return err(error)
+            if not self.unexpected:
+                return err(self.error)
+            try:
+                fields = _UnexpectedFields.model_validate(self.error)
+            except ValidationError as exc:
+                raise EnvelopeError(f"cache entry for key {key!r} {_first_problem(exc)}") from None
+            return err(UnexpectedError(fields.type, fields.message, fields.traceback))
         if returns is None:
             return ok(self.value)
         try:
@@ -148,6 +279,54 @@ class Envelope:
             raise EnvelopeError(
                 f"cached value for key {key!r} does not match returns={returns!r}: {exc}"
             ) from None
+
+
+def _verified(key: str, text: str) -> str:
+    """The envelope text under a valid signature; :class:`UnsignedEnvelopeError` otherwise."""
+    if not text.startswith(_SIG_START):
+        raise UnsignedEnvelopeError(
+            f"cache entry for key {key!r} is not signed (signing keys are configured)"
+        )
+    end = text.find('"', len(_SIG_START), len(_SIG_START) + 201)
+    if end < 0 or text[end + 1 : end + 2] != ",":
+        raise UnsignedEnvelopeError(f"cache entry for key {key!r} has a malformed signature")
+    payload = "{" + text[end + 2 :]
+    try:
+        signing.verify(SIGNATURE_PURPOSE, key, payload.encode(), text[len(_SIG_START) : end])
+    except signing.SignatureError as exc:
+        raise UnsignedEnvelopeError(f"cache entry for key {key!r}: {exc}") from None
+    return payload
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """One line for the first thing wrong in stored data, naming the field."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if not where:
+        return f"is malformed: {first['msg'].removeprefix('Value error, ')}"
+    return f"has a bad {where!r} field: {first['msg']}"
+
+
+def _too_deep_text(text: str) -> bool:
+    """Whether JSON ``text`` nests deeper than :data:`MAX_DEPTH` (cheap when it cannot)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    try:
+        return _too_deep(json.loads(text))
+    except RecursionError:
+        return True
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether parsed data nests lists and dicts deeper than :data:`MAX_DEPTH` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _not_storable(key: str, what: Any, exc: Exception) -> NotStorableError:

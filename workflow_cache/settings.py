@@ -98,8 +98,20 @@ class Settings(BaseSettings):
     )
     signing_key: SecretStr | None = Field(
         default=None,
-        description="Secret for HMAC-SHA256 signatures of stored entries; "
-        "entries are signed and verified when it is set.",
+        description="Secret for HMAC-SHA256 signatures of stored entries (several, comma-"
+        "separated, for rotation: the first signs, all verify); entries are signed and "
+        "verified when it is set (docs/trust.md).",
+    )
+    signing_keys: SecretStr | None = Field(
+        default=None,
+        description="More verifying keys, comma-separated, added after `signing_key` "
+        "(a key being retired).",
+    )
+    max_restore_bytes: int = Field(
+        default=10 << 30,
+        gt=0,
+        description="The most file bytes one archive restore may write; past it the "
+        "restore is a miss.",
     )
     metrics_port: int | None = Field(
         default=None,

@@ -281,5 +281,5 @@ def test_cache_list_show_delete(cli: Cli) -> None:
 
     cli.run_json(flow)
     assert "deleted 1 entry" in cli("cache", "delete", "--prefix", "other").stdout
-    assert "deleted 1 entry" in cli("cache", "delete", "--all").stdout
+    assert "deleted 1 entry" in cli("cache", "delete", "--all", "--yes").stdout
     assert json.loads(cli("cache", "list", "--json").stdout) == []

@@ -4,6 +4,10 @@ Each outcome is one JSON envelope at ``wfc:<namespace>:{<key>}:out`` with its
 time-to-live set in Redis itself. One client (one connection pool) per cache.
 A missing key is run under the single-flight claim of ``claims.py``: of all the
 processes that reach it at once, one executes and the others get its outcome.
+
+With signing keys configured, outcomes are written signed and an unsigned,
+forged or wrongly keyed one is a miss with one warning: it is removed (only if
+it is still the same bytes) so the step runs and stores a signed outcome.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import redis
 
-from workflow_cache import metrics, tracing
+from workflow_cache import metrics, signing, tracing
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.cache.claims import (
     CacheUnavailable,
@@ -29,10 +33,18 @@ from workflow_cache.cache.claims import (
 from workflow_cache.cache.clients import client_from_url, read_many
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
-from workflow_cache.envelope import Envelope
+from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
 from workflow_cache.options import check_key
 
 _SCAN_BATCH = 500
+_REFUSED_RETRIES = 3
+# KEYS: out   ARGV: the exact bytes read. Deletes the value only if nobody replaced it since.
+_DELETE_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +68,7 @@ class RedisCache(NativeCache):
         self.namespace = namespace
         self.keyspace = KeySpace(namespace)
         self.default_ttl = to_seconds(default_ttl, name="default_ttl")
+        signing.signing_keys()  # a bad key setting fails here, not at the first read
         self.lease = float(lease)
         self.wait_timeout = wait_timeout
         self._flight: SingleFlight | None = None
@@ -86,7 +99,7 @@ class RedisCache(NativeCache):
         with self._reaching():
             raw = self.client.get(self._out(key))
         self._looked_up([key], [raw])
-        return None if raw is None else Envelope.loads(key, raw)
+        return None if raw is None else self._decode(key, raw)
 
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
@@ -95,8 +108,7 @@ class RedisCache(NativeCache):
             rows = read_many(self.client, [self._out(key) for key in keys])
         self._looked_up(keys, rows)
         return [
-            None if raw is None else Envelope.loads(k, raw)
-            for k, raw in zip(keys, rows, strict=True)
+            None if raw is None else self._decode(k, raw) for k, raw in zip(keys, rows, strict=True)
         ]
 
     def _looked_up(self, keys: Sequence[str], rows: Sequence[Any]) -> None:
@@ -111,8 +123,21 @@ class RedisCache(NativeCache):
                     found = "hit" if raw is not None else "miss"
                     log.debug("step %s: %s in namespace %s", found, key, self.namespace)
 
+    def _decode(self, key: str, raw: bytes) -> Envelope | None:
+        """The stored envelope; None (a miss, removed, one warning) if its signature is bad."""
+        try:
+            return Envelope.loads(key, raw)
+        except UnsignedEnvelopeError as exc:
+            self._refuse(key, raw, exc)
+            return None
+
+    def _refuse(self, key: str, raw: bytes, problem: EnvelopeError) -> None:
+        log.warning("%s; treating it as a miss and removing it", problem)
+        with self._reaching():
+            self.client.eval(_DELETE_IF_SAME, 1, self._out(key), raw)
+
     def save(self, key: str, envelope: Envelope) -> None:
-        text = envelope.dumps(key)
+        text = envelope.sealed(key)
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
         with self._reaching():
             self.client.set(self._out(key), text, px=ttl_ms)
@@ -127,17 +152,24 @@ class RedisCache(NativeCache):
 
     def acquire(self, key: str) -> Envelope | RedisClaim:
         """The key's outcome once known (waiting while another process runs it), or its claim."""
-        started = time.perf_counter()
-        got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
-        waited = time.perf_counter() - started
-        done = isinstance(got, Done)
-        # Epoch keys are deleted at commit, so a claim with epoch > 1 follows one that
-        # ended without an outcome: its holder crashed or gave the key back.
-        takeover = not done and got.epoch > 1  # type: ignore[union-attr]
-        metrics.claim_acquired(self.namespace, waited, waited=done, takeover=takeover)
-        if isinstance(got, Done):
-            return Envelope.loads(key, got.outcome)
-        return RedisClaim(key, got, self.namespace)
+        for _ in range(_REFUSED_RETRIES):
+            started = time.perf_counter()
+            got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
+            waited = time.perf_counter() - started
+            done = isinstance(got, Done)
+            # Epoch keys are deleted at commit, so a claim with epoch > 1 follows one that
+            # ended without an outcome: its holder crashed or gave the key back.
+            takeover = not done and got.epoch > 1  # type: ignore[union-attr]
+            metrics.claim_acquired(self.namespace, waited, waited=done, takeover=takeover)
+            if not isinstance(got, Done):
+                return RedisClaim(key, got, self.namespace)
+            try:
+                return Envelope.loads(key, got.outcome)
+            except UnsignedEnvelopeError as exc:
+                self._refuse(key, got.outcome, exc)
+        raise EnvelopeError(
+            f"cache entry for key {key!r} keeps being replaced by unsigned or forged outcomes"
+        )
 
     # -- Map-like management --------------------------------------------------------------
 
@@ -186,7 +218,7 @@ class RedisClaim:
 
     def commit(self, envelope: Envelope, *, keep: bool) -> bool:
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-        accepted = self.holder.commit(envelope.dumps(self.key), ttl_ms=ttl_ms, keep=keep)
+        accepted = self.holder.commit(envelope.sealed(self.key), ttl_ms=ttl_ms, keep=keep)
         seconds = time.perf_counter() - self._started
         metrics.commit(self.namespace, envelope.status, seconds, accepted=accepted)
         tracing.end(self._span, status=envelope.status, committed=accepted, stored=keep)

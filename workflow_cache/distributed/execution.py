@@ -219,7 +219,7 @@ def _commit(run: _Execution, result: Result[Any, Any]) -> None:
     envelope, keep = _outcome(header, result)
     ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
     try:
-        committed = run.holder.commit(envelope.dumps(header.key), ttl_ms=ttl_ms, keep=keep)
+        committed = run.holder.commit(envelope.sealed(header.key), ttl_ms=ttl_ms, keep=keep)
     except CacheUnavailable as exc:
         log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
         tracing.end(run.span, released=True)
@@ -255,7 +255,7 @@ def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, wha
         envelope, keep = _outcome(header, err(UnexpectedError.from_exception(exc)))
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
         messages = runner.messages(header.ns)
-        messages.fail_task(header.key, task_id, envelope.dumps(header.key), ttl_ms, keep)
+        messages.fail_task(header.key, task_id, envelope.sealed(header.key), ttl_ms, keep)
     except Exception as error:  # the lease or the queued marker still runs out
         log.warning("step %r: %s not recorded as its outcome: %s", header.key, what, error)
 

@@ -20,8 +20,10 @@ names, no ``..``, nothing written through a symlink (a member whose parent path
 is a symlink is refused), no existing path reused, no devices or fifos, hard
 links only to regular files extracted before them. Files are created with
 ``O_EXCL | O_NOFOLLOW``. Only when the whole stream has been read and verified
-(tar end marker, zstd checksum) is the staging folder moved into ``root``; any
-failure leaves ``root`` as it was.
+(tar end marker, zstd checksum, and the caller's own check such as a signed
+digest) is the staging folder moved into ``root``; any failure leaves ``root``
+as it was. :class:`Limits` bound what one archive may expand to, so a small
+archive of zeros cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ _ENVIRONMENT_ERRORS = {
     errno.EPERM,
     errno.EROFS,
     errno.EIO,
+    errno.EFBIG,
 }
 
 
@@ -75,6 +78,18 @@ class ArchiveStats:
 
 class ArchiveError(Exception):
     """An archive that cannot be written or is corrupt, truncated or hostile."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most one extraction may produce; beyond either bound it stops with ArchiveError.
+
+    ``file_bytes`` bounds the bytes of the files written, ``stream_bytes`` the
+    uncompressed tar stream (headers of empty files and folders included).
+    """
+
+    file_bytes: int
+    stream_bytes: int
 
 
 def pack(
@@ -232,12 +247,21 @@ def _gnu_header(
     return block[:148] + b"%06o\0 " % sum(block) + block[156:]
 
 
-def unpack(src: BinaryIO, root: Path, *, progress: Progress | None = None) -> ArchiveStats:
+def unpack(
+    src: BinaryIO,
+    root: Path,
+    *,
+    progress: Progress | None = None,
+    limits: Limits | None = None,
+    check: Callable[[], None] | None = None,
+) -> ArchiveStats:
     """Extract an archive written by :func:`pack` into ``root`` (created if needed).
 
     Entries already in ``root`` are replaced by the archive's; directories merge.
-    Raises :class:`ArchiveError` for corrupt, truncated or hostile input, in which
-    case nothing was added to ``root``.
+    Raises :class:`ArchiveError` for corrupt, truncated or hostile input, or
+    input beyond ``limits``, in which case nothing was added to ``root``.
+    ``check`` runs once the whole of ``src`` has been read and before anything
+    reaches ``root``; it raises to refuse the archive.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -245,8 +269,10 @@ def unpack(src: BinaryIO, root: Path, *, progress: Progress | None = None) -> Ar
     staging = tempfile.mkdtemp(prefix=".wfc-unpack-", dir=root)
     try:
         try:
-            extractor = _Extractor(staging, progress)
+            extractor = _Extractor(staging, progress, limits)
             extractor.run(src)
+            if check is not None:
+                check()
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             raise ArchiveError(f"corrupt or truncated archive: {exc}") from exc
         except OSError as exc:
@@ -345,8 +371,10 @@ class _TarStream:
 
     _MAX_LONG_NAME = 1 << 16
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, limit: int | None = None) -> None:
         self._raw = raw
+        self._limit = limit
+        self._total = 0
         self._buffer = bytearray()
         self._pos = 0
         self._left = 0  # unread data bytes of the current member
@@ -358,6 +386,11 @@ class _TarStream:
             chunk = self._raw.read(_CHUNK)
             if not chunk:
                 return False
+            self._total += len(chunk)
+            if self._limit is not None and self._total > self._limit:
+                raise ArchiveError(
+                    f"archive expands beyond the limit of {self._limit:,} bytes; not restored"
+                )
             if self._pos:
                 del self._buffer[: self._pos]
                 self._pos = 0
@@ -447,9 +480,10 @@ def _padded(size: int) -> int:
 class _Extractor:
     """Extracts one archive into a fresh staging folder, refusing anything unsafe."""
 
-    def __init__(self, staging: str, progress: Progress | None) -> None:
+    def __init__(self, staging: str, progress: Progress | None, limits: Limits | None) -> None:
         self.staging = staging
         self.progress = progress
+        self.limits = limits
         self.files = 0
         self.bytes = 0
         self.symlinks: set[str] = set()  # archive symlinks: nothing may go through them
@@ -462,7 +496,7 @@ class _Extractor:
             src, read_size=_ZSTD_READ_SIZE, closefd=False
         )
         with reader:
-            stream = _TarStream(reader)
+            stream = _TarStream(reader, None if self.limits is None else self.limits.stream_bytes)
             while (member := stream.next()) is not None:
                 self.extract(stream, member)
             if stream.trailer(_MAX_TRAILER) > _MAX_TRAILER:
@@ -524,6 +558,11 @@ class _Extractor:
         return member
 
     def _write_file(self, tar: _TarStream, member: tarfile.TarInfo, target: str) -> None:
+        if self.limits is not None and self.bytes + member.size > self.limits.file_bytes:
+            raise ArchiveError(
+                f"archive expands beyond the limit of {self.limits.file_bytes:,} file bytes "
+                f"at {member.name!r}; not restored"
+            )
         try:
             fd = os.open(target, _NEW_FILE, 0o600)
         except FileExistsError:

@@ -4,12 +4,16 @@ For each WorkingDirectory the order is: fresh folder, restore (ttl read from the
 spec being run, so raising or lowering it takes effect at once), input files,
 children in order, save when every child succeeded and no valid entry was
 restored, output files copied out, folder removed.
+
+A restored folder is untrusted (docs/trust.md): it is checked before use
+(:mod:`~workflow_cache.workdir.restored`), input files are written without
+following symlinks, output files that are symlinks leaving the folder are not
+copied, and a restore the run cannot use safely is a cache miss.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -18,12 +22,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workflow_cache.workdir import safefs
 from workflow_cache.workdir.fallback import restore_fallback
 from workflow_cache.workdir.filecache import EntryKey, FileCache
 from workflow_cache.workdir.inputs import resolve_inputs
 from workflow_cache.workdir.outputs import copy_file_inputs, split_file_inputs
 from workflow_cache.workdir.patterns import match_files
 from workflow_cache.workdir.rendering import FlowRenderer
+from workflow_cache.workdir.restored import (
+    ORIGIN_FILE,
+    UnsafeRestoreError,
+    relocate_from,
+    take_origin,
+)
 from workflow_cache.workdir.runner import (
     SCRIPTS_DIR,
     OutputSink,
@@ -40,12 +51,6 @@ from workflow_cache.workdir.spec import (
 )
 
 log = logging.getLogger("workflow_cache.flow")
-
-ORIGIN_FILE = ".workflow-cache/origin"
-"""Saved with every entry: the folder it was built in, so absolute paths can be moved."""
-
-_RELOCATE_LIMIT = 1 << 20
-_BINARY_SUFFIXES = frozenset({".pyc", ".so", ".dylib", ".o", ".a", ".whl", ".gz", ".zip", ".node"})
 
 
 @dataclass
@@ -272,7 +277,7 @@ class _FlowRun:
                 continue
             if self._script(child, folder, parent=task.id).status == "failed":
                 failed = child.id
-        shutil.rmtree(folder / SCRIPTS_DIR, ignore_errors=True)
+        safefs.remove_tree(folder, SCRIPTS_DIR)
         return failed
 
     def _key(self, task: WorkingDirectory, spec: CacheSpec, folder: Path) -> EntryKey:
@@ -309,18 +314,43 @@ class _FlowRun:
         summary.restore_seconds = result.seconds
         summary.cache_reason = result.reason
         if result.hit:
+            try:
+                origin = take_origin(folder)
+                relocate_from(folder, origin)
+                self._inputs(folder, task)
+            except (UnsafeRestoreError, OSError) as exc:
+                self._reject(task, key, folder, summary, exc)
+                return key
             summary.cache = "partial" if result.reason.startswith("fallback") else "hit"
-            marker = folder / ORIGIN_FILE
-            hidden = marker.stat().st_size if marker.is_file() else None
+            hidden = None if origin is None else len(origin.encode())
             summary.restored_files = result.files - (hidden is not None)
             summary.restored_bytes = result.bytes - (hidden or 0)
-            relocate(folder)
-            self._inputs(folder, task)
         else:
             summary.cache = "expired" if result.reason == "expired" else "miss"
             if result.reason == "corrupt":
                 summary.warnings.append("the cache entry could not be restored; ran without it")
         return key
+
+    def _reject(
+        self,
+        task: WorkingDirectory,
+        key: EntryKey,
+        folder: Path,
+        summary: TaskSummary,
+        problem: Exception,
+    ) -> None:
+        """A restored folder the run cannot use safely: remove the entry, run without it."""
+        reason = f"restored folder rejected: {problem}"
+        log.warning("task %s: %s; removing the entry, running without it", task.id, reason)
+        _empty(folder)
+        self._inputs(folder, task)
+        summary.cache = "miss"
+        summary.cache_reason = reason
+        summary.warnings.append(f"{reason}; ran without it")
+        try:
+            self.cache.delete(key)
+        except (OSError, ValueError) as exc:
+            log.warning("task %s: cannot remove the rejected entry: %s", task.id, exc)
 
     def _save(self, key: EntryKey, spec: CacheSpec, folder: Path, summary: TaskSummary) -> None:
         if summary.cache == "hit":
@@ -329,9 +359,7 @@ class _FlowRun:
         if not match_files(folder, spec.patterns):
             summary.save_reason = "not saved: no files matched the cache patterns"
             return
-        marker = folder / ORIGIN_FILE
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_bytes(str(folder).encode())
+        safefs.write_file(folder, ORIGIN_FILE, str(folder).encode())
         try:
             result = self.cache.save(key, folder, [*spec.patterns, ORIGIN_FILE])
         except Exception as exc:  # the work is done; a failed save only costs the next run
@@ -340,7 +368,7 @@ class _FlowRun:
             log.warning("task %s: cache save failed: %s", summary.task_id, exc)
             return
         finally:
-            marker.unlink(missing_ok=True)
+            safefs.remove_tree(folder, ORIGIN_FILE)
         summary.saved = result.saved
         summary.save_reason = result.reason
         if result.saved:  # report the user's files, not the origin marker
@@ -360,7 +388,10 @@ class _FlowRun:
         copied = []
         for relative in match_files(folder, patterns):
             source = folder / relative
-            if source.is_dir():
+            if source.is_symlink() and not safefs.is_inside(folder, source):
+                log.warning("not copying output %s: it is a symlink out of the folder", relative)
+                continue
+            if not source.is_file():
                 continue
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -384,10 +415,9 @@ def _kind(task: WorkingDirectory | ScriptLike) -> str:
 
 
 def _write_inputs(folder: Path, files: Mapping[str, str]) -> None:
+    """Write input files; a symlink on the way is refused, one at the name is replaced."""
     for name, content in files.items():
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content, encoding="utf-8")
+        safefs.write_file(folder, name, content.encode("utf-8"))
 
 
 def _empty(folder: Path) -> None:
@@ -406,51 +436,7 @@ def relocate(folder: Path) -> int:
     ``bin/pip`` starts with ``#!/old/folder/venv/bin/python`` and its ``activate``
     sets ``VIRTUAL_ENV`` to the old folder. Text files and symlinks naming the old
     folder are rewritten so a restored venv works where it lands. Returns the
-    number of paths changed.
+    number of paths changed; an unusable origin marker is
+    :class:`~workflow_cache.workdir.restored.UnsafeRestoreError`.
     """
-    marker = folder / ORIGIN_FILE
-    if not marker.is_file():
-        return 0
-    old = marker.read_text(encoding="utf-8").strip()
-    marker.unlink()
-    _remove_empty_parent(marker.parent, folder)
-    new = str(folder)
-    if not old or old == new:
-        return 0
-    old_bytes, new_bytes = old.encode(), new.encode()
-    changed = 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath, name)
-            if path.is_symlink():
-                changed += _relink(path, old, new)
-            elif name in filenames and path.suffix not in _BINARY_SUFFIXES:
-                changed += _rewrite(path, old_bytes, new_bytes)
-    return changed
-
-
-def _relink(path: Path, old: str, new: str) -> int:
-    target = os.readlink(path)
-    if target != old and not target.startswith(old + os.sep):
-        return 0
-    path.unlink()
-    os.symlink(new + target[len(old) :], path)
-    return 1
-
-
-def _rewrite(path: Path, old: bytes, new: bytes) -> int:
-    try:
-        if path.stat().st_size > _RELOCATE_LIMIT:
-            return 0
-        data = path.read_bytes()
-    except OSError:
-        return 0
-    if old not in data or b"\0" in data:
-        return 0
-    path.write_bytes(data.replace(old, new))
-    return 1
-
-
-def _remove_empty_parent(directory: Path, folder: Path) -> None:
-    if directory != folder and directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
+    return relocate_from(folder, take_origin(folder))
