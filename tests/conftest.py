@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 
@@ -13,6 +14,9 @@ from tests.servers import RedisServer
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
+    # Celery result objects unsubscribe from their backend when collected: let that
+    # happen while the server still answers, not against a stopped one at exit.
+    gc.collect()
     server.stop()
 
 

@@ -277,41 +277,43 @@ class LocalOutcomes(Outcomes):
 
     def __init__(self, cache: LocalCache) -> None:
         self.cache = cache
-        self.db = cache._db
         self.where = repr(cache)
 
     def page(self, prefix: str = "", cursor: str = "0", count: int = 100) -> Page:
         """Keys in sorted order after ``cursor`` (a position in that order)."""
         start = int(cursor) if cursor.isdigit() else 0
-        keys = sorted(k for k in self.db.iterkeys() if isinstance(k, str) and k.startswith(prefix))
+        keys = self.cache.keys(prefix)
         chosen = keys[start : start + count]
         entries = [info for info in (self.show(k) for k in chosen) if info is not None]
         end = start + count
         return Page(entries, str(end) if end < len(keys) else "0")
 
     def show(self, key: str) -> OutcomeInfo | None:
-        got = self.db.get(key, default=None, expire_time=True)
-        raw, expires = got if isinstance(got, tuple) else (got, None)
-        if raw is None:
+        row = self.cache.row(key)
+        if row is None:
             return None
+        raw, expires = row
         now = time.time()
         info = _from_raw(key, raw if isinstance(raw, str | bytes) else "", now)
-        info.ttl_seconds = None if expires is None else max(0.0, expires - now)
+        if isinstance(expires, int | float):
+            info.ttl_seconds = max(0.0, expires - now)
         return info
 
     def delete(self, key: str) -> bool:
-        return bool(self.db.delete(key))
+        return self.cache.delete(key)
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = [k for k in self.db.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
-        return sum(bool(self.db.delete(k)) for k in keys)
+        return sum(self.cache.delete(k) for k in self.cache.keys(prefix))
 
     def clear(self) -> int:
-        return int(self.db.clear())
+        return self.cache.clear()
 
     def stats(self, prefix: str = "") -> Stats:
         stats = super().stats(prefix)
-        stats.extra = {"directory": str(self.cache.directory), "disk_bytes": self.db.volume()}
+        stats.extra = {
+            "directory": str(self.cache.directory),
+            "disk_bytes": self.cache.disk_bytes(),
+        }
         return stats
 
     def close(self) -> None:

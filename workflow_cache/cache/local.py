@@ -118,6 +118,25 @@ class LocalCache(NativeCache):
     def clear(self) -> int:
         return self._query("*", "DELETE FROM outcomes", ()).rowcount
 
+    # -- for operators (workflow-cache steps ...): rows as stored, not decoded
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Stored keys that start with ``prefix`` (case-sensitive), sorted."""
+        sql = "SELECT key FROM outcomes WHERE substr(key, 1, ?) = ? ORDER BY key"
+        rows = self._query(prefix or "*", sql, (len(prefix), prefix)).fetchall()
+        return [key for (key,) in rows if isinstance(key, str)]
+
+    def row(self, key: str) -> tuple[Any, Any] | None:
+        """The stored value and expiry time of ``key`` as they are, or None."""
+        sql = "SELECT value, expires FROM outcomes WHERE key = ?"
+        found = self._query(key, sql, (key,)).fetchone()
+        return None if found is None else (found[0], found[1])
+
+    def disk_bytes(self) -> int:
+        """Bytes of the database and its write-ahead log on disk."""
+        names = (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+        return sum(name.stat().st_size for name in names if name.is_file())
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
