@@ -13,7 +13,8 @@ from typing import Any
 from workflow_cache.cache.claims import CacheUnavailable, ClaimTimeout
 from workflow_cache.cache.local import LocalCache
 from workflow_cache.cache.redis import RedisCache
-from workflow_cache.envelope import EnvelopeError, NotStorableError
+from workflow_cache.duration import DurationError
+from workflow_cache.envelope import EnvelopeError, NotStorableError, UnsignedEnvelopeError
 from workflow_cache.events import StepEvent
 from workflow_cache.result import Result, ResultError, UnexpectedError, err, ok
 from workflow_cache.step import CachingSkippedWarning, Step
@@ -37,6 +38,7 @@ _LAZY = {
     "InputError": "workflow_cache.workdir.inputs",
     "ExpressionError": "workflow_cache.workdir.expressions",
     "Settings": "workflow_cache.settings",
+    "TrustConfigError": "workflow_cache.trust_config",
     "SettingsWarning": "workflow_cache.settings",
 }
 
@@ -53,6 +55,7 @@ __all__ = [
     "CachingSkippedWarning",
     "CeleryDispatcher",
     "ClaimTimeout",
+    "DurationError",
     "EntryKey",
     "EnvelopeError",
     "ExpressionError",
@@ -70,7 +73,9 @@ __all__ = [
     "SettingsWarning",
     "Step",
     "StepEvent",
+    "TrustConfigError",
     "UnexpectedError",
+    "UnsignedEnvelopeError",
     "Workflow",
     "WorkingDirectory",
     "create_workflow",
