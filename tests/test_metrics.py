@@ -122,7 +122,9 @@ def test_hits_misses_messages_and_takeovers_in_process(redis_url: str, namespace
         assert sample("workflow_cache_claim_takeovers_total") == 1
         second.release()  # type: ignore[union-attr]
 
-        app.send_task("workflow_cache.step", args=("t", [], {}, "k", namespace, {}))
+        # a step message is the user's own task carrying the step header
+        app.send_task("tests.any", headers={"wfc_step": {"key": "k", "ns": namespace}})
+        app.send_task("tests.any")  # not a step: not counted
         assert sample("workflow_cache_step_messages_sent_total", queue=f"q-{namespace}") == 1
     finally:
         cache.clear()

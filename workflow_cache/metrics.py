@@ -153,7 +153,8 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
 
     Must run before the first sample is recorded (fleet apps call it at import time,
     before the pool forks). A fresh temporary folder when none is given; an explicit
-    folder is emptied, because samples of a previous run would be added to this one.
+    folder loses its sample files (``*.db``), because samples of a previous run would be
+    added to this one.
     """
     import prometheus_client.values as values
 
@@ -163,9 +164,10 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="workflow-cache-metrics-"))
         _made_dirs.append(directory)  # removed when the worker shuts down
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
+    else:  # only the sample files: the folder is the operator's, whatever else it holds
         directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     values.ValueClass = values.get_value_class()
     return directory
@@ -193,12 +195,16 @@ def watch_celery(app: Any, *, port: int | None, addr: str = "0.0.0.0") -> None:
     """
     from celery import signals
 
-    def sent(sender: str | None = None, body: Any = None, routing_key: str = "", **_: Any) -> None:
-        if sender == "workflow_cache.step":
-            message_sent(_namespace_of(body), routing_key or "")
+    from workflow_cache.distributed.header import HEADER
+    from workflow_cache.workdir.celery_tasks import RUN_FLOW
+
+    def sent(headers: Any = None, routing_key: str = "", **_: Any) -> None:
+        step = headers.get(HEADER) if isinstance(headers, dict) else None
+        if isinstance(step, dict):  # a step message: the user's task with the step header
+            message_sent(str(step.get("ns", "")), routing_key or "")
 
     def flow_done(sender: Any = None, retval: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == "workflow_cache.run_flow":
+        if getattr(sender, "name", None) == RUN_FLOW:
             for task in _summary_tasks(retval):
                 if task.get("restored_bytes"):
                     archive_transfer(
@@ -226,15 +232,6 @@ def watch_celery(app: Any, *, port: int | None, addr: str = "0.0.0.0") -> None:
     signals.task_postrun.connect(flow_done, weak=False, dispatch_uid=f"{__name__}.flow")
     if port is not None:
         signals.worker_init.connect(started, weak=False, dispatch_uid=f"{__name__}.serve")
-
-
-def _namespace_of(body: Any) -> str:
-    """The namespace argument of a ``workflow_cache.step`` message (protocol 2 body)."""
-    try:
-        args = body[0]
-        return str(args[4])
-    except (IndexError, KeyError, TypeError):
-        return ""
 
 
 def _summary_tasks(retval: Any) -> list[Mapping[str, Any]]:

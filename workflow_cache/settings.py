@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflow_cache.duration import DurationError, to_seconds
+from workflow_cache.trust_config import DEFAULT_MAX_RESTORE_BYTES
 
 __all__ = ["PREFIX", "Settings", "SettingsWarning", "unknown_variables"]
 
@@ -108,7 +109,7 @@ class Settings(BaseSettings):
         "(a key being retired).",
     )
     max_restore_bytes: int = Field(
-        default=10 << 30,
+        default=DEFAULT_MAX_RESTORE_BYTES,
         gt=0,
         description="The most file bytes one archive restore may write; past it the "
         "restore is a miss.",

@@ -1,6 +1,7 @@
 """Single flight in Redis: at most one process runs a step, every caller gets its outcome.
 
-The protocol is four Lua scripts (``lua/<name>.lua``), each one atomic step on the keys
+The claim protocol is four of the Lua scripts in ``lua/`` (the others serve dispatch,
+``messages.py``), each one atomic step on the keys
 of one step (see ``keys.py``; they share a cluster hash slot):
 
 ``claim``

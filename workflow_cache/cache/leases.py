@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Renewer"]
 
@@ -39,12 +42,21 @@ class Renewer:
             self._holders.discard(holder)
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self._interval)
+        try:
+            while True:
+                time.sleep(self._interval)
+                with self._lock:
+                    holders = list(self._holders)
+                    if not holders:
+                        return
+                for holder in holders:
+                    try:
+                        holder._renew()
+                    except Exception as exc:  # one odd reply must not end every renewal
+                        log.warning("lease renewal of %r failed: %s", holder, exc)
+        finally:
             with self._lock:
-                holders = list(self._holders)
-                if not holders:
-                    self._thread = None
-                    return
-            for holder in holders:
-                holder._renew()
+                self._thread = None
+                if self._holders:  # ended by something unexpected: keep renewing
+                    self._thread = threading.Thread(target=self._run, name="wfc-renew", daemon=True)
+                    self._thread.start()

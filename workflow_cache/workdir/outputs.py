@@ -14,14 +14,12 @@ file's bytes into the folder, as Kestra does with internal-storage URIs.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from workflow_cache.workdir import safefs
 from workflow_cache.workdir.errors import FlowError
 from workflow_cache.workdir.patterns import selects
 
@@ -118,35 +116,16 @@ def split_file_inputs(
 
 
 def copy_file_inputs(folder: Path, copies: Mapping[str, str]) -> None:
-    """Copy each file into ``folder`` under its name, never through a symlink in the folder."""
+    """Copy each file into ``folder`` under its name, never through a symlink in the folder.
+
+    A symlink or file on the way is :class:`~workflow_cache.workdir.safefs.UnsafePathError`
+    (an ``OSError``, so a restored folder that holds one is rejected like any unsafe restore);
+    a source that cannot be read is a :class:`FlowError` naming the input.
+    """
     for name, source in copies.items():
-        target = _inside(folder, name)
         try:
-            with open(source, "rb") as src:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-                descriptor = os.open(target, flags, 0o644)
-                with os.fdopen(descriptor, "wb") as dest:
-                    shutil.copyfileobj(src, dest, 1 << 20)
+            src = open(source, "rb")  # noqa: SIM115  (closed below, after the copy)
         except OSError as exc:
             raise FlowError(f"input file {name!r}: cannot copy {source!r}: {exc}") from None
-
-
-def _inside(folder: Path, name: str) -> Path:
-    """Create the parents of ``name`` in ``folder``; a symlink or file on the way is refused."""
-    parts = PurePosixPath(name).parts
-    if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
-        raise FlowError(f"input file {name!r} must be a relative path inside the working folder")
-    current = folder
-    for part in parts[:-1]:
-        current = current / part
-        try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            current.mkdir()
-            continue
-        if not stat.S_ISDIR(mode):
-            raise FlowError(f"input file {name!r}: {part!r} in the working folder is not a folder")
-    target = current / parts[-1]
-    if target.is_symlink():
-        target.unlink()
-    return target
+        with src:
+            safefs.write_file(folder, name, src)

@@ -111,8 +111,8 @@ def open_regular(root: str | os.PathLike[str], relative: str) -> BinaryIO:
         raise
 
 
-def write_file(root: str | os.PathLike[str], relative: str, data: bytes) -> None:
-    """Write ``data`` to ``root/relative``, making folders on the way.
+def write_file(root: str | os.PathLike[str], relative: str, data: bytes | BinaryIO) -> None:
+    """Write ``data`` (bytes, or a file read to its end) to ``root/relative``, making folders.
 
     A symlink at the name itself is replaced by the file; a symlink or a file
     on the way is :class:`UnsafePathError`, and so is anything at the name that
@@ -137,9 +137,13 @@ def write_file(root: str | os.PathLike[str], relative: str, data: bytes) -> None
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise UnsafePathError(errno.EINVAL, "not a regular file", relative)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                if isinstance(data, bytes):
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                else:
+                    with os.fdopen(fd, "wb", closefd=False) as out:
+                        shutil.copyfileobj(data, out, 1 << 20)
             finally:
                 os.close(fd)
     finally:
