@@ -92,3 +92,27 @@ def test_fail_task_commits_for_the_claim_or_the_marker_of_that_task(
     assert not messages.fail_task("b", "q2", b"x", None, keep=False)
     assert messages.fail_task("b", "q1", b"expired", None, keep=False)
     assert messages.enqueue("b", "w", TTL, since=sent.since) == Done(b"expired")
+
+
+def test_a_step_no_worker_would_accept_is_refused_before_anything_is_queued(
+    redis_url: str, namespace: str
+) -> None:
+    from celery import Celery
+
+    from workflow_cache import RedisCache, create_workflow
+    from workflow_cache.distributed import CeleryDispatcher, install
+
+    app = Celery("refused", broker=redis_url)
+    cache = RedisCache(redis_url, namespace=namespace)
+    install(app, cache)
+
+    @app.task(name="tests.refused", shared=False)
+    def refused() -> None:
+        """Never runs: the step is refused before it is sent."""
+
+    workflow = create_workflow({}, cache=cache, dispatcher=CeleryDispatcher(app, cache, timeout=5))
+    long_key = "k" * 5000
+    with pytest.raises(ValueError, match="cannot be sent: key"):
+        workflow(lambda step: step(refused.s(), key=long_key))
+    assert cache.client.keys(f"wfc:{namespace}:*") == []  # no queued marker left behind
+    cache.close()

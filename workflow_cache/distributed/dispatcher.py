@@ -83,6 +83,8 @@ class CeleryDispatcher:
         for sig, _ in works:
             require_task(sig)  # before anything is sent: a refusal leaves no message behind
         keyed = [_Pending(sig, _with_key(options)) for sig, options in works]
+        for p in keyed:  # a step no worker would accept is refused before anything is queued
+            StepHeader.of(p.options, self.cache.namespace, once=p.key.startswith(_ONCE))
         unique = {p.key: p for p in reversed(keyed)}  # one message per key, first one wins
         outcomes: dict[str, Result[Any, Any]] = {}
         with self.cache.flight.watch_many(unique) as notices:

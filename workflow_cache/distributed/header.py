@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from workflow_cache.duration import MAX_DURATION
 from workflow_cache.options import StepOptions
 
 HEADER = "wfc_step"
@@ -26,22 +27,29 @@ class StepHeader(BaseModel):
     v: int = Field(1, ge=1, le=1)
     key: str = Field(min_length=1, max_length=MAX_KEY_CHARS)
     ns: str = Field(min_length=1, max_length=256)
-    ttl: float | None = Field(default=None, gt=0, le=10 * 365 * 24 * 3600)
+    ttl: float | None = Field(default=None, gt=0, le=MAX_DURATION.total_seconds())
     errors: bool = True
     exceptions: bool = False
     once: bool = False
 
     @classmethod
     def of(cls, options: StepOptions, namespace: str, *, once: bool) -> StepHeader:
+        """The header of a step to send; a step no worker would accept is a ``ValueError``."""
         assert options.key is not None
-        return cls(
-            key=options.key,
-            ns=namespace,
-            ttl=options.ttl,
-            errors=options.cache_errors,
-            exceptions=options.cache_exceptions,
-            once=once,
-        )
+        try:
+            return cls(
+                key=options.key,
+                ns=namespace,
+                ttl=options.ttl,
+                errors=options.cache_errors,
+                exceptions=options.cache_exceptions,
+                once=once,
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"step {options.key[:80]!r} cannot be sent: {problems}") from None
 
     def options(self) -> StepOptions:
         return StepOptions(
