@@ -146,3 +146,15 @@ def test_cli_prune_lists_and_prefixes(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["cache", "prune", "--storage", str(storage), "--max-size", "10XB"]) == 2
     err = capsys.readouterr().err
     assert "--max-size '10XB' is not a size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_deleting_an_entry_removes_its_restore_markers(
+    cache: FileCache, clock: Clock, tmp_path: Path
+) -> None:
+    a, _, _ = save_three(cache, clock, tmp_path)  # a was restored: it has a marker
+    (entry,) = [e for e in cache.entries() if e.key == a]
+    folder = entry.name.rsplit("/", 1)[0] if entry.name.endswith("entry.json") else entry.name
+    before = cache.storage.list(folder)
+    assert any("/restored-" in n for n in before)
+    assert cache.delete_name(entry.name)
+    assert cache.storage.list(folder) == []

@@ -50,7 +50,7 @@ from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, Limits, p
 from workflow_cache.workdir.patterns import match_files, validate_patterns
 from workflow_cache.workdir.safefs import UnsafePathError
 from workflow_cache.workdir.storage import Storage
-from workflow_cache.workdir.usage import record_restore
+from workflow_cache.workdir.usage import marker_time, record_restore
 
 log = logging.getLogger(__name__)
 
@@ -375,13 +375,16 @@ class FileCache:
         return self._delete_names(self.storage.list(""))
 
     def _delete_names(self, names: list[str]) -> int:
-        """Delete entry files among ``names``: pointers first, then archives; nothing else."""
+        """Delete entry files among ``names``: pointers, then archives, then restore markers."""
         pointers = [n for n in names if _entry_file(n) == POINTER]
         archives = [n for n in names if _entry_file(n) == "archive"]
         for name in pointers:  # an entry without its archive must never be visible
             self._delete_quietly_file(name)
         for name in archives:
             self._delete_quietly_file(name)
+        for name in names:  # last-restore markers mean nothing without their entry
+            if _entry_file(name) == "marker":
+                self._delete_quietly_file(name)
         return len(pointers)
 
     def _delete_quietly_file(self, name: str) -> None:
@@ -529,13 +532,15 @@ def _margin(size: int) -> int:
 
 
 def _entry_file(name: str) -> str | None:
-    """``entry.json`` or ``archive`` for the files an entry is made of, else None."""
+    """``entry.json``, ``archive`` or ``marker`` (last restore) for an entry's files, else None."""
     parts = name.split("/")
     if len(parts) < 4 or len(parts) > 5 or (len(parts) == 5 and not parts[3].startswith("@")):
         return None
     if parts[-1] == POINTER:
         return POINTER
-    return "archive" if _ARCHIVE_NAME.fullmatch(parts[-1]) else None
+    if _ARCHIVE_NAME.fullmatch(parts[-1]):
+        return "archive"
+    return "marker" if marker_time(parts[-1]) is not None else None
 
 
 def _segment(text: str) -> str:
