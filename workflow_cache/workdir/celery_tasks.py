@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task, shared_task
 
+from workflow_cache import settings
 from workflow_cache.workdir.flow import FlowSummary, run_flow
 from workflow_cache.workdir.inputs import InputError, resolve_inputs
 from workflow_cache.workdir.loader import parse_flow
@@ -30,9 +30,9 @@ log = logging.getLogger("workflow_cache.workdir.celery")
 
 
 def _setting(app: Celery, name: str) -> str | None:
-    """An app setting ``workflow_cache_<name>``, else ``$WORKFLOW_CACHE_<NAME>``."""
-    value = app.conf.get(f"workflow_cache_{name}")
-    return value or os.environ.get(f"WORKFLOW_CACHE_{name.upper()}") or None
+    """An app setting ``workflow_cache_<name>``, else the ``WORKFLOW_CACHE_<NAME>`` setting."""
+    value = app.conf.get(f"workflow_cache_{name}") or getattr(settings.load(), name)
+    return None if value is None else str(value) or None
 
 
 @shared_task(bind=True, name=RUN_FLOW, acks_late=True)
@@ -143,10 +143,10 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(name)
     if _env_app is None:
-        broker = os.environ.get("WORKFLOW_CACHE_BROKER")
-        if not broker:
+        configured = settings.load()
+        if not configured.broker:
             raise RuntimeError(
                 "set WORKFLOW_CACHE_BROKER to the broker URL, e.g. redis://host:6379/0"
             )
-        _env_app = make_app(broker, os.environ.get("WORKFLOW_CACHE_RESULT_BACKEND"))
+        _env_app = make_app(configured.broker, configured.result_backend)
     return _env_app
