@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -77,17 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_option(run)
     run.add_argument("--namespace", help="run the flow under this namespace instead of its own")
     run.add_argument(
-        "--outputs", type=Path, default=Path("outputs"), help="folder for outputFiles (./outputs)"
+        "--outputs",
+        type=Path,
+        help="folder for outputFiles ($WORKFLOW_CACHE_OUTPUTS, else ./outputs)",
     )
     run.add_argument("--work-dir", type=Path, help="where fresh task folders are made (temp dir)")
     run.add_argument(
         "--broker",
-        default=os.environ.get("WORKFLOW_CACHE_BROKER"),
+        default=None,  # filled from the settings model
         help="send the flow to Celery workers on this broker ($WORKFLOW_CACHE_BROKER)",
     )
     run.add_argument(
         "--result-backend",
-        default=os.environ.get("WORKFLOW_CACHE_RESULT_BACKEND"),
+        default=None,  # filled from the settings model
         help="Celery result backend (default: the broker, when it is Redis)",
     )
     run.add_argument("--queue", help="Celery queue to send the flow to")
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
-        default=os.environ.get("WORKFLOW_CACHE_STORAGE"),
+        default=None,  # filled from the settings model
         help="where archives live: a folder or fsspec URL such as s3://bucket/prefix "
         "($WORKFLOW_CACHE_STORAGE, default: the local cache folder)",
     )
@@ -163,9 +164,17 @@ def _apply_settings(args: argparse.Namespace, err: Console) -> None:
     for warning in caught:
         if issubclass(warning.category, SettingsWarning):
             err.print(f"[yellow]warning:[/] {warning.message}", markup=True)
-    for name in ("broker", "result_backend", "storage"):
+    for name, setting in (
+        ("broker", "broker"),
+        ("result_backend", "result_backend"),
+        ("storage", "storage"),
+        ("work_dir", "work_root"),
+        ("outputs", "outputs"),
+    ):
         if hasattr(args, name) and getattr(args, name) is None:
-            setattr(args, name, getattr(settings, name))
+            setattr(args, name, getattr(settings, setting))
+    if hasattr(args, "outputs") and args.outputs is None:
+        args.outputs = Path("outputs")
 
 
 def _user_message(exc: Exception) -> str | None:
