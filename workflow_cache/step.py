@@ -8,6 +8,7 @@ synchronously or asynchronously (see :mod:`workflow_cache.drive`), so sync and
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,9 +21,13 @@ from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.events import EventKind, StepEvent
 from workflow_cache.options import UNSET, StepOptions, check_key, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
+from workflow_cache.retries import RETRY_OPTIONS, RetryPolicy, retry_policy
+from workflow_cache.timeouts import call_with_timeout, call_with_timeout_async
 
 if TYPE_CHECKING:
     from workflow_cache.workflow import Workflow
+
+log = logging.getLogger(__name__)
 
 
 class CachingSkippedWarning(UserWarning):
@@ -62,14 +67,23 @@ class Step:
         cache_exceptions: bool = UNSET,
         returns: Any = None,
         run_locally: bool = False,
+        retries: int = UNSET,
+        retry_delay: TTL | None = UNSET,
+        retry_backoff: float = UNSET,
+        retry_jitter: float = UNSET,
+        timeout: TTL | None = UNSET,
     ) -> Any:
         """Run ``thunk`` (or reuse its stored outcome) and return its value.
 
         An ``err`` outcome ends the workflow: its result becomes that ``err``.
         In an ``async`` workflow this returns an awaitable. A Celery signature needs
         the workflow's dispatcher, or ``run_locally=True`` to run it in this process.
+        ``retries``, ``retry_delay``, ``retry_backoff``, ``retry_jitter`` and ``timeout``
+        apply to a local thunk (see :mod:`workflow_cache.retries`).
         """
+        given = _given(retries, retry_delay, retry_backoff, retry_jitter, timeout)
         thunk = self._local_or_refuse(thunk, run_locally)
+        self._refuse_retries_remote(thunk, given)
         parts = self._expand(thunk)
         if parts is not None:  # e.g. a Celery group: one step per member, sent together
             return self.all(
@@ -79,7 +93,7 @@ class Step:
                 cache_errors=cache_errors,
                 cache_exceptions=cache_exceptions,
             )
-        options = self._options(key, ttl, cache_errors, cache_exceptions, returns)
+        options = self._options(key, ttl, cache_errors, cache_exceptions, returns, given)
         if self._is_async:
             return self._run_async(thunk, options)
         return _unwrap(drive_sync(self._plan(thunk, options)))
@@ -95,6 +109,11 @@ class Step:
         cache_exceptions: bool = UNSET,
         returns: Any = None,
         run_locally: bool = False,
+        retries: int = UNSET,
+        retry_delay: TTL | None = UNSET,
+        retry_backoff: float = UNSET,
+        retry_jitter: float = UNSET,
+        timeout: TTL | None = UNSET,
     ) -> Any:
         """Run several steps, reading all their keys from the cache in one round trip.
 
@@ -102,15 +121,20 @@ class Step:
         workflow (stopping at the first ``err``) and concurrently in an async one;
         Celery signatures among them are sent together and run side by side.
         """
+        given = _given(retries, retry_delay, retry_backoff, retry_jitter, timeout)
         thunks = [self._local_or_refuse(thunk, run_locally) for thunk in thunks]
+        for thunk in thunks:
+            self._refuse_retries_remote(thunk, given)
         if keys is None:
             keys = [None] * len(thunks)
         keys = list(keys)
         if len(keys) != len(thunks):
             raise ValueError(f"step.all got {len(thunks)} thunks but {len(keys)} keys")
-        base = self._options(None, ttl, cache_errors, cache_exceptions, returns)
+        base = self._options(None, ttl, cache_errors, cache_exceptions, returns, given)
         each = [
-            StepOptions(check_key(k), base.ttl, base.cache_errors, base.cache_exceptions, returns)
+            StepOptions(
+                check_key(k), base.ttl, base.cache_errors, base.cache_exceptions, returns, base.retry
+            )
             for k in keys
         ]
         if self._is_async:
@@ -146,6 +170,18 @@ class Step:
             raise no_dispatcher(thunk)
         return thunk
 
+    def _refuse_retries_remote(self, thunk: Any, given: dict[str, Any]) -> None:
+        """Retries and time limits of a Celery task are the task's own options."""
+        if not given:
+            return
+        dispatcher = self._workflow.dispatcher
+        if dispatcher is not None and dispatcher.accepts(thunk):
+            names = ", ".join(sorted(given))
+            raise TypeError(
+                f"{names} apply to local steps only; a Celery task keeps its own retry and "
+                "time-limit options (autoretry_for, max_retries, time_limit, soft_time_limit)"
+            )
+
     def _expand(self, thunk: Any) -> list[Any] | None:
         dispatcher = self._workflow.dispatcher
         if dispatcher is None or not dispatcher.accepts(thunk):
@@ -156,9 +192,16 @@ class Step:
     # -- options ----------------------------------------------------------------------
 
     def _options(
-        self, key: Any, ttl: Any, cache_errors: Any, cache_exceptions: Any, returns: Any
+        self,
+        key: Any,
+        ttl: Any,
+        cache_errors: Any,
+        cache_exceptions: Any,
+        returns: Any,
+        given: dict[str, Any] | None = None,
     ) -> StepOptions:
         defaults = self._workflow.defaults
+        retry = retry_policy(defaults.retry, **given) if given else defaults.retry
         return StepOptions(
             key=check_key(key),
             ttl=defaults.ttl if ttl is UNSET else to_seconds(ttl),
@@ -167,6 +210,7 @@ class Step:
                 defaults.cache_exceptions if cache_exceptions is UNSET else bool(cache_exceptions)
             ),
             returns=returns,
+            retry=retry,
         )
 
     # -- the plan ---------------------------------------------------------------------
@@ -197,10 +241,11 @@ class Step:
         elif cacheable and isinstance(store, ClaimingStore):
             result = yield from self._run_claimed(thunk, options, store)
         else:
-            result = yield from _execute(thunk)
+            result = yield from self._attempts(thunk, options)
             if cacheable and keeps(result, options):
                 stored = _envelope(result, options)
                 yield lambda: store.save(key, stored)
+                result = _as_stored(stored, options)
         self._emit("success" if result.ok else "error", key, started, result)
         return result
 
@@ -214,9 +259,10 @@ class Step:
         claim = got
         keep = False
         try:
-            result = yield from _execute(thunk)
+            result = yield from self._attempts(thunk, options)
             keep = keeps(result, options)
             outcome = _envelope(result, options)
+            result = _as_stored(outcome, options)
         except NotStorableError:
             claim.release()
             if keep:
@@ -234,6 +280,55 @@ class Step:
             if newer is not None:
                 return newer.to_result(key, options.returns)
         return result
+
+    def _attempts(self, thunk: Any, options: StepOptions) -> Plan[Result]:
+        """Attempt ``thunk`` as the step's retry policy says; the last attempt's outcome counts.
+
+        Only an exception (or a timeout) is retried: an ``err`` the thunk returns is its
+        answer. Under a claim this all happens inside the one execution of the key.
+        """
+        policy = options.retry
+        if policy.inactive:
+            return (yield from _execute(thunk))
+        attempt = 1
+        while True:
+            call = thunk if policy.timeout is None else self._timed(thunk, options, attempt)
+            result, raised = yield from _attempt(call)
+            if not raised or attempt >= policy.attempts:
+                return result
+            delay = policy.delay(attempt)
+            log.info(
+                "step %r: attempt %d of %d failed (%s); retrying in %.3g s",
+                options.key,
+                attempt,
+                policy.attempts,
+                result.error,
+                delay,
+            )
+            attempt += 1
+            if delay > 0:
+                yield self._sleep(delay)
+
+    def _timed(self, thunk: Any, options: StepOptions, attempt: int) -> Callable[[], Any]:
+        policy = options.retry
+        timeout = policy.timeout
+        assert timeout is not None
+
+        def late() -> str:
+            name = "a step" if options.key is None else f"step {options.key!r}"
+            return (
+                f"{name} did not finish within its timeout of {timeout:g} s "
+                f"(attempt {attempt} of {policy.attempts})"
+            )
+
+        if self._is_async:
+            return lambda: call_with_timeout_async(thunk, timeout, late)
+        return lambda: call_with_timeout(thunk, timeout, late)
+
+    def _sleep(self, seconds: float) -> Callable[[], Any]:
+        if self._is_async:
+            return lambda: asyncio.sleep(seconds)
+        return lambda: time.sleep(seconds)
 
     def _offload(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         """Blocking work (waiting on another process) goes to a thread in async workflows."""
@@ -322,11 +417,25 @@ class Step:
 
 def _execute(thunk: Any) -> Plan[Result]:
     """Call the thunk (or take the value); an escaping exception becomes an ``err``."""
+    result, _ = yield from _attempt(thunk)
+    return result
+
+
+def _attempt(thunk: Any) -> Plan[tuple[Result, bool]]:
+    """As :func:`_execute`, also saying whether the thunk raised (what retries act on)."""
     try:
         produced = yield (thunk if callable(thunk) else lambda: thunk)
     except Exception as exc:
-        return err(UnexpectedError.from_exception(exc))
-    return produced if isinstance(produced, Result) else ok(produced)
+        return err(UnexpectedError.from_exception(exc)), True
+    return (produced if isinstance(produced, Result) else ok(produced)), False
+
+
+def _given(
+    retries: Any, retry_delay: Any, retry_backoff: Any, retry_jitter: Any, timeout: Any
+) -> dict[str, Any]:
+    """The retry options a call named (the others keep the workflow's defaults)."""
+    values = (retries, retry_delay, retry_backoff, retry_jitter, timeout)
+    return {n: v for n, v in zip(RETRY_OPTIONS, values, strict=True) if v is not UNSET}
 
 
 def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
@@ -336,6 +445,17 @@ def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
     stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
     stored.dumps(key)
     return stored
+
+
+def _as_stored(stored: Envelope, options: StepOptions) -> Result[Any, Any]:
+    """The outcome as a later hit will read it back, so a run and a hit return equal values.
+
+    The round trip through JSON text is the same one a cache read makes: tuples become
+    lists, integer dict keys become strings, and ``returns=`` restores the richer type.
+    """
+    key = options.key
+    assert key is not None
+    return Envelope.loads(key, stored.dumps(key)).to_result(key, options.returns)
 
 
 def _unwrap(result: Result[Any, Any]) -> Any:
