@@ -21,7 +21,7 @@ from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.events import EventKind, StepEvent
 from workflow_cache.options import UNSET, StepOptions, check_key, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
-from workflow_cache.retries import RETRY_OPTIONS, RetryPolicy, retry_policy
+from workflow_cache.retries import RETRY_OPTIONS, retry_policy
 from workflow_cache.timeouts import call_with_timeout, call_with_timeout_async
 
 if TYPE_CHECKING:
@@ -131,12 +131,13 @@ class Step:
         if len(keys) != len(thunks):
             raise ValueError(f"step.all got {len(thunks)} thunks but {len(keys)} keys")
         base = self._options(None, ttl, cache_errors, cache_exceptions, returns, given)
-        each = [
-            StepOptions(
-                check_key(k), base.ttl, base.cache_errors, base.cache_exceptions, returns, base.retry
-            )
-            for k in keys
-        ]
+        ttl, errors, exceptions, retry = (
+            base.ttl,
+            base.cache_errors,
+            base.cache_exceptions,
+            base.retry,
+        )
+        each = [StepOptions(check_key(k), ttl, errors, exceptions, returns, retry) for k in keys]
         if self._is_async:
             return self._all_async(thunks, each)
         found = drive_sync(self._lookup_many(each))

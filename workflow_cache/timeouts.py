@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import threading
 import time
@@ -23,7 +24,8 @@ class _Late(Exception):
 
 
 def call_with_timeout(thunk: Callable[[], Any], timeout: float, late: Callable[[], str]) -> Any:
-    """``thunk()`` (finished if awaitable) within ``timeout`` seconds, else ``TimeoutError(late())``."""
+    """``thunk()``, finished if awaitable, within ``timeout`` seconds; else
+    ``TimeoutError(late())``."""
     deadline = time.monotonic() + timeout
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -53,16 +55,45 @@ async def call_with_timeout_async(
     if inspect.iscoroutinefunction(thunk):  # nothing blocking before the first await
         value = thunk()
     else:
-        try:
-            value = await asyncio.wait_for(asyncio.to_thread(thunk), timeout)
-        except TimeoutError:
-            raise TimeoutError(late()) from None
+        called = _in_daemon_thread(thunk)
+        done, _ = await asyncio.wait([called], timeout=timeout)
+        if not done:
+            called.cancel()  # whatever the thread ends with is dropped
+            raise TimeoutError(late())
+        value = called.result()
     if not inspect.isawaitable(value):
         return value
     try:
         return await _bounded(value, deadline)
     except _Late:
         raise TimeoutError(late()) from None
+
+
+def _in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future[Any]:
+    """``fn()`` in a daemon thread of its own: unlike the loop's default executor, a thread
+    left running after a timeout does not hold up ``asyncio.run`` at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+
+    def call() -> None:
+        try:
+            value, exc = fn(), None
+        except BaseException as error:
+            value, exc = None, error
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, value, exc)
+
+    threading.Thread(target=call, name="wfc-attempt", daemon=True).start()
+    return future
 
 
 async def _bounded(value: Awaitable[Any], deadline: float) -> Any:
