@@ -14,6 +14,7 @@ import diskcache
 
 from workflow_cache import paths
 from workflow_cache.cache.base import NativeCache
+from workflow_cache.cache.filelocks import KeyLock, KeyLocks
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
 from workflow_cache.options import check_key
@@ -29,6 +30,7 @@ class LocalCache(NativeCache):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.default_ttl = to_seconds(default_ttl, name="default_ttl")
         self._db = diskcache.Cache(str(self.directory))
+        self._locks = KeyLocks(self.directory)
 
     def load(self, key: str) -> Envelope | None:
         text = self._db.get(check_key(key))
@@ -39,6 +41,10 @@ class LocalCache(NativeCache):
 
     def save(self, key: str, envelope: Envelope) -> None:
         self._db.set(check_key(key), envelope.dumps(key), expire=envelope.ttl)
+
+    def acquire(self, key: str) -> Envelope | KeyLock:
+        """Single flight across the processes of this machine (see ``filelocks.py``)."""
+        return self._locks.acquire(check_key(key), self.load, self.save)  # type: ignore[arg-type]
 
     def has(self, key: str) -> bool:
         return check_key(key) in self._db
