@@ -137,23 +137,24 @@ class Step:
             base.cache_exceptions,
             base.retry,
         )
-        each = [StepOptions(check_key(k), ttl, errors, exceptions, returns, retry) for k in keys]
+        checked = [check_key(k) for k in keys]
+
+        def options_of(i: int) -> StepOptions:  # made for misses only: hits need the key alone
+            return StepOptions(checked[i], ttl, errors, exceptions, returns, retry)
+
         if self._is_async:
-            return self._all_async(thunks, each)
-        found = drive_sync(self._lookup_many(each))
+            return self._all_async(thunks, checked, returns, options_of)
+        found = drive_sync(self._lookup_many(checked, returns))
+        each = {i: options_of(i) for i, hit in enumerate(found) if hit is None}
         dispatcher = self._workflow.dispatcher
-        remote = [
-            i
-            for i, hit in enumerate(found)
-            if hit is None and dispatcher is not None and dispatcher.accepts(thunks[i])
-        ]
+        remote = [i for i in each if dispatcher is not None and dispatcher.accepts(thunks[i])]
         if len(remote) > 1:
             sent = self._run_remote_many([thunks[i] for i in remote], [each[i] for i in remote])
             for i, result in zip(remote, sent, strict=True):
                 found[i] = result
         values = []
-        for thunk, options, hit in zip(thunks, each, found, strict=True):
-            result = hit if hit is not None else drive_sync(self._plan(thunk, options, True))
+        for i, hit in enumerate(found):
+            result = hit if hit is not None else drive_sync(self._plan(thunks[i], each[i], True))
             values.append(_unwrap(result))
         return values
 
@@ -351,24 +352,27 @@ class Step:
             self._emit("success" if result.ok else "error", options.key, started, result)
         return results
 
-    def _lookup_many(self, each: list[StepOptions]) -> Plan[list[Result | None]]:
+    def _lookup_many(self, keys: list[str | None], returns: Any) -> Plan[list[Result | None]]:
         """One batched read for every keyed step; hits become results, misses ``None``."""
         store = self._store
-        keyed = [o.key for o in each if o.key is not None]
+        keyed = [k for k in keys if k is not None]
         if store is None or not keyed:
-            return [None] * len(each)
+            return [None] * len(keys)
         envelopes = iter((yield lambda: store.load_many(keyed)))
+        watched = self._workflow.on_event is not None
         found: list[Result | None] = []
-        for options in each:
-            envelope = next(envelopes) if options.key is not None else None
+        for key in keys:
+            envelope = next(envelopes) if key is not None else None
             if envelope is None:
                 found.append(None)
-                continue
-            started = time.perf_counter()
-            self._emit("start", options.key, started)
-            result = envelope.to_result(options.key, options.returns)  # type: ignore[arg-type]
-            self._emit("cache_hit", options.key, started, result)
-            found.append(result)
+            elif not watched:  # the hot path of a large batch of hits
+                found.append(envelope.to_result(key, returns))  # type: ignore[arg-type]
+            else:
+                started = time.perf_counter()
+                self._emit("start", key, started)
+                result = envelope.to_result(key, returns)  # type: ignore[arg-type]
+                self._emit("cache_hit", key, started, result)
+                found.append(result)
         return found
 
     # -- async --------------------------------------------------------------------------
@@ -390,12 +394,20 @@ class Step:
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _all_async(self, thunks: list[Any], each: list[StepOptions]) -> list[Any]:
-        found = await drive_async(self._lookup_many(each))
+    async def _all_async(
+        self,
+        thunks: list[Any],
+        keys: list[str | None],
+        returns: Any,
+        options_of: Callable[[int], StepOptions],
+    ) -> list[Any]:
+        found = await drive_async(self._lookup_many(keys, returns))
+        if all(hit is not None for hit in found):
+            return [_unwrap(hit) for hit in found]  # type: ignore[arg-type]
         results = await asyncio.gather(
             *(
-                _ready(hit) if hit is not None else self._result_async(thunk, options, True)
-                for thunk, options, hit in zip(thunks, each, found, strict=True)
+                self._result_async(thunks[i], options_of(i), True) if hit is None else _ready(hit)
+                for i, hit in enumerate(found)
             )
         )
         return [_unwrap(result) for result in results]
@@ -431,10 +443,21 @@ def _attempt(thunk: Any) -> Plan[tuple[Result, bool]]:
     return (produced if isinstance(produced, Result) else ok(produced)), False
 
 
+_NONE_GIVEN: dict[str, Any] = {}
+
+
 def _given(
     retries: Any, retry_delay: Any, retry_backoff: Any, retry_jitter: Any, timeout: Any
 ) -> dict[str, Any]:
     """The retry options a call named (the others keep the workflow's defaults)."""
+    if (
+        retries is UNSET
+        and retry_delay is UNSET
+        and retry_backoff is UNSET
+        and retry_jitter is UNSET
+        and timeout is UNSET
+    ):
+        return _NONE_GIVEN
     values = (retries, retry_delay, retry_backoff, retry_jitter, timeout)
     return {n: v for n, v in zip(RETRY_OPTIONS, values, strict=True) if v is not UNSET}
 

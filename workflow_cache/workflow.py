@@ -7,7 +7,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FunctionType
+from types import CoroutineType, FunctionType
 from typing import Any, TypeVar
 
 from workflow_cache.cache.base import OutcomeStore, as_store
@@ -88,7 +88,7 @@ class Workflow:
             return self._run_async(fn, args)
         step = Step(self, is_async=False)
         try:
-            return _as_result(fn(step, *args))
+            return _as_result(fn(step, *args), deep=False)
         except EarlyExit as exit_:
             return exit_.result
 
@@ -143,21 +143,35 @@ def _wants_deps(fn: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-def _as_result(value: Any) -> Result:
-    _refuse_awaitables(value)
+def _as_result(value: Any, *, deep: bool = True) -> Result:
+    _refuse_awaitables(value, deep)
     return value if isinstance(value, Result) else ok(value)
 
 
-def _refuse_awaitables(value: Any) -> None:
+_PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, Result})
+"""Types that are never awaitable: a sync workflow's result of one of them needs no check."""
+
+
+def _refuse_awaitables(value: Any, deep: bool) -> None:
     """A coroutine where a value belongs is a missing ``await``: say so instead of
-    returning ``ok(<coroutine ...>)`` with only a ``RuntimeWarning``."""
+    returning ``ok(<coroutine ...>)`` with only a ``RuntimeWarning``.
+
+    ``deep`` (async workflows, whose steps return coroutines) also looks one level into
+    a returned list, tuple, dict or ``Result``.
+    """
+    if not deep and type(value) in _PLAIN:
+        return
     items: Any = ()
-    if isinstance(value, Result):
+    if not deep:
+        pass
+    elif isinstance(value, Result):
         items = (value.value, value.error)
     elif isinstance(value, list | tuple):
         items = value
     elif isinstance(value, dict):
         items = value.values()
+    if not inspect.isawaitable(value) and not any(type(item) is CoroutineType for item in items):
+        return
     for item in (value, *items):
         if inspect.isawaitable(item):
             _close_all(value, items)

@@ -94,18 +94,16 @@ class RedisCache(NativeCache):
         with self._reaching():
             rows = read_many(self.client, [self._out(key) for key in keys])
         self._looked_up(keys, rows)
-        return [
-            None if raw is None else Envelope.loads(k, raw)
-            for k, raw in zip(keys, rows, strict=True)
-        ]
+        return Envelope.loads_many(keys, rows)
 
     def _looked_up(self, keys: Sequence[str], rows: Sequence[Any]) -> None:
         hits = sum(raw is not None for raw in rows)
         metrics.lookup(self.namespace, hits, len(rows) - hits)
         debug = log.isEnabledFor(logging.DEBUG)
-        if debug or hits:
+        traced = hits and tracing.recording()
+        if debug or traced:
             for key, raw in zip(keys, rows, strict=True):
-                if raw is not None:
+                if traced and raw is not None:
                     tracing.hit(key, self.namespace)
                 if debug:
                     found = "hit" if raw is not None else "miss"
