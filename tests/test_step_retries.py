@@ -301,3 +301,27 @@ def test_a_timeout_under_a_claim_reaches_waiters_and_frees_the_key(
     for cache in (holder_cache, waiter_cache):
         cache.clear()
         cache.close()
+
+
+def test_retry_options_on_a_celery_signature_are_refused(redis_url: str, namespace: str) -> None:
+    from celery import Celery
+
+    from workflow_cache.distributed import CeleryDispatcher
+
+    app = Celery("retry-options", broker=redis_url)
+
+    @app.task(name="retry_options.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    cache = RedisCache(redis_url, namespace=namespace)
+    workflow = create_workflow(cache=cache, dispatcher=CeleryDispatcher(app, cache), retries=2)
+
+    def send(step, **options):  # type: ignore[no-untyped-def]
+        return step(add.s(1, 2), key="sum", **options)
+
+    with pytest.raises(TypeError, match="Celery task keeps its own"):
+        workflow(lambda step: send(step, retries=1))
+    with pytest.raises(TypeError, match="Celery task keeps its own"):
+        workflow(lambda step: send(step, timeout=5))
+    cache.close()

@@ -116,3 +116,20 @@ def test_a_forgotten_await_is_a_type_error_naming_await() -> None:
 def test_steps_without_a_cache_keep_their_value_as_returned() -> None:
     workflow = create_workflow()
     assert workflow(lambda step: step(lambda: (1, 2), key="k")).value == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "returns"),
+    [
+        ((1, "a"), tuple[int, str]),
+        ({1: "a"}, dict[int, str]),
+        ({1, 2}, set[int]),
+        (b"raw", bytes),
+        (datetime(2026, 1, 1, tzinfo=UTC), datetime),
+    ],
+)
+def test_returns_gives_back_what_json_alone_cannot(value, returns) -> None:  # type: ignore[no-untyped-def]
+    workflow = create_workflow(cache={})
+    fn = lambda step: step(lambda: value, key="k", returns=returns)  # noqa: E731
+    first, second = workflow(fn).value, workflow(fn).value
+    assert first == second == value and type(first) is type(second) is type(value)
