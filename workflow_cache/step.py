@@ -8,6 +8,7 @@ synchronously or asynchronously (see :mod:`workflow_cache.drive`), so sync and
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,10 @@ class Step:
         self._workflow = workflow
         self._store = workflow.store
         self._is_async = is_async
+        if is_async:  # a cache with a native async face (RedisCache) uses it here
+            for_async = getattr(self._store, "for_async", None)
+            if for_async is not None:
+                self._store = for_async() or self._store
         self._inflight: dict[str, asyncio.Task[Result[Any, Any]]] = {}
 
     # -- public -------------------------------------------------------------------------
@@ -255,7 +260,7 @@ class Step:
         """Run under the key's claim: one process in the fleet executes, the rest wait."""
         key = options.key
         assert key is not None
-        got = yield self._offload(lambda: store.acquire(key))
+        got = yield self._waiting(lambda: store.acquire(key), store.acquire)
         if isinstance(got, Envelope):  # another process finished it while we waited
             return got.to_result(key, options.returns)
         claim = got
@@ -274,7 +279,7 @@ class Step:
             claim.release()
             raise
         try:
-            committed = yield self._offload(lambda: claim.commit(outcome, keep=keep))
+            committed = yield self._waiting(lambda: claim.commit(outcome, keep=keep), claim.commit)
         except CacheUnavailable as exc:  # ran, but the outcome could not be recorded
             return err(UnexpectedError.from_exception(exc))
         if not committed and keep:  # our lease ran out and a successor's outcome stands
@@ -331,6 +336,11 @@ class Step:
         if self._is_async:
             return lambda: asyncio.sleep(seconds)
         return lambda: time.sleep(seconds)
+
+    def _waiting(self, fn: Callable[[], Any], method: Any) -> Callable[[], Any]:
+        """A call that may wait on another process: awaited as it is when ``method`` is a
+        coroutine function, else sent to a thread in async workflows."""
+        return fn if inspect.iscoroutinefunction(method) else self._offload(fn)
 
     def _offload(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         """Blocking work (waiting on another process) goes to a thread in async workflows."""

@@ -8,12 +8,14 @@ processes that reach it at once, one executes and the others get its outcome.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -31,6 +33,9 @@ from workflow_cache.cache.keys import KeySpace
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
 from workflow_cache.options import check_key
+
+if TYPE_CHECKING:
+    from workflow_cache.cache.redis_async import AsyncRedisCache
 
 _SCAN_BATCH = 500
 
@@ -60,6 +65,12 @@ class RedisCache(NativeCache):
         self.wait_timeout = wait_timeout
         self._flight: SingleFlight | None = None
         self._flight_lock = threading.Lock()
+        self._timeouts = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+        }
+        self._async_ok = client is None and url.startswith(("redis://", "rediss://", "unix://"))
+        self._views: weakref.WeakKeyDictionary[Any, AsyncRedisCache] = weakref.WeakKeyDictionary()
         self.client = client or client_from_url(
             url,
             socket_timeout=socket_timeout,
@@ -136,6 +147,31 @@ class RedisCache(NativeCache):
         if isinstance(got, Done):
             return Envelope.loads(key, got.outcome)
         return RedisClaim(key, got, self.namespace)
+
+    def for_async(self) -> AsyncRedisCache | None:
+        """This cache on ``redis.asyncio`` for the running event loop (one pool per loop),
+        or None where async workflows keep the blocking client: a ``client=`` passed in,
+        or a Sentinel or Cluster URL."""
+        if not self._async_ok:
+            return None
+        loop = asyncio.get_running_loop()
+        with self._flight_lock:
+            view = self._views.get(loop)
+            if view is None:
+                import redis.asyncio
+
+                from workflow_cache.cache.redis_async import AsyncRedisCache
+
+                client = redis.asyncio.Redis.from_url(self.url, **self._timeouts)
+                view = self._views[loop] = AsyncRedisCache(self, client, _safe(self.url))
+            return view
+
+    async def aclose(self) -> None:
+        """Close the running loop's ``redis.asyncio`` pool, pub/sub connection and tasks."""
+        with self._flight_lock:
+            view = self._views.pop(asyncio.get_running_loop(), None)
+        if view is not None:
+            await view.aclose()
 
     # -- Map-like management --------------------------------------------------------------
 
