@@ -109,7 +109,8 @@ def test_a_sync_waiter_gets_the_outcome_of_an_async_holder(cache: RedisCache) ->
 
     def waiter() -> None:
         started.wait(30)
-        box.append(create_workflow(cache=cache)(lambda step: step(lambda: "sync ran", key="shared")))
+        workflow = create_workflow(cache=cache)
+        box.append(workflow(lambda step: step(lambda: "sync ran", key="shared")))
 
     thread = threading.Thread(target=waiter)
     thread.start()
@@ -143,7 +144,9 @@ def test_an_async_waiter_takes_over_from_a_killed_holder(
         proc.wait()
 
 
-def test_an_async_holder_renews_its_lease_past_it(cache: RedisCache, redis_client: redis.Redis) -> None:
+def test_an_async_holder_renews_its_lease_past_it(
+    cache: RedisCache, redis_client: redis.Redis
+) -> None:
     keys = cache.keyspace.for_step("long")
     seen: list[int] = []
 
@@ -172,6 +175,7 @@ def test_each_event_loop_gets_its_own_pool(cache: RedisCache) -> None:
         view = cache.for_async()
         views.append(view)
         assert cache.for_async() is view
+
         async def body(step):  # type: ignore[no-untyped-def]
             return await step(lambda: 7, key="seven")
 
@@ -198,6 +202,6 @@ def test_an_unreachable_server_is_cache_unavailable_in_async_workflows() -> None
             await cache.aclose()
 
     started = time.monotonic()
-    with pytest.raises(CacheUnavailable, match="127.0.0.1:1"):
+    with pytest.raises(CacheUnavailable, match=r"127\.0\.0\.1:1"):
         asyncio.run(main())
     assert time.monotonic() - started < 30
