@@ -57,7 +57,7 @@ class Step:
             for_async = getattr(self._store, "for_async", None)
             if for_async is not None:
                 self._store = for_async() or self._store
-        self._inflight: dict[str, asyncio.Task[Result[Any, Any]]] = {}
+        self._inflight: dict[str, asyncio.Future[Result[Any, Any]]] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -393,16 +393,32 @@ class Step:
     async def _result_async(
         self, thunk: Any, options: StepOptions, known_miss: bool = False
     ) -> Result[Any, Any]:
-        """Concurrent steps with one key in one run share a single execution."""
+        """Concurrent steps with one key in one run share a single execution.
+
+        The first caller drives the plan itself (no task to create: the common case of
+        one step per key stays cheap); later callers of the same key await its future.
+        """
         key = options.key
         if key is None:
             return await drive_async(self._plan(thunk, options, known_miss))
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(drive_async(self._plan(thunk, options, known_miss)))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        shared = self._inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await drive_async(self._plan(thunk, options, known_miss))
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                shared.cancel()
+            else:
+                shared.set_exception(exc)
+                shared.exception()  # nobody else may be waiting: do not warn about it
+            raise
+        else:
+            shared.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]
 
     async def _all_async(
         self,

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 _SCAN_BATCH = 500
 
+ASYNC_CONNECTIONS = 100
+"""Connections of one event loop's pool; more concurrent steps queue for a free one."""
+
 log = logging.getLogger(__name__)
 
 
@@ -155,6 +158,9 @@ class RedisCache(NativeCache):
         if not self._async_ok:
             return None
         loop = asyncio.get_running_loop()
+        view = self._views.get(loop)
+        if view is not None:
+            return view
         with self._flight_lock:
             view = self._views.get(loop)
             if view is None:
@@ -162,7 +168,10 @@ class RedisCache(NativeCache):
 
                 from workflow_cache.cache.redis_async import AsyncRedisCache
 
-                client = redis.asyncio.Redis.from_url(self.url, **self._timeouts)
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    self.url, max_connections=ASYNC_CONNECTIONS, **self._timeouts
+                )
+                client = redis.asyncio.Redis.from_pool(pool)
                 view = self._views[loop] = AsyncRedisCache(self, client, _safe(self.url))
             return view
 
