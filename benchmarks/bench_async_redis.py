@@ -14,8 +14,9 @@ concurrent workflows:
 and prints the wall time (median over rounds) against the bare GET baseline
 (target for hits: <= 1.5x) and the event-loop lag: the worst delay of a 1 ms ticker
 running alongside, median over rounds (target: < 10 ms; on a busy machine compare it
-with the baseline's own lag, which the operating system's scheduling inflates too). With ``--compare-rev REV`` the same scenarios
-also run on the code of that git revision (``git archive``), for comparison.
+with the baseline's own lag, which the operating system's scheduling inflates too).
+With ``--compare-rev REV`` the same scenarios also run on the code of that git
+revision (``git archive``), for comparison.
 """
 
 from __future__ import annotations
@@ -229,7 +230,8 @@ def main() -> None:
         sources[f"code at {args.compare_rev}"] = old
     try:
         proxied = f"redis://127.0.0.1:{port}/0"
-        print(f"redis behind a {DELAY_S * 1e3:g} ms-each-way proxy; n={args.n}, rounds={args.rounds}")
+        delay = f"{DELAY_S * 1e3:g} ms"
+        print(f"redis behind a {delay}-each-way proxy; n={args.n}, rounds={args.rounds}")
         for label, src in sources.items():
             results: dict[str, list[dict[str, float]]] = {"bare": [], "hit": [], "miss": []}
             for r in range(args.rounds):
