@@ -205,3 +205,35 @@ def test_an_unreachable_server_is_cache_unavailable_in_async_workflows() -> None
     with pytest.raises(CacheUnavailable, match=r"127\.0\.0\.1:1"):
         asyncio.run(main())
     assert time.monotonic() - started < 30
+
+
+def test_a_cancelled_async_holder_releases_the_key_at_once(
+    cache: RedisCache, redis_client: redis.Redis
+) -> None:
+    keys = cache.keyspace.for_step("cancelled")
+
+    async def main():  # type: ignore[no-untyped-def]
+        started = asyncio.Event()
+
+        async def work() -> str:
+            started.set()
+            await asyncio.sleep(30)
+            return "never"
+
+        async def body(step):  # type: ignore[no-untyped-def]
+            return await step(work, key="cancelled")
+
+        running = asyncio.ensure_future(create_workflow(cache=cache)(body))
+        await started.wait()
+        assert redis_client.exists(keys.lock) == 1
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        for _ in range(200):  # the release is a task of its own on this loop
+            if not redis_client.exists(keys.lock):
+                break
+            await asyncio.sleep(0.01)
+        await cache.aclose()
+
+    asyncio.run(main())
+    assert redis_client.exists(keys.lock) == 0  # released, not left to its lease
