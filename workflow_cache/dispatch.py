@@ -37,12 +37,23 @@ class Expanding(Protocol):
         ...
 
 
+_KINDS: dict[type, bool] = {}
+
+
 def is_signature(work: object) -> bool:
-    """True for a Celery signature, told apart without importing Celery (the core stays light)."""
-    return any(
-        cls.__name__ == "Signature" and cls.__module__ == "celery.canvas"
-        for cls in type(work).__mro__
-    )
+    """True for a Celery signature, told apart without importing Celery (the core stays light).
+
+    The answer depends on the type alone, so it is worked out once per type: ``step.all``
+    over a thousand lambdas asks a thousand times.
+    """
+    kind = type(work)
+    known = _KINDS.get(kind)
+    if known is None:
+        known = _KINDS[kind] = any(
+            cls.__name__ == "Signature" and cls.__module__ == "celery.canvas"
+            for cls in kind.__mro__
+        )
+    return known
 
 
 def no_dispatcher(work: Any) -> TypeError:

@@ -81,3 +81,6 @@ async def drive_async(plan: Plan[T]) -> T:
                 sent = await sent
         except Exception as exc:
             thrown = exc
+        except BaseException:  # cancelled: the plan's clean-up (releasing a claim) runs now,
+            plan.close()  # on the loop, not whenever the generator is collected
+            raise

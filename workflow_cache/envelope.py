@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -33,6 +34,8 @@ VERSION = 1
 MAX_BYTES = 64 << 20
 """The largest envelope written or read: 64 MiB of JSON text."""
 MAX_DEPTH = 500
+_BATCH_ROW_LIMIT = MAX_DEPTH
+"""Rows short enough to parse together: they cannot nest past MAX_DEPTH (others: one by one)."""
 """The deepest nesting of lists and objects in a stored value."""
 SIGNATURE_PURPOSE = "workflow-cache step outcome v1"
 _SIG_START = '{"sig":"'
@@ -261,6 +264,34 @@ class Envelope:
                 f"cache entry for key {key!r} is nested more than {MAX_DEPTH} levels deep"
             )
         return cls._checked(key, data)
+
+    @classmethod
+    def loads_many(cls, keys: Sequence[str], rows: Sequence[bytes | None]) -> list[Envelope | None]:
+        """:meth:`loads` of each row (``None`` stays ``None``), parsing the JSON in one call.
+
+        One parse of ``[row, row, ...]`` costs a third of a thousand separate ones. It is
+        only trusted when it yields exactly one document per row; otherwise each row is
+        parsed on its own, so a bad row is reported as :meth:`loads` reports it.
+        """
+        pairs = list(zip(keys, rows, strict=True))
+        short = [raw for raw in rows if type(raw) is bytes and len(raw) <= _BATCH_ROW_LIMIT]
+        if len(short) < 2 or signing.enabled():  # signatures are checked row by row
+            return [None if raw is None else cls.loads(k, raw) for k, raw in pairs]
+        try:
+            parsed = json.loads(b"[" + b",".join(short) + b"]")
+        except (ValueError, RecursionError):
+            parsed = None
+        if type(parsed) is not list or len(parsed) != len(short):
+            return [None if raw is None else cls.loads(k, raw) for k, raw in pairs]
+        documents = iter(parsed)
+        return [
+            None
+            if raw is None
+            else cls._checked(k, next(documents))
+            if type(raw) is bytes and len(raw) <= _BATCH_ROW_LIMIT
+            else cls.loads(k, raw)
+            for k, raw in pairs
+        ]
 
     def to_result(self, key: str, returns: Any = None) -> Result[Any, Any]:
         if self.status == "err":

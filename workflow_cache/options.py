@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflow_cache.result import Result, UnexpectedError
+from workflow_cache.retries import NO_RETRIES, RetryPolicy
 
 
 class _Unset:
@@ -24,6 +25,7 @@ class StepOptions:
     cache_errors: bool = True
     cache_exceptions: bool = False
     returns: Any = None
+    retry: RetryPolicy = NO_RETRIES
 
 
 def check_key(key: object) -> str | None:

@@ -8,6 +8,8 @@ synchronously or asynchronously (see :mod:`workflow_cache.drive`), so sync and
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,9 +22,13 @@ from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.events import EventKind, StepEvent
 from workflow_cache.options import UNSET, StepOptions, check_key, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
+from workflow_cache.retries import RETRY_OPTIONS, retry_policy
+from workflow_cache.timeouts import call_with_timeout, call_with_timeout_async
 
 if TYPE_CHECKING:
     from workflow_cache.workflow import Workflow
+
+log = logging.getLogger(__name__)
 
 
 class CachingSkippedWarning(UserWarning):
@@ -47,7 +53,11 @@ class Step:
         self._workflow = workflow
         self._store = workflow.store
         self._is_async = is_async
-        self._inflight: dict[str, asyncio.Task[Result[Any, Any]]] = {}
+        if is_async:  # a cache with a native async face (RedisCache) uses it here
+            for_async = getattr(self._store, "for_async", None)
+            if for_async is not None:
+                self._store = for_async() or self._store
+        self._inflight: dict[str, asyncio.Future[Result[Any, Any]]] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -62,14 +72,23 @@ class Step:
         cache_exceptions: bool = UNSET,
         returns: Any = None,
         run_locally: bool = False,
+        retries: int = UNSET,
+        retry_delay: TTL | None = UNSET,
+        retry_backoff: float = UNSET,
+        retry_jitter: float = UNSET,
+        timeout: TTL | None = UNSET,
     ) -> Any:
         """Run ``thunk`` (or reuse its stored outcome) and return its value.
 
         An ``err`` outcome ends the workflow: its result becomes that ``err``.
         In an ``async`` workflow this returns an awaitable. A Celery signature needs
         the workflow's dispatcher, or ``run_locally=True`` to run it in this process.
+        ``retries``, ``retry_delay``, ``retry_backoff``, ``retry_jitter`` and ``timeout``
+        apply to a local thunk (see :mod:`workflow_cache.retries`).
         """
+        given = _given(retries, retry_delay, retry_backoff, retry_jitter, timeout)
         thunk = self._local_or_refuse(thunk, run_locally)
+        self._refuse_retries_remote(thunk, given)
         parts = self._expand(thunk)
         if parts is not None:  # e.g. a Celery group: one step per member, sent together
             return self.all(
@@ -79,7 +98,7 @@ class Step:
                 cache_errors=cache_errors,
                 cache_exceptions=cache_exceptions,
             )
-        options = self._options(key, ttl, cache_errors, cache_exceptions, returns)
+        options = self._options(key, ttl, cache_errors, cache_exceptions, returns, given)
         if self._is_async:
             return self._run_async(thunk, options)
         return _unwrap(drive_sync(self._plan(thunk, options)))
@@ -95,6 +114,11 @@ class Step:
         cache_exceptions: bool = UNSET,
         returns: Any = None,
         run_locally: bool = False,
+        retries: int = UNSET,
+        retry_delay: TTL | None = UNSET,
+        retry_backoff: float = UNSET,
+        retry_jitter: float = UNSET,
+        timeout: TTL | None = UNSET,
     ) -> Any:
         """Run several steps, reading all their keys from the cache in one round trip.
 
@@ -102,33 +126,40 @@ class Step:
         workflow (stopping at the first ``err``) and concurrently in an async one;
         Celery signatures among them are sent together and run side by side.
         """
+        given = _given(retries, retry_delay, retry_backoff, retry_jitter, timeout)
         thunks = [self._local_or_refuse(thunk, run_locally) for thunk in thunks]
+        for thunk in thunks:
+            self._refuse_retries_remote(thunk, given)
         if keys is None:
             keys = [None] * len(thunks)
         keys = list(keys)
         if len(keys) != len(thunks):
             raise ValueError(f"step.all got {len(thunks)} thunks but {len(keys)} keys")
-        base = self._options(None, ttl, cache_errors, cache_exceptions, returns)
-        each = [
-            StepOptions(check_key(k), base.ttl, base.cache_errors, base.cache_exceptions, returns)
-            for k in keys
-        ]
+        base = self._options(None, ttl, cache_errors, cache_exceptions, returns, given)
+        ttl, errors, exceptions, retry = (
+            base.ttl,
+            base.cache_errors,
+            base.cache_exceptions,
+            base.retry,
+        )
+        checked = [check_key(k) for k in keys]
+
+        def options_of(i: int) -> StepOptions:  # made for misses only: hits need the key alone
+            return StepOptions(checked[i], ttl, errors, exceptions, returns, retry)
+
         if self._is_async:
-            return self._all_async(thunks, each)
-        found = drive_sync(self._lookup_many(each))
+            return self._all_async(thunks, checked, returns, options_of)
+        found = drive_sync(self._lookup_many(checked, returns))
+        each = {i: options_of(i) for i, hit in enumerate(found) if hit is None}
         dispatcher = self._workflow.dispatcher
-        remote = [
-            i
-            for i, hit in enumerate(found)
-            if hit is None and dispatcher is not None and dispatcher.accepts(thunks[i])
-        ]
+        remote = [i for i in each if dispatcher is not None and dispatcher.accepts(thunks[i])]
         if len(remote) > 1:
             sent = self._run_remote_many([thunks[i] for i in remote], [each[i] for i in remote])
             for i, result in zip(remote, sent, strict=True):
                 found[i] = result
         values = []
-        for thunk, options, hit in zip(thunks, each, found, strict=True):
-            result = hit if hit is not None else drive_sync(self._plan(thunk, options, True))
+        for i, hit in enumerate(found):
+            result = hit if hit is not None else drive_sync(self._plan(thunks[i], each[i], True))
             values.append(_unwrap(result))
         return values
 
@@ -146,6 +177,18 @@ class Step:
             raise no_dispatcher(thunk)
         return thunk
 
+    def _refuse_retries_remote(self, thunk: Any, given: dict[str, Any]) -> None:
+        """Retries and time limits of a Celery task are the task's own options."""
+        if not given:
+            return
+        dispatcher = self._workflow.dispatcher
+        if dispatcher is not None and dispatcher.accepts(thunk):
+            names = ", ".join(sorted(given))
+            raise TypeError(
+                f"{names} apply to local steps only; a Celery task keeps its own retry and "
+                "time-limit options (autoretry_for, max_retries, time_limit, soft_time_limit)"
+            )
+
     def _expand(self, thunk: Any) -> list[Any] | None:
         dispatcher = self._workflow.dispatcher
         if dispatcher is None or not dispatcher.accepts(thunk):
@@ -156,9 +199,16 @@ class Step:
     # -- options ----------------------------------------------------------------------
 
     def _options(
-        self, key: Any, ttl: Any, cache_errors: Any, cache_exceptions: Any, returns: Any
+        self,
+        key: Any,
+        ttl: Any,
+        cache_errors: Any,
+        cache_exceptions: Any,
+        returns: Any,
+        given: dict[str, Any] | None = None,
     ) -> StepOptions:
         defaults = self._workflow.defaults
+        retry = retry_policy(defaults.retry, **given) if given else defaults.retry
         return StepOptions(
             key=check_key(key),
             ttl=defaults.ttl if ttl is UNSET else to_seconds(ttl),
@@ -167,6 +217,7 @@ class Step:
                 defaults.cache_exceptions if cache_exceptions is UNSET else bool(cache_exceptions)
             ),
             returns=returns,
+            retry=retry,
         )
 
     # -- the plan ---------------------------------------------------------------------
@@ -197,10 +248,11 @@ class Step:
         elif cacheable and isinstance(store, ClaimingStore):
             result = yield from self._run_claimed(thunk, options, store)
         else:
-            result = yield from _execute(thunk)
+            result = yield from self._attempts(thunk, options)
             if cacheable and keeps(result, options):
                 stored = _envelope(result, options)
                 yield lambda: store.save(key, stored)
+                result = _as_stored(stored, options)
         self._emit("success" if result.ok else "error", key, started, result)
         return result
 
@@ -208,15 +260,16 @@ class Step:
         """Run under the key's claim: one process in the fleet executes, the rest wait."""
         key = options.key
         assert key is not None
-        got = yield self._offload(lambda: store.acquire(key))
+        got = yield self._waiting(lambda: store.acquire(key), store.acquire)
         if isinstance(got, Envelope):  # another process finished it while we waited
             return got.to_result(key, options.returns)
         claim = got
         keep = False
         try:
-            result = yield from _execute(thunk)
+            result = yield from self._attempts(thunk, options)
             keep = keeps(result, options)
             outcome = _envelope(result, options)
+            result = _as_stored(outcome, options)
         except NotStorableError:
             claim.release()
             if keep:
@@ -226,7 +279,7 @@ class Step:
             claim.release()
             raise
         try:
-            committed = yield self._offload(lambda: claim.commit(outcome, keep=keep))
+            committed = yield self._waiting(lambda: claim.commit(outcome, keep=keep), claim.commit)
         except CacheUnavailable as exc:  # ran, but the outcome could not be recorded
             return err(UnexpectedError.from_exception(exc))
         if not committed and keep:  # our lease ran out and a successor's outcome stands
@@ -234,6 +287,60 @@ class Step:
             if newer is not None:
                 return newer.to_result(key, options.returns)
         return result
+
+    def _attempts(self, thunk: Any, options: StepOptions) -> Plan[Result]:
+        """Attempt ``thunk`` as the step's retry policy says; the last attempt's outcome counts.
+
+        Only an exception (or a timeout) is retried: an ``err`` the thunk returns is its
+        answer. Under a claim this all happens inside the one execution of the key.
+        """
+        policy = options.retry
+        if policy.inactive:
+            return (yield from _execute(thunk))
+        attempt = 1
+        while True:
+            call = thunk if policy.timeout is None else self._timed(thunk, options, attempt)
+            result, raised = yield from _attempt(call)
+            if not raised or attempt >= policy.attempts:
+                return result
+            delay = policy.delay(attempt)
+            log.info(
+                "step %r: attempt %d of %d failed (%s); retrying in %.3g s",
+                options.key,
+                attempt,
+                policy.attempts,
+                result.error,
+                delay,
+            )
+            attempt += 1
+            if delay > 0:
+                yield self._sleep(delay)
+
+    def _timed(self, thunk: Any, options: StepOptions, attempt: int) -> Callable[[], Any]:
+        policy = options.retry
+        timeout = policy.timeout
+        assert timeout is not None
+
+        def late() -> str:
+            name = "a step" if options.key is None else f"step {options.key!r}"
+            return (
+                f"{name} did not finish within its timeout of {timeout:g} s "
+                f"(attempt {attempt} of {policy.attempts})"
+            )
+
+        if self._is_async:
+            return lambda: call_with_timeout_async(thunk, timeout, late)
+        return lambda: call_with_timeout(thunk, timeout, late)
+
+    def _sleep(self, seconds: float) -> Callable[[], Any]:
+        if self._is_async:
+            return lambda: asyncio.sleep(seconds)
+        return lambda: time.sleep(seconds)
+
+    def _waiting(self, fn: Callable[[], Any], method: Any) -> Callable[[], Any]:
+        """A call that may wait on another process: awaited as it is when ``method`` is a
+        coroutine function, else sent to a thread in async workflows."""
+        return fn if inspect.iscoroutinefunction(method) else self._offload(fn)
 
     def _offload(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         """Blocking work (waiting on another process) goes to a thread in async workflows."""
@@ -255,24 +362,27 @@ class Step:
             self._emit("success" if result.ok else "error", options.key, started, result)
         return results
 
-    def _lookup_many(self, each: list[StepOptions]) -> Plan[list[Result | None]]:
+    def _lookup_many(self, keys: list[str | None], returns: Any) -> Plan[list[Result | None]]:
         """One batched read for every keyed step; hits become results, misses ``None``."""
         store = self._store
-        keyed = [o.key for o in each if o.key is not None]
+        keyed = [k for k in keys if k is not None]
         if store is None or not keyed:
-            return [None] * len(each)
+            return [None] * len(keys)
         envelopes = iter((yield lambda: store.load_many(keyed)))
+        watched = self._workflow.on_event is not None
         found: list[Result | None] = []
-        for options in each:
-            envelope = next(envelopes) if options.key is not None else None
+        for key in keys:
+            envelope = next(envelopes) if key is not None else None
             if envelope is None:
                 found.append(None)
-                continue
-            started = time.perf_counter()
-            self._emit("start", options.key, started)
-            result = envelope.to_result(options.key, options.returns)  # type: ignore[arg-type]
-            self._emit("cache_hit", options.key, started, result)
-            found.append(result)
+            elif not watched:  # the hot path of a large batch of hits
+                found.append(envelope.to_result(key, returns))  # type: ignore[arg-type]
+            else:
+                started = time.perf_counter()
+                self._emit("start", key, started)
+                result = envelope.to_result(key, returns)  # type: ignore[arg-type]
+                self._emit("cache_hit", key, started, result)
+                found.append(result)
         return found
 
     # -- async --------------------------------------------------------------------------
@@ -283,23 +393,47 @@ class Step:
     async def _result_async(
         self, thunk: Any, options: StepOptions, known_miss: bool = False
     ) -> Result[Any, Any]:
-        """Concurrent steps with one key in one run share a single execution."""
+        """Concurrent steps with one key in one run share a single execution.
+
+        The first caller drives the plan itself (no task to create: the common case of
+        one step per key stays cheap); later callers of the same key await its future.
+        """
         key = options.key
         if key is None:
             return await drive_async(self._plan(thunk, options, known_miss))
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(drive_async(self._plan(thunk, options, known_miss)))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        shared = self._inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await drive_async(self._plan(thunk, options, known_miss))
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                shared.cancel()
+            else:
+                shared.set_exception(exc)
+                shared.exception()  # nobody else may be waiting: do not warn about it
+            raise
+        else:
+            shared.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]
 
-    async def _all_async(self, thunks: list[Any], each: list[StepOptions]) -> list[Any]:
-        found = await drive_async(self._lookup_many(each))
+    async def _all_async(
+        self,
+        thunks: list[Any],
+        keys: list[str | None],
+        returns: Any,
+        options_of: Callable[[int], StepOptions],
+    ) -> list[Any]:
+        found = await drive_async(self._lookup_many(keys, returns))
+        if all(hit is not None for hit in found):
+            return [_unwrap(hit) for hit in found]  # type: ignore[arg-type]
         results = await asyncio.gather(
             *(
-                _ready(hit) if hit is not None else self._result_async(thunk, options, True)
-                for thunk, options, hit in zip(thunks, each, found, strict=True)
+                self._result_async(thunks[i], options_of(i), True) if hit is None else _ready(hit)
+                for i, hit in enumerate(found)
             )
         )
         return [_unwrap(result) for result in results]
@@ -322,11 +456,36 @@ class Step:
 
 def _execute(thunk: Any) -> Plan[Result]:
     """Call the thunk (or take the value); an escaping exception becomes an ``err``."""
+    result, _ = yield from _attempt(thunk)
+    return result
+
+
+def _attempt(thunk: Any) -> Plan[tuple[Result, bool]]:
+    """As :func:`_execute`, also saying whether the thunk raised (what retries act on)."""
     try:
         produced = yield (thunk if callable(thunk) else lambda: thunk)
     except Exception as exc:
-        return err(UnexpectedError.from_exception(exc))
-    return produced if isinstance(produced, Result) else ok(produced)
+        return err(UnexpectedError.from_exception(exc)), True
+    return (produced if isinstance(produced, Result) else ok(produced)), False
+
+
+_NONE_GIVEN: dict[str, Any] = {}
+
+
+def _given(
+    retries: Any, retry_delay: Any, retry_backoff: Any, retry_jitter: Any, timeout: Any
+) -> dict[str, Any]:
+    """The retry options a call named (the others keep the workflow's defaults)."""
+    if (
+        retries is UNSET
+        and retry_delay is UNSET
+        and retry_backoff is UNSET
+        and retry_jitter is UNSET
+        and timeout is UNSET
+    ):
+        return _NONE_GIVEN
+    values = (retries, retry_delay, retry_backoff, retry_jitter, timeout)
+    return {n: v for n, v in zip(RETRY_OPTIONS, values, strict=True) if v is not UNSET}
 
 
 def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
@@ -336,6 +495,17 @@ def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
     stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
     stored.dumps(key)
     return stored
+
+
+def _as_stored(stored: Envelope, options: StepOptions) -> Result[Any, Any]:
+    """The outcome as a later hit will read it back, so a run and a hit return equal values.
+
+    The round trip through JSON text is the same one a cache read makes: tuples become
+    lists, integer dict keys become strings, and ``returns=`` restores the richer type.
+    """
+    key = options.key
+    assert key is not None
+    return Envelope.from_data(key, stored.detached(key)).to_result(key, options.returns)
 
 
 def _unwrap(result: Result[Any, Any]) -> Any:

@@ -44,3 +44,17 @@ def hit(key: str, namespace: str) -> None:
     """A span for a step served from the cache."""
     if _tracer() is not None:
         end(start(key, namespace, **{"workflow_cache.hit": True}))
+
+
+def recording() -> bool:
+    """Whether spans go anywhere: an application has set a tracer provider.
+
+    Until one is set, OpenTelemetry hands out spans that record nothing; a batch of a
+    thousand hits skips making a thousand of them.
+    """
+    if _tracer() is None:
+        return False
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)

@@ -7,7 +7,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FunctionType
+from types import CoroutineType, FunctionType
 from typing import Any, TypeVar
 
 from workflow_cache.cache.base import OutcomeStore, as_store
@@ -15,6 +15,7 @@ from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.events import EventHook
 from workflow_cache.result import Result, ok
+from workflow_cache.retries import NO_RETRIES, RetryPolicy, retry_policy
 from workflow_cache.step import CachingSkippedWarning, EarlyExit, Step
 
 D = TypeVar("D")
@@ -27,6 +28,7 @@ class StepDefaults:
     ttl: float | None = None
     cache_errors: bool = True
     cache_exceptions: bool = False
+    retry: RetryPolicy = NO_RETRIES
 
 
 class Workflow:
@@ -45,6 +47,11 @@ class Workflow:
         cache_exceptions: bool = False,
         on_event: EventHook | None = None,
         dispatcher: Dispatcher | None = None,
+        retries: int = 0,
+        retry_delay: TTL | None = 0,
+        retry_backoff: float = 1.0,
+        retry_jitter: float = 0.0,
+        timeout: TTL | None = None,
     ) -> None:
         self.deps = deps
         self.dispatcher = dispatcher
@@ -52,7 +59,17 @@ class Workflow:
         self.store: OutcomeStore | None = as_store(cache)
         if ttl is None:
             ttl = getattr(cache, "default_ttl", None)
-        self.defaults = StepDefaults(to_seconds(ttl), bool(cache_errors), bool(cache_exceptions))
+        retry = retry_policy(
+            NO_RETRIES,
+            retries=retries,
+            retry_delay=retry_delay,
+            retry_backoff=retry_backoff,
+            retry_jitter=retry_jitter,
+            timeout=timeout,
+        )
+        self.defaults = StepDefaults(
+            to_seconds(ttl), bool(cache_errors), bool(cache_exceptions), retry
+        )
         self.on_event = on_event
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -71,7 +88,7 @@ class Workflow:
             return self._run_async(fn, args)
         step = Step(self, is_async=False)
         try:
-            return _as_result(fn(step, *args))
+            return _as_result(fn(step, *args), deep=False)
         except EarlyExit as exit_:
             return exit_.result
 
@@ -107,6 +124,8 @@ def create_workflow(deps: Any = None, **options: Any) -> Workflow:
     dropped connection should be retried, not remembered).
     ``on_event``: called with a :class:`StepEvent` as steps start, hit, miss and end.
     ``dispatcher``: sends some steps elsewhere, e.g. ``CeleryDispatcher`` for signatures.
+    ``retries``, ``retry_delay``, ``retry_backoff``, ``retry_jitter``, ``timeout``:
+    defaults for local steps (see ``step(...)``); a Celery task keeps its own options.
     Any other option is a ``TypeError`` naming it.
     """
     return Workflow(deps, **options)
@@ -124,5 +143,48 @@ def _wants_deps(fn: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-def _as_result(value: Any) -> Result:
+def _as_result(value: Any, *, deep: bool = True) -> Result:
+    _refuse_awaitables(value, deep)
     return value if isinstance(value, Result) else ok(value)
+
+
+_PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, Result})
+"""Types that are never awaitable: a sync workflow's result of one of them needs no check."""
+
+
+def _refuse_awaitables(value: Any, deep: bool) -> None:
+    """A coroutine where a value belongs is a missing ``await``: say so instead of
+    returning ``ok(<coroutine ...>)`` with only a ``RuntimeWarning``.
+
+    ``deep`` (async workflows, whose steps return coroutines) also looks one level into
+    a returned list, tuple, dict or ``Result``.
+    """
+    if not deep and type(value) in _PLAIN:
+        return
+    items: Any = ()
+    if not deep:
+        pass
+    elif isinstance(value, Result):
+        items = (value.value, value.error)
+    elif isinstance(value, list | tuple):
+        items = value
+    elif isinstance(value, dict):
+        items = value.values()
+    if not inspect.isawaitable(value) and not any(type(item) is CoroutineType for item in items):
+        return
+    for item in (value, *items):
+        if inspect.isawaitable(item):
+            _close_all(value, items)
+            raise TypeError(
+                f"the workflow function returned {item!r} where a value was expected: "
+                "a step in an async workflow must be awaited (`value = await step(...)`, "
+                "`values = await step.all(...)`)"
+            )
+
+
+def _close_all(value: Any, items: Any) -> None:
+    """Close the unawaited coroutines so Python does not also warn about them."""
+    for item in (value, *items):
+        close = getattr(item, "close", None)
+        if inspect.iscoroutine(item) and callable(close):
+            close()

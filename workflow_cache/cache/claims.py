@@ -208,12 +208,7 @@ class Claims:
                 args=[owner, int(lease_ms), self._epoch_ttl_ms],
             )
         )
-        kind = _as_str(reply[0])
-        if kind == "done":
-            return Done(_as_bytes(reply[1]))
-        if kind == "running":
-            return Running(owner=_as_str(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
-        return Claimed(token=_as_str(reply[1]), epoch=int(reply[2]))
+        return claim_state(reply)
 
     def renew(self, keys: Keys, claim: Claimed, lease_ms: int) -> bool:
         """Extend the lease to ``lease_ms`` from now, if ``claim`` still holds the lock."""
@@ -230,17 +225,7 @@ class Claims:
         keep: bool = True,
     ) -> bool:
         """Fenced: store (if ``keep``) and announce ``outcome``, drop the lock; False if refused."""
-        if ttl_ms is not None and ttl_ms <= 0:
-            raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
-        args = [
-            claim.token,
-            claim.epoch,
-            _as_bytes(outcome),
-            int(ttl_ms or 0),
-            1 if keep else 0,
-            keys.channel,
-            LAST_TTL_MS,
-        ]
+        args = commit_args(keys, claim, outcome, ttl_ms, keep)
         return bool(
             self.call(
                 lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch, keys.last], args=args)
@@ -252,6 +237,33 @@ class Claims:
         return bool(
             self.call(lambda: self._release(keys=[keys.lock], args=[claim.token, keys.channel]))
         )
+
+
+def claim_state(reply: Any) -> ClaimState:
+    """The reply of the ``claim`` script as Done, Running or Claimed."""
+    kind = _as_str(reply[0])
+    if kind == "done":
+        return Done(_as_bytes(reply[1]))
+    if kind == "running":
+        return Running(owner=_as_str(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
+    return Claimed(token=_as_str(reply[1]), epoch=int(reply[2]))
+
+
+def commit_args(
+    keys: Keys, claim: Claimed, outcome: bytes | str, ttl_ms: int | None, keep: bool
+) -> list[Any]:
+    """ARGV of the ``commit`` script (shared by the blocking and the asyncio clients)."""
+    if ttl_ms is not None and ttl_ms <= 0:
+        raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
+    return [
+        claim.token,
+        claim.epoch,
+        _as_bytes(outcome),
+        int(ttl_ms or 0),
+        1 if keep else 0,
+        keys.channel,
+        LAST_TTL_MS,
+    ]
 
 
 # --------------------------------------------------------------------------- single flight

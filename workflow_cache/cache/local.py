@@ -23,6 +23,7 @@ from typing import Any
 
 from workflow_cache import paths, signing
 from workflow_cache.cache.base import NativeCache
+from workflow_cache.cache.filelocks import KeyLock, KeyLocks
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
 from workflow_cache.options import check_key
@@ -54,6 +55,7 @@ class LocalCache(NativeCache):
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
+        self._locks = KeyLocks(self.directory)
 
     def _query(self, key: str, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         try:
@@ -105,6 +107,10 @@ class LocalCache(NativeCache):
         self._saves += 1
         if self._saves % _CULL_EVERY == 0:
             self._query(key, "DELETE FROM outcomes WHERE expires < ?", (time.time(),))
+
+    def acquire(self, key: str) -> Envelope | KeyLock:
+        """Single flight across the processes of this machine (see ``filelocks.py``)."""
+        return self._locks.acquire(check_key(key), self.load, self.save)  # type: ignore[arg-type]
 
     def has(self, key: str) -> bool:
         check_key(key)

@@ -12,12 +12,14 @@ it is still the same bytes) so the step runs and stores a signed outcome.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -32,19 +34,22 @@ from workflow_cache.cache.claims import (
 )
 from workflow_cache.cache.clients import client_from_url, read_many
 from workflow_cache.cache.keys import KeySpace
+from workflow_cache.cache.lua import script
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
 from workflow_cache.options import check_key
 
+if TYPE_CHECKING:
+    from workflow_cache.cache.redis_async import AsyncRedisCache
+
 _SCAN_BATCH = 500
-_REFUSED_RETRIES = 3
-# KEYS: out   ARGV: the exact bytes read. Deletes the value only if nobody replaced it since.
-_DELETE_IF_SAME = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+REFUSED_RETRIES = 3
+"""How many refused (unsigned or forged) outcomes ``acquire`` removes before giving up."""
 
 log = logging.getLogger(__name__)
+
+ASYNC_CONNECTIONS = 100
+"""Connections of one event loop's pool; more concurrent steps queue for a free one."""
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,12 @@ class RedisCache(NativeCache):
         self.wait_timeout = wait_timeout
         self._flight: SingleFlight | None = None
         self._flight_lock = threading.Lock()
+        self._timeouts = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+        }
+        self._async_ok = client is None and url.startswith(("redis://", "rediss://", "unix://"))
+        self._views: weakref.WeakKeyDictionary[Any, AsyncRedisCache] = weakref.WeakKeyDictionary()
         self.client = client or client_from_url(
             url,
             socket_timeout=socket_timeout,
@@ -107,17 +118,21 @@ class RedisCache(NativeCache):
         with self._reaching():
             rows = read_many(self.client, [self._out(key) for key in keys])
         self._looked_up(keys, rows)
-        return [
-            None if raw is None else self._decode(k, raw) for k, raw in zip(keys, rows, strict=True)
-        ]
+        if signing.enabled():  # each row's signature checked, a refused one removed
+            return [
+                None if raw is None else self._decode(k, raw)
+                for k, raw in zip(keys, rows, strict=True)
+            ]
+        return Envelope.loads_many(keys, rows)
 
     def _looked_up(self, keys: Sequence[str], rows: Sequence[Any]) -> None:
         hits = sum(raw is not None for raw in rows)
         metrics.lookup(self.namespace, hits, len(rows) - hits)
         debug = log.isEnabledFor(logging.DEBUG)
-        if debug or hits:
+        traced = hits and tracing.recording()
+        if debug or traced:
             for key, raw in zip(keys, rows, strict=True):
-                if raw is not None:
+                if traced and raw is not None:
                     tracing.hit(key, self.namespace)
                 if debug:
                     found = "hit" if raw is not None else "miss"
@@ -134,7 +149,7 @@ class RedisCache(NativeCache):
     def _refuse(self, key: str, raw: bytes, problem: EnvelopeError) -> None:
         log.warning("%s; treating it as a miss and removing it", problem)
         with self._reaching():
-            self.client.eval(_DELETE_IF_SAME, 1, self._out(key), raw)
+            self.client.eval(script("delete_if_same"), 1, self._out(key), raw)
 
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)
@@ -152,7 +167,7 @@ class RedisCache(NativeCache):
 
     def acquire(self, key: str) -> Envelope | RedisClaim:
         """The key's outcome once known (waiting while another process runs it), or its claim."""
-        for _ in range(_REFUSED_RETRIES):
+        for _ in range(REFUSED_RETRIES):
             started = time.perf_counter()
             got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
             waited = time.perf_counter() - started
@@ -170,6 +185,37 @@ class RedisCache(NativeCache):
         raise EnvelopeError(
             f"cache entry for key {key!r} keeps being replaced by unsigned or forged outcomes"
         )
+
+    def for_async(self) -> AsyncRedisCache | None:
+        """This cache on ``redis.asyncio`` for the running event loop (one pool per loop),
+        or None where async workflows keep the blocking client: a ``client=`` passed in,
+        or a Sentinel or Cluster URL."""
+        if not self._async_ok:
+            return None
+        loop = asyncio.get_running_loop()
+        view = self._views.get(loop)
+        if view is not None:
+            return view
+        with self._flight_lock:
+            view = self._views.get(loop)
+            if view is None:
+                import redis.asyncio
+
+                from workflow_cache.cache.redis_async import AsyncRedisCache
+
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    self.url, max_connections=ASYNC_CONNECTIONS, **self._timeouts
+                )
+                client = redis.asyncio.Redis.from_pool(pool)
+                view = self._views[loop] = AsyncRedisCache(self, client, _safe(self.url))
+            return view
+
+    async def aclose(self) -> None:
+        """Close the running loop's ``redis.asyncio`` pool, pub/sub connection and tasks."""
+        with self._flight_lock:
+            view = self._views.pop(asyncio.get_running_loop(), None)
+        if view is not None:
+            await view.aclose()
 
     # -- Map-like management --------------------------------------------------------------
 

@@ -1,0 +1,274 @@
+"""1,000 concurrent async workflows against Redis behind a 1 ms-each-way proxy, same run.
+
+    python benchmarks/bench_async_redis.py [--n 1000] [--rounds 3] [--compare-rev REV]
+
+Starts its own redis-server on a free loopback port and, in a separate process, a
+TCP proxy written here that delays every chunk by 1 ms in each direction (a LAN-like
+round trip of 2 ms). Each scenario runs in a fresh process, one event loop, N
+concurrent workflows:
+
+  bare GET        N concurrent ``redis.asyncio`` GETs of stored envelopes (baseline)
+  hit             N async workflows, each one step whose key is stored
+  cold miss       N async workflows, each one step on a fresh key (claim, run, commit)
+
+and prints the wall time (median over rounds) against the bare GET baseline
+(target for hits: <= 1.5x) and the event-loop lag: the worst delay of a 1 ms ticker
+running alongside, median over rounds (target: < 10 ms), printed as "worst /
+second-worst": one tick spans the start of all N coroutines, which asyncio runs in
+one loop iteration, so it grows with N for the bare baseline too; the second-worst
+tick shows whether anything else blocks the loop while the workflows run. On a busy
+machine compare with the baseline's own lag, which scheduling inflates too.
+With ``--compare-rev REV`` the same scenarios also run on the code of that git
+revision (``git archive``), for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DELAY_S = 0.001
+
+
+# --------------------------------------------------------------------------- the proxy
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Forward bytes, each chunk DELAY_S after it arrived, in order, without batching up."""
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    async def send() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                break
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    sender = asyncio.ensure_future(send())
+    try:
+        while True:
+            data = await reader.read(65536)
+            queue.put_nowait((loop.time() + DELAY_S, data))
+            if not data:
+                break
+    except ConnectionError:
+        queue.put_nowait((0.0, b""))
+    await sender
+
+
+async def _proxy(listen_port: int, target_port: int) -> None:
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(
+            _pipe(client_r, server_w), _pipe(server_r, client_w), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=4096)
+    print("LISTENING", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def start_proxy(target_port: int) -> tuple[subprocess.Popen[str], int]:
+    from tests.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--proxy", str(port), str(target_port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "LISTENING"
+    return proc, port
+
+
+# --------------------------------------------------------------------------- one scenario
+
+
+async def _ticker(ticks: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    """Each tick's end and its delay past its 1 ms, in order."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(0.001)
+        now = loop.time()
+        ticks.append((now, now - before - 0.001))
+
+
+async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str, float]:
+    import redis.asyncio
+
+    from workflow_cache import RedisCache, create_workflow
+
+    cache = RedisCache(url, namespace=namespace)
+    workflow = create_workflow(cache=cache)
+    keys = [f"{scenario}:{i}" for i in range(n)]
+    bare = redis.asyncio.Redis.from_pool(  # the pool size workflow-cache uses per loop
+        redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=100)
+    )
+    outs = [cache.keyspace.out(k) for k in keys]
+
+    async def warm() -> None:  # open connections (and the async pool) before timing
+        await asyncio.gather(*(bare.ping() for _ in range(min(n, 200))))
+
+        def one(i: int):  # type: ignore[no-untyped-def]
+            async def body(step):  # type: ignore[no-untyped-def]
+                return await step(lambda: 0, key=f"warm:{scenario}:{i}")
+
+            return body
+
+        await asyncio.gather(*(workflow(one(i)) for i in range(min(n, 200))))
+
+    await warm()
+
+    async def run_hit(i: int) -> object:
+        async def body(step):  # type: ignore[no-untyped-def]
+            return await step(lambda: {"i": i}, key=keys[i])
+
+        return (await workflow(body)).value
+
+    async def run_bare(i: int) -> object:
+        raw = await bare.get(outs[i])
+        return json.loads(raw)
+
+    run = {"hit": run_hit, "miss": run_hit, "bare": run_bare}[scenario]
+    ticks: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+    ticker = asyncio.ensure_future(_ticker(ticks, stop))
+    await asyncio.sleep(0.01)
+    ticks.clear()
+    launched = asyncio.get_running_loop().time()
+    started = time.perf_counter()
+    values = await asyncio.gather(*(run(i) for i in range(n)))
+    wall = time.perf_counter() - started
+    stop.set()
+    await ticker
+    assert len(values) == n and all(v is not None for v in values)
+    await bare.aclose()
+    aclose = getattr(cache, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    # One tick spans the first steps of all N coroutines, which asyncio runs in a single
+    # loop iteration; the second-worst tick shows whether anything else blocks the loop.
+    lags = sorted(lag for end, lag in ticks if end >= launched)
+    lags = [0.0, 0.0, *lags]
+    return {"wall": wall, "lag": lags[-1], "after": lags[-2]}
+
+
+def _prepare(direct_url: str, namespace: str, n: int) -> None:
+    """Store the envelopes the hit and bare scenarios read (through the current code)."""
+    sys.path.insert(0, str(ROOT))
+    from workflow_cache import RedisCache, create_workflow
+
+    cache = RedisCache(direct_url, namespace=namespace)
+    workflow = create_workflow(cache=cache)
+    for name in ("hit", "bare"):
+        keys = [f"{name}:{i}" for i in range(n)]
+        thunks = [lambda i=i: {"i": i} for i in range(n)]
+
+        def store_all(step, keys=keys, thunks=thunks):  # type: ignore[no-untyped-def]
+            return step.all(thunks, keys=keys)
+
+        workflow(lambda step: store_all(step))
+    cache.close()
+
+
+def scenario(src: Path, url: str, name: str, n: int, namespace: str) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", url, name, str(n), namespace],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} on {src} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compare-rev", help="also measure this git revision's code")
+    parser.add_argument("--proxy", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.proxy:
+        asyncio.run(_proxy(*args.proxy))
+        return
+    if args.measure:
+        url, name, n, namespace = args.measure
+        print(json.dumps(asyncio.run(_measure(url, name, int(n), namespace))))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from tests.servers import RedisServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-async-"))
+    (workdir / "redis").mkdir()
+    server = RedisServer(workdir / "redis")
+    proxy, port = start_proxy(server.port)
+    sources = {"this code": ROOT}
+    if args.compare_rev:
+        old = workdir / "old"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.compare_rev], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        sources[f"code at {args.compare_rev}"] = old
+    try:
+        proxied = f"redis://127.0.0.1:{port}/0"
+        delay = f"{DELAY_S * 1e3:g} ms"
+        print(f"redis behind a {delay}-each-way proxy; n={args.n}, rounds={args.rounds}")
+        for label, src in sources.items():
+            results: dict[str, list[dict[str, float]]] = {"bare": [], "hit": [], "miss": []}
+            for r in range(args.rounds):
+                namespace = f"bench{r}{len(label)}"
+                _prepare(server.url, namespace, args.n)
+                for name in ("bare", "hit", "miss"):
+                    results[name].append(scenario(src, proxied, name, args.n, namespace))
+            wall = {k: statistics.median(x["wall"] for x in v) for k, v in results.items()}
+            lag = {k: statistics.median(x["lag"] for x in v) for k, v in results.items()}
+            after = {k: statistics.median(x["after"] for x in v) for k, v in results.items()}
+            print(f"-- {label}")
+            print(
+                f"bare redis.asyncio GET x{args.n}   {wall['bare'] * 1e3:8.1f} ms   "
+                f"loop lag {lag['bare'] * 1e3:6.1f} / {after['bare'] * 1e3:5.1f} ms   (baseline)"
+            )
+            for name, text in (("hit", "hits"), ("miss", "cold misses")):
+                print(
+                    f"{args.n} workflows, {text:11s} {wall[name] * 1e3:8.1f} ms   "
+                    f"loop lag {lag[name] * 1e3:6.1f} / {after[name] * 1e3:5.1f} ms   "
+                    f"{wall[name] / wall['bare']:5.2f}x"
+                    + ("   (target <= 1.5x, lag < 10 ms)" if name == "hit" else "")
+                )
+    finally:
+        proxy.kill()
+        proxy.wait()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""LocalCache runs a key once across the processes of one machine, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from workflow_cache import LocalCache, create_workflow, err
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, os, sys, time
+from workflow_cache import LocalCache, create_workflow, err
+directory, key, mode, log = sys.argv[1:5]
+cache = LocalCache(directory)
+
+def work():
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    print("STARTED", flush=True)
+    if mode == "hang":
+        time.sleep(120)
+    time.sleep(0.3)
+    if mode == "fail":
+        return err(f"failed in {os.getpid()}")
+    return f"ran in {os.getpid()}"
+
+print("READY", flush=True)
+sys.stdin.readline()
+workflow = create_workflow(cache=cache, cache_errors=False)
+result = workflow(lambda step: step(work, key=key))
+print("RESULT", json.dumps([result.ok, result.value if result.ok else result.error]), flush=True)
+"""
+
+
+def spawn(directory: Path, key: str, mode: str, log: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(directory), key, mode, str(log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def expect(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
+    return line.strip()
+
+
+def go(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+
+
+def results(procs: list[subprocess.Popen[str]]) -> list[str]:
+    found = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        found += [line.partition(" ")[2] for line in out.splitlines() if line.startswith("RESULT")]
+    return found
+
+
+def kill_all(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_eight_processes_on_one_key_run_it_once(tmp_path: Path) -> None:
+    log = tmp_path / "executions"
+    procs = [spawn(tmp_path / "cache", "hot", "ok", log) for _ in range(8)]
+    try:
+        for proc in procs:
+            expect(proc, "READY")
+        go(*procs)
+        outcomes = results(procs)
+    finally:
+        kill_all(procs)
+    assert len(log.read_text().split()) == 1
+    assert len(outcomes) == 8 and len(set(outcomes)) == 1, outcomes
+
+
+def test_an_error_that_is_not_kept_still_reaches_the_waiters(tmp_path: Path) -> None:
+    log = tmp_path / "executions"
+    procs = [spawn(tmp_path / "cache", "bad", "fail", log) for _ in range(4)]
+    try:
+        for proc in procs:
+            expect(proc, "READY")
+        go(*procs)
+        outcomes = results(procs)
+    finally:
+        kill_all(procs)
+    assert len(log.read_text().split()) == 1
+    assert len(set(outcomes)) == 1 and outcomes[0].startswith("[false,"), outcomes
+    assert not LocalCache(tmp_path / "cache").has("bad")  # not kept: the next run executes
+
+
+def test_a_killed_holder_is_taken_over_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "executions"
+    holder = spawn(tmp_path / "cache", "k", "hang", log)
+    waiter = spawn(tmp_path / "cache", "k", "ok", log)
+    try:
+        expect(holder, "READY")
+        go(holder)
+        expect(holder, "STARTED")
+        expect(waiter, "READY")
+        go(waiter)
+        time.sleep(1.0)
+        assert waiter.poll() is None and len(log.read_text().split()) == 1  # blocked on the lock
+        killed = time.monotonic()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        expect(waiter, "STARTED")
+        took_over = time.monotonic() - killed
+        outcome = expect(waiter, "RESULT")
+        assert waiter.wait(30) == 0
+    finally:
+        kill_all([holder, waiter])
+    assert f"ran in {waiter.pid}" in outcome
+    assert took_over < 30  # generous: the lock is dropped by the kernel, not by a timer
+    assert LocalCache(tmp_path / "cache").get("k").value == f"ran in {waiter.pid}"
+
+
+def test_threads_of_one_process_share_one_execution(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    calls = []
+    barrier = threading.Barrier(8)
+
+    def work() -> str:
+        calls.append(1)
+        time.sleep(0.2)
+        return "once"
+
+    out: list[object] = []
+
+    def contender() -> None:
+        barrier.wait()
+        out.append(create_workflow(cache=cache)(lambda step: step(work, key="t")).value)
+
+    threads = [threading.Thread(target=contender) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert calls == [1] and out == ["once"] * 8
+
+
+def test_a_stale_notice_is_not_taken_by_a_later_run(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    workflow = create_workflow(cache=cache, cache_errors=False)
+    assert workflow(lambda step: step(lambda: err("first"), key="e")).error == "first"
+    assert workflow(lambda step: step(lambda: err("second"), key="e")).error == "second"
+
+
+def test_a_garbled_lock_file_is_ignored(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    lock = cache._locks.path("g")
+    lock.write_bytes(b"\x00not json")
+    assert create_workflow(cache=cache)(lambda step: step(lambda: 1, key="g")).value == 1
