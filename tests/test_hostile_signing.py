@@ -254,3 +254,34 @@ def test_bad_signing_key_setting_is_exit_2(box: Sandbox) -> None:
     run = box.run(flow_yaml(box.root / "f.yaml"), env={VARIABLE: "short"})
     assert_clean(run, status=2)
     assert len(run.stderr.strip().splitlines()) == 1 and "16 characters" in run.stderr
+
+
+def test_async_workflows_sign_and_refuse_like_sync_ones(
+    redis_url: str, redis_client: Any, namespace: str, monkeypatch, caplog
+) -> None:
+    """The redis.asyncio path seals what it writes and refuses an unsigned outcome too."""
+    import asyncio
+
+    monkeypatch.setenv(VARIABLE, NEW)
+    cache = RedisCache(redis_url, namespace=namespace)
+    store = _Store(cache, redis_client, namespace)
+    store.plant("planted", '{"v":1,"status":"ok","value":"forged"}')
+    fresh, replaced = Counter("fresh"), Counter("real")
+
+    async def flow(step):
+        a = await step(fresh, key="k")
+        many = await step.all([lambda: "x", replaced], keys=["other", "planted"])
+        return [a, *many]
+
+    async def main() -> Any:
+        try:
+            return await create_workflow({}, cache=cache)(flow)
+        finally:
+            await cache.aclose()
+
+    with caplog.at_level(logging.WARNING):
+        result = asyncio.run(main())
+    assert result == ok(["fresh", "x", "real"]) and replaced.calls == 1
+    for key in ("k", "other", "planted"):
+        assert store.raw(key).startswith('{"sig":"hmac-sha256:')
+    assert len(warnings_about(caplog, "planted")) == 1
