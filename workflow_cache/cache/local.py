@@ -52,10 +52,23 @@ class LocalCache(NativeCache):
         self._db = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
+        self._prepare()
         self._locks = KeyLocks(self.directory)
+
+    def _prepare(self) -> None:
+        """WAL mode and the table. Processes starting together can find the file busy here
+        even with a busy timeout (SQLite refuses some lock upgrades at once), so retry."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                with self._lock:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _query(self, key: str, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         try:
