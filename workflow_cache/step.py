@@ -79,7 +79,9 @@ class Step:
                 cache_errors=cache_errors,
                 cache_exceptions=cache_exceptions,
             )
-        options = self._options(key, ttl, cache_errors, cache_exceptions, returns)
+        options = self._identify(
+            thunk, self._options(key, ttl, cache_errors, cache_exceptions, returns)
+        )
         if self._is_async:
             return self._run_async(thunk, options)
         return _unwrap(drive_sync(self._plan(thunk, options)))
@@ -113,6 +115,7 @@ class Step:
             StepOptions(check_key(k), base.ttl, base.cache_errors, base.cache_exceptions, returns)
             for k in keys
         ]
+        each = [self._identify(thunk, options) for thunk, options in zip(thunks, each, strict=True)]
         if self._is_async:
             return self._all_async(thunks, each)
         found = drive_sync(self._lookup_many(each))
@@ -152,6 +155,15 @@ class Step:
             return None
         expand = getattr(dispatcher, "expand", None)
         return None if expand is None else expand(thunk)
+
+    def _identify(self, thunk: Any, options: StepOptions) -> StepOptions:
+        """Let a replaying dispatcher see every dispatched step in order (hits included)
+        and give unkeyed ones a stable key (see ``dispatch.Identifying``)."""
+        dispatcher = self._workflow.dispatcher
+        identify = getattr(dispatcher, "identify", None)
+        if identify is None or not dispatcher.accepts(thunk):  # type: ignore[union-attr]
+            return options
+        return identify(thunk, options)
 
     # -- options ----------------------------------------------------------------------
 

@@ -38,10 +38,11 @@ from celery.app.task import Task as BaseTask
 from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError, TimeLimitExceeded
 from kombu.utils.imports import symbol_by_name
 
-from workflow_cache.cache.claims import Done, Holder, Running
+from workflow_cache.cache.claims import Done, Holder, Running, SingleFlight
 from workflow_cache.cache.messages import StepMessages
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
+from workflow_cache.distributed.resume import hand_over
 from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.options import keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
@@ -141,6 +142,8 @@ def _call(
         log.warning("task %s[%s] refused: wfc_step header: %s", task.name, request.id, exc)
         raise Ignore() from None
     started = messages.start(header.key, request.id)
+    if isinstance(started, Done):  # a redelivery: resume runs its executor may have left
+        hand_over(task.app, messages.flight, header.key)
     if isinstance(started, Done | Running):
         log.debug("step %r: %s already, message %s acknowledged", header.key, started, request.id)
         raise Ignore()
@@ -166,7 +169,7 @@ def _run_holding(
         holder.release()
         raise
     except Exception as exc:
-        _commit(holder, header, err(UnexpectedError.from_exception(exc)))
+        _commit(task.app, messages.flight, holder, header, err(UnexpectedError.from_exception(exc)))
         raise
     except BaseException:
         # the process is being torn down (terminated, revoked, cold shutdown): keep the
@@ -174,7 +177,7 @@ def _run_holding(
         holder.abandon()
         raise
     result = produced if isinstance(produced, Result) else ok(produced)
-    _commit(holder, header, result)
+    _commit(task.app, messages.flight, holder, header, result)
     if isinstance(produced, Result):
         return Envelope.from_result(header.key, produced, ttl=None).detached(header.key)
     return produced
@@ -192,11 +195,16 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
     return envelope, keep
 
 
-def _commit(holder: Holder, header: StepHeader, result: Result[Any, Any]) -> None:
+def _commit(
+    app: Celery, flight: SingleFlight, holder: Holder, header: StepHeader, result: Result[Any, Any]
+) -> None:
     envelope, keep = _outcome(header, result)
     ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-    if not holder.commit(envelope.dumps(header.key), ttl_ms=ttl_ms, keep=keep):
+    text = envelope.dumps(header.key)
+    if not holder.commit(text, ttl_ms=ttl_ms, keep=keep):
         log.warning("step %r: lease lost before commit; a newer outcome stands", header.key)
+        return
+    hand_over(app, flight, header.key, b"" if keep else text)
 
 
 def _countdown(exc: Retry) -> float:
@@ -224,7 +232,9 @@ def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, wha
         envelope, keep = _outcome(header, err(UnexpectedError.from_exception(exc)))
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
         messages = runner.messages(header.ns)
-        messages.fail_task(header.key, task_id, envelope.dumps(header.key), ttl_ms, keep)
+        text = envelope.dumps(header.key)
+        if messages.fail_task(header.key, task_id, text, ttl_ms, keep):
+            hand_over(task.app, messages.flight, header.key, b"" if keep else text)
     except Exception as error:  # the lease or the queued marker still runs out
         log.warning("step %r: %s not recorded as its outcome: %s", header.key, what, error)
 
