@@ -107,9 +107,7 @@ def test_one_solo_worker_on_both_queues_runs_20_workflows_of_3_steps(solo) -> No
 def test_suspended_runs_are_listed_as_waiters_and_resume_once(solo) -> None:
     module, _ = solo
     tag = uuid.uuid4().hex[:10]
-    # a step message that sits in the queue behind a slow one: the run waits on it
-    blocker = module.work.apply_async((f"{tag}:slow", 2.0), queue="steps")
-    r = module.three_steps.delay(tag)
+    r = module.three_steps.delay(tag, 1.0)  # each step takes a second: the run waits
     wait_for(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id])
     info = run_info(module.cache, r.id)
     assert info is not None and info.state == "suspended" and info.waiting_on == (f"{tag}:a",)
@@ -118,7 +116,6 @@ def test_suspended_runs_are_listed_as_waiters_and_resume_once(solo) -> None:
     assert outcome_of(module.cache, r.id, timeout=5).value == [1, 1, 1]
     first = events(module, r.id)[0].split("|")
     assert first[0] == "suspended" and first[3] == f"{tag}:a"
-    blocker.forget()
 
 
 def test_a_producer_waits_on_the_runs_own_outcome_key(solo) -> None:
@@ -135,7 +132,7 @@ def test_a_divergent_replay_is_a_clear_error(solo) -> None:
     tag = uuid.uuid4().hex[:10]
     outcome = result_of(module.diverging.delay(tag), timeout=60)
     assert not outcome.ok and isinstance(outcome.error, UnexpectedError)
-    assert outcome.error.type == "ReplayDiverged"
+    assert outcome.error.type.endswith("ReplayDiverged")
     message = outcome.error.message
     assert "step #0" in message and f"{tag}:x" in message and f"{tag}:y" in message
     assert module.count(f"{tag}:y") == 0  # the divergent step was never sent
@@ -147,7 +144,7 @@ def test_blocking_mode_fails_past_its_deadline_naming_step_and_queue(solo) -> No
     started = time.monotonic()
     outcome = result_of(module.blocking.delay(tag), timeout=60)
     waited = time.monotonic() - started
-    assert not outcome.ok and outcome.error.type == "StepWaitTimeout"
+    assert not outcome.ok and outcome.error.type.endswith("StepWaitTimeout")
     assert repr(tag) in outcome.error.message and "'nobody'" in outcome.error.message
     assert "no worker has started it" in outcome.error.message
     assert 3.0 <= waited < 30.0, waited  # block_timeout=3 s, measured end to end

@@ -36,7 +36,7 @@ from workflow_cache.distributed.runs import RunInfo, Runs, outcome_key
 from workflow_cache.distributed.steps import route
 from workflow_cache.distributed.waiters import Waiters
 from workflow_cache.envelope import Envelope
-from workflow_cache.result import Result
+from workflow_cache.result import Result, UnexpectedError, err
 from workflow_cache.workflow import create_workflow
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,11 @@ def workflow_task(
         workflow = create_workflow(
             None, cache=store, dispatcher=dispatcher, on_event=on_event, **workflow_options
         )
-        result = workflow(lambda step: fn(step, *args, **kwargs))
+        try:
+            result = workflow(lambda step: fn(step, *args, **kwargs))
+        except ClaimTimeout as exc:  # past block_timeout: the workflow fails, saying why
+            log.error("workflow %s[%s]: %s", task_name, self.request.id, exc)
+            result = err(UnexpectedError.from_exception(exc))
         return Envelope.from_result(task_name, result, ttl=None).detached(task_name)
 
     return run_workflow
