@@ -175,7 +175,7 @@ def test_200_workflows_with_shared_keys_on_2_slots(redis_url, tmp_path) -> None:
         )
         with workers(module, worker):
             sent = [module.batches.delay(groups) for groups in plans]
-            outcomes = [result_of(r, timeout=300) for r in sent]
+            outcomes = [outcome_of(module.cache, r.id, timeout=300) for r in sent]
         assert all(o.ok for o in outcomes)
         for groups, outcome in zip(plans, outcomes, strict=True):
             assert outcome.value == groups[0] + groups[1]
