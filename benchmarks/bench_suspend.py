@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import statistics
 import sys
@@ -60,12 +61,25 @@ def slot_rows(module: ModuleType, task: str) -> list[tuple[str, int, float, int]
 def run_batch(module: ModuleType, task, n: int, steps: int, seconds: float) -> float:
     tag = uuid.uuid4().hex[:8]
     started = time.perf_counter()
-    sent = [task.delay(f"{tag}:{i}", seconds, steps) for i in range(n)]
-    for r in sent:
-        data = r.get(timeout=600)
-        if data.get("status") != "ok":
-            raise RuntimeError(f"workflow {r.id} failed: {data}")
+    ids = [task.delay(f"{tag}:{i}", seconds, steps).id for i in range(n)]
+    wait_done(module, ids)
     return time.perf_counter() - started
+
+
+def wait_done(module: ModuleType, ids: list[str], timeout: float = 600.0) -> None:
+    """Until every task's result is stored (read from Redis: no result consumer involved)."""
+    keys = [f"celery-task-meta-{i}" for i in ids]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = module._redis.mget(keys)
+        if all(rows):
+            for task_id, raw in zip(ids, rows, strict=True):
+                meta = json.loads(raw)
+                if meta.get("status") != "SUCCESS" or meta["result"].get("status") != "ok":
+                    raise RuntimeError(f"workflow {task_id} failed: {meta}")
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"workflows not done after {timeout} s")
 
 
 def suspended_slots(module: ModuleType, n: int = 20) -> tuple[int, int]:
@@ -84,8 +98,7 @@ def suspended_slots(module: ModuleType, n: int = 20) -> tuple[int, int]:
     suspended = sum(
         getattr(run_info(module.cache, r.id), "state", None) == "suspended" for r in sent
     )
-    for r in sent:
-        r.get(timeout=120)
+    wait_done(module, [r.id for r in sent])
     return suspended, held
 
 
