@@ -189,7 +189,9 @@ def test_200_workflows_with_shared_keys_on_2_slots(redis_url, tmp_path) -> None:
             assert 0 <= suspended <= 2 and seen.count("resumed") == suspended
             assert seen[-1] == "finished"
             info = run_info(module.cache, r.id)
-            assert info is not None and info.replays == suspended and info.batch == suspended
+            # a batch whose keys all committed while the run was joining them carries on
+            # in place: it counts as a batch, never as a suspension or a resume
+            assert info is not None and info.replays == suspended and info.batch >= suspended
 
 
 def test_kill_9_while_suspended_and_while_replaying(redis_url, tmp_path) -> None:
