@@ -79,9 +79,12 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
     raise AssertionError("condition not met in time")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def solo(redis_url, tmp_path_factory) -> Iterator[tuple[ModuleType, Path]]:
-    """One solo worker (one slot) consuming both the workflows and the steps queues."""
+    """One solo worker (one slot) consuming both the workflows and the steps queues.
+
+    Class-scoped: it is stopped before the tests that start workers of their own, so
+    it never takes their messages."""
     log = tmp_path_factory.mktemp("suspend-solo") / "worker.log"
     with app_for(redis_url) as (module, env):
         worker = CeleryWorker("tests.celery_app", "solo", "workflows,steps", env, log=log)
@@ -89,73 +92,71 @@ def solo(redis_url, tmp_path_factory) -> Iterator[tuple[ModuleType, Path]]:
             yield module, log
 
 
-def test_one_solo_worker_on_both_queues_runs_20_workflows_of_3_steps(solo) -> None:
-    module, _ = solo
-    tags = [uuid.uuid4().hex[:10] for _ in range(20)]
-    sent = [module.three_steps.delay(tag) for tag in tags]
-    outcomes = [result_of(r, timeout=120) for r in sent]
-    assert all(o.ok and o.value == [1, 1, 1] for o in outcomes), outcomes
-    for tag, r in zip(tags, sent, strict=True):
-        assert [module.count(f"{tag}:{s}") for s in "abc"] == [1, 1, 1]
-        # three pending steps, one after another: three suspensions, three resumes
-        assert kinds(module, r.id) == ["suspended", "resumed"] * 3 + ["finished"]
+class TestOneSoloWorkerOnBothQueues:
+    """Suspending workflows on one worker with one slot, serving workflows and steps."""
+
+    def test_one_solo_worker_on_both_queues_runs_20_workflows_of_3_steps(self, solo) -> None:
+        module, _ = solo
+        tags = [uuid.uuid4().hex[:10] for _ in range(20)]
+        sent = [module.three_steps.delay(tag) for tag in tags]
+        outcomes = [result_of(r, timeout=120) for r in sent]
+        assert all(o.ok and o.value == [1, 1, 1] for o in outcomes), outcomes
+        for tag, r in zip(tags, sent, strict=True):
+            assert [module.count(f"{tag}:{s}") for s in "abc"] == [1, 1, 1]
+            # three pending steps, one after another: three suspensions, three resumes
+            assert kinds(module, r.id) == ["suspended", "resumed"] * 3 + ["finished"]
+            info = run_info(module.cache, r.id)
+            assert info is not None and info.state == "done" and info.replays == 3
+            assert [s.split("|")[0] for s in info.steps] == ["tests.work"] * 3
+
+    def test_suspended_runs_are_listed_as_waiters_and_resume_once(self, solo) -> None:
+        module, _ = solo
+        tag = uuid.uuid4().hex[:10]
+        r = module.three_steps.delay(tag, 1.0)  # each step takes a second: the run waits
+        wait_for(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id])
         info = run_info(module.cache, r.id)
-        assert info is not None and info.state == "done" and info.replays == 3
-        assert [s.split("|")[0] for s in info.steps] == ["tests.work"] * 3
+        assert info is not None and info.state == "suspended" and info.waiting_on == (f"{tag}:a",)
+        assert result_of(r, timeout=60).value == [1, 1, 1]
+        assert waiting_on(module.cache, f"{tag}:a") == []
+        assert outcome_of(module.cache, r.id, timeout=5).value == [1, 1, 1]
+        first = events(module, r.id)[0].split("|")
+        assert first[0] == "suspended" and first[3] == f"{tag}:a"
 
+    def test_a_producer_waits_on_the_runs_own_outcome_key(self, solo) -> None:
+        module, _ = solo
+        tag = uuid.uuid4().hex[:10]
+        r = module.three_steps.delay(tag, 0.2)
+        outcome = outcome_of(module.cache, r.id, timeout=60)  # no result backend involved
+        assert outcome.ok and outcome.value == [1, 1, 1]
+        assert module.cache.get(f"run:{r.id}") == outcome
 
-def test_suspended_runs_are_listed_as_waiters_and_resume_once(solo) -> None:
-    module, _ = solo
-    tag = uuid.uuid4().hex[:10]
-    r = module.three_steps.delay(tag, 1.0)  # each step takes a second: the run waits
-    wait_for(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id])
-    info = run_info(module.cache, r.id)
-    assert info is not None and info.state == "suspended" and info.waiting_on == (f"{tag}:a",)
-    assert result_of(r, timeout=60).value == [1, 1, 1]
-    assert waiting_on(module.cache, f"{tag}:a") == []
-    assert outcome_of(module.cache, r.id, timeout=5).value == [1, 1, 1]
-    first = events(module, r.id)[0].split("|")
-    assert first[0] == "suspended" and first[3] == f"{tag}:a"
+    def test_a_divergent_replay_is_a_clear_error(self, solo) -> None:
+        module, _ = solo
+        tag = uuid.uuid4().hex[:10]
+        outcome = result_of(module.diverging.delay(tag), timeout=60)
+        assert not outcome.ok and isinstance(outcome.error, UnexpectedError)
+        assert outcome.error.type.endswith("ReplayDiverged")
+        message = outcome.error.message
+        assert "step #0" in message and f"{tag}:x" in message and f"{tag}:y" in message
+        assert module.count(f"{tag}:y") == 0  # the divergent step was never sent
 
+    def test_blocking_mode_fails_past_its_deadline_naming_step_and_queue(self, solo) -> None:
+        module, _ = solo
+        tag = uuid.uuid4().hex[:10]
+        started = time.monotonic()
+        outcome = result_of(module.blocking.delay(tag), timeout=60)
+        waited = time.monotonic() - started
+        assert not outcome.ok and outcome.error.type.endswith("StepWaitTimeout")
+        assert repr(tag) in outcome.error.message and "'nobody'" in outcome.error.message
+        assert "no worker has started it" in outcome.error.message
+        assert 3.0 <= waited < 30.0, waited  # block_timeout=3 s, measured end to end
+        print(f"blocking deadline 3 s: failed after {waited:.2f} s end to end")
 
-def test_a_producer_waits_on_the_runs_own_outcome_key(solo) -> None:
-    module, _ = solo
-    tag = uuid.uuid4().hex[:10]
-    r = module.three_steps.delay(tag, 0.2)
-    outcome = outcome_of(module.cache, r.id, timeout=60)  # no result backend involved
-    assert outcome.ok and outcome.value == [1, 1, 1]
-    assert module.cache.get(f"run:{r.id}") == outcome
-
-
-def test_a_divergent_replay_is_a_clear_error(solo) -> None:
-    module, _ = solo
-    tag = uuid.uuid4().hex[:10]
-    outcome = result_of(module.diverging.delay(tag), timeout=60)
-    assert not outcome.ok and isinstance(outcome.error, UnexpectedError)
-    assert outcome.error.type.endswith("ReplayDiverged")
-    message = outcome.error.message
-    assert "step #0" in message and f"{tag}:x" in message and f"{tag}:y" in message
-    assert module.count(f"{tag}:y") == 0  # the divergent step was never sent
-
-
-def test_blocking_mode_fails_past_its_deadline_naming_step_and_queue(solo) -> None:
-    module, _ = solo
-    tag = uuid.uuid4().hex[:10]
-    started = time.monotonic()
-    outcome = result_of(module.blocking.delay(tag), timeout=60)
-    waited = time.monotonic() - started
-    assert not outcome.ok and outcome.error.type.endswith("StepWaitTimeout")
-    assert repr(tag) in outcome.error.message and "'nobody'" in outcome.error.message
-    assert "no worker has started it" in outcome.error.message
-    assert 3.0 <= waited < 30.0, waited  # block_timeout=3 s, measured end to end
-    print(f"blocking deadline 3 s: failed after {waited:.2f} s end to end")
-
-
-def test_a_worker_on_both_queues_warns_about_blocking_workflows(solo) -> None:
-    _, log = solo
-    text = log.read_text()
-    assert "blocking workflow task(s) tests.blocking" in text
-    assert "'steps' with 1 slot(s)" in text
+    def test_a_worker_on_both_queues_warns_about_blocking_workflows(self, solo) -> None:
+        _, log = solo
+        text = log.read_text()
+        assert "blocking workflow task(s) tests.blocking" in text
+        assert "'steps' with 1 slot(s)" in text
 
 
 def test_200_workflows_with_shared_keys_on_2_slots(redis_url, tmp_path) -> None:
