@@ -13,7 +13,7 @@ import redis
 from celery.signals import task_failure, task_prerun, task_retry, task_success
 
 from workflow_cache import err
-from workflow_cache.distributed import workflow_task
+from workflow_cache.distributed import RunEvent, workflow_task
 from workflow_cache.distributed.fleet import fleet_app
 from workflow_cache.distributed.settings import WorkerSettings
 from workflow_cache.distributed.steps import route
@@ -171,3 +171,67 @@ def two_steps(step, name: str, crash_seconds: float = 0.0) -> dict[str, object]:
     b = step(second, key=f"{name}:second")
     c = step(work.s(f"{name}:third"), key=f"{name}:third")
     return {"first": a, "second": b, "third": c["count"]}
+
+
+# -- suspending workflows (tests/test_workflows_suspend.py) ------------------------------
+
+
+def record_run_event(event: object) -> None:
+    """``on_event`` of the suspending workflows: run events go to ``runevents:<run id>``."""
+    if isinstance(event, RunEvent):
+        waiting = ",".join(event.waiting_on)
+        _redis.rpush(
+            f"runevents:{event.run_id}", f"{event.kind}|{event.batch}|{event.replays}|{waiting}"
+        )
+
+
+@workflow_task(app, name="tests.three_steps", on_event=record_run_event)
+def three_steps(step, tag: str, seconds: float = 0.0) -> list[int]:
+    """Three dispatched steps one after another; the third has no key."""
+    a = step(work.s(f"{tag}:a", seconds), key=f"{tag}:a")
+    b = step(work.s(f"{tag}:b", seconds), key=f"{tag}:b")
+    c = step(work.s(f"{tag}:c", seconds))
+    return [a["count"], b["count"], c["count"]]
+
+
+@workflow_task(app, name="tests.batches", on_event=record_run_event)
+def batches(step, groups: list[list[str]], local: str = "") -> list[str]:
+    """One ``step.all`` per group of keys (each key's task returns the key itself), and
+    a local step between them that counts its executions."""
+    out: list[str] = []
+    for i, keys in enumerate(groups):
+        out.extend(step.all([work.s(k, 0.0, k) for k in keys], keys=keys))
+        if local and i == 0:
+            step(lambda: _redis.incr(f"count:{local}"), key=local)
+    return out
+
+
+@workflow_task(app, name="tests.pausing", on_event=record_run_event)
+def pausing(step, tag: str, step_seconds: float = 0.0, pause: float = 0.0) -> list[int]:
+    """Step a, then (on the first replay that gets past a) a pause in the workflow body
+    itself, not in a step, where a test can kill the worker; then step b."""
+    a = step(work.s(f"{tag}:a", step_seconds), key=f"{tag}:a")
+    n = _redis.incr(f"count:{tag}:past-a")
+    if n == 1 and pause:
+        _redis.rpush(f"pids:{tag}:pause", os.getpid())
+        time.sleep(pause)
+    b = step(work.s(f"{tag}:b"), key=f"{tag}:b")
+    return [a["count"], b["count"]]
+
+
+@workflow_task(app, name="tests.diverging")
+def diverging(step, tag: str) -> str:
+    """Asks for a different step on its replay than on its first run: not deterministic."""
+    n = _redis.incr(f"count:{tag}:runs")
+    key = f"{tag}:x" if n == 1 else f"{tag}:y"
+    step(work.s(key), key=key)
+    return "unreachable"
+
+
+NOBODY_QUEUE = "nobody"  # no worker ever consumes it
+
+
+@workflow_task(app, name="tests.blocking", suspend=False, block_timeout=3.0)
+def blocking(step, tag: str) -> object:
+    """Blocking mode: waits in its slot, at most 3 s, for a step nobody will run."""
+    return step(work.s(tag).set(queue=NOBODY_QUEUE), key=tag)

@@ -142,6 +142,8 @@ def test_keys_share_one_hash_slot_and_name_the_namespace() -> None:
         channel="wfc:prod:{user:1}:done",
         queued="wfc:prod:{user:1}:queued",
         last="wfc:prod:{user:1}:last",
+        waiters="wfc:prod:{user:1}:waiters",
+        handoff="wfc:prod:{user:1}:handoff",
     )
     for step in ("user:1", "a{b}c", "x}y", "{weird", "ü*?"):
         k = KeySpace("prod").for_step(step)

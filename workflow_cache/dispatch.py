@@ -40,6 +40,16 @@ class Expanding(Protocol):
 _KINDS: dict[type, bool] = {}
 
 
+class Identifying(Protocol):
+    """A dispatcher that replays workflows: it sees every dispatched step in the order the
+    workflow asks for it, hit or miss, before anything is read or sent."""
+
+    def identify(self, work: Any, options: StepOptions) -> StepOptions:
+        """The step's options with a stable key (unkeyed steps get one from their position);
+        raises when the order differs from the run's recorded history."""
+        ...
+
+
 def is_signature(work: object) -> bool:
     """True for a Celery signature, told apart without importing Celery (the core stays light).
 

@@ -98,7 +98,9 @@ class Step:
                 cache_errors=cache_errors,
                 cache_exceptions=cache_exceptions,
             )
-        options = self._options(key, ttl, cache_errors, cache_exceptions, returns, given)
+        options = self._identify(
+            thunk, self._options(key, ttl, cache_errors, cache_exceptions, returns, given)
+        )
         if self._is_async:
             return self._run_async(thunk, options)
         return _unwrap(drive_sync(self._plan(thunk, options)))
@@ -143,9 +145,17 @@ class Step:
             base.retry,
         )
         checked = [check_key(k) for k in keys]
+        named: dict[int, StepOptions] = {}
+        if getattr(self._workflow.dispatcher, "identify", None) is not None:
+            for i, thunk in enumerate(thunks):  # a replaying dispatcher sees every step, in order
+                made = StepOptions(checked[i], ttl, errors, exceptions, returns, retry)
+                identified = self._identify(thunk, made)
+                if identified is not made:
+                    named[i] = identified
+                    checked[i] = identified.key
 
         def options_of(i: int) -> StepOptions:  # made for misses only: hits need the key alone
-            return StepOptions(checked[i], ttl, errors, exceptions, returns, retry)
+            return named.get(i) or StepOptions(checked[i], ttl, errors, exceptions, returns, retry)
 
         if self._is_async:
             return self._all_async(thunks, checked, returns, options_of)
@@ -195,6 +205,15 @@ class Step:
             return None
         expand = getattr(dispatcher, "expand", None)
         return None if expand is None else expand(thunk)
+
+    def _identify(self, thunk: Any, options: StepOptions) -> StepOptions:
+        """Let a replaying dispatcher see every dispatched step in order (hits included)
+        and give unkeyed ones a stable key (see ``dispatch.Identifying``)."""
+        dispatcher = self._workflow.dispatcher
+        identify = getattr(dispatcher, "identify", None)
+        if identify is None or not dispatcher.accepts(thunk):  # type: ignore[union-attr]
+            return options
+        return identify(thunk, options)
 
     # -- options ----------------------------------------------------------------------
 

@@ -18,7 +18,9 @@ of one step (see ``keys.py``; they share a cluster hash slot):
     epoch) and no outcome is stored: a holder that overran its lease without a successor
     keeps its work, which is safe because any later claim would have bumped the epoch.
     An outcome that is not kept is written to ``:last`` with its epoch for a minute
-    instead, for waiters that missed the notice (see ``messages.py``).
+    instead, for waiters that missed the notice (see ``messages.py``).  Workflow runs
+    suspended on the key (``:waiters``) are moved to ``:handoff`` in the same step, for
+    the committer to resume (``distributed/resume.py``).
     A refused commit writes nothing and notifies nobody.
 ``release``
     Owner-checked delete of the lock and a "released" notice, so waiters claim at once
@@ -228,7 +230,10 @@ class Claims:
         args = commit_args(keys, claim, outcome, ttl_ms, keep)
         return bool(
             self.call(
-                lambda: self._commit(keys=[keys.out, keys.lock, keys.epoch, keys.last], args=args)
+                lambda: self._commit(
+                    keys=[keys.out, keys.lock, keys.epoch, keys.last, keys.waiters, keys.handoff],
+                    args=args,
+                )
             )
         )
 

@@ -70,6 +70,10 @@ class Keys:
     last: str
     """String key holding ``"<epoch>|<outcome>"`` of the latest outcome that was not kept,
     for a minute: a waiter that missed its notice still finds the outcome it waited for."""
+    waiters: str
+    """Set of ``"<run id>|<batch>"``: workflow runs suspended until this step commits."""
+    handoff: str
+    """Set the commit moves ``waiters`` into, atomically, for the committer to resume."""
 
 
 class KeySpace:
@@ -100,6 +104,8 @@ class KeySpace:
             channel=f"{base}:done",
             queued=f"{base}:queued",
             last=f"{base}:last",
+            waiters=f"{base}:waiters",
+            handoff=f"{base}:handoff",
         )
 
     def out(self, key: str) -> str:

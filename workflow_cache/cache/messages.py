@@ -178,7 +178,10 @@ class StepMessages:
         ]
         return bool(
             self.flight.claims.call(
-                lambda: self._fail(keys=[k.out, k.lock, k.queued, k.epoch, k.last], args=args)
+                lambda: self._fail(
+                    keys=[k.out, k.lock, k.queued, k.epoch, k.last, k.waiters, k.handoff],
+                    args=args,
+                )
             )
         )
 

@@ -1,16 +1,31 @@
 """Celery glue: steps dispatched to workers, whole workflows enqueued by producers."""
 
-from workflow_cache.distributed.dispatcher import CeleryDispatcher
+from workflow_cache.distributed.dispatcher import CeleryDispatcher, StepWaitTimeout
 from workflow_cache.distributed.fleet import fleet_app
+from workflow_cache.distributed.runs import RunEvent, RunInfo
 from workflow_cache.distributed.signature_key import signature_key
 from workflow_cache.distributed.steps import install
-from workflow_cache.distributed.workflows import result_of, workflow_task
+from workflow_cache.distributed.suspend import ReplayDiverged
+from workflow_cache.distributed.workflows import (
+    outcome_of,
+    result_of,
+    run_info,
+    waiting_on,
+    workflow_task,
+)
 
 __all__ = [
     "CeleryDispatcher",
+    "ReplayDiverged",
+    "RunEvent",
+    "RunInfo",
+    "StepWaitTimeout",
     "fleet_app",
     "install",
+    "outcome_of",
     "result_of",
+    "run_info",
     "signature_key",
+    "waiting_on",
     "workflow_task",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery, Signature
 
 from workflow_cache.cache.claims import ClaimTimeout, Done, Notices
-from workflow_cache.cache.messages import Send, StepMessages
+from workflow_cache.cache.messages import Busy, Send, StepMessages
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import members, require_task
 from workflow_cache.distributed.header import HEADER, StepHeader
@@ -143,7 +143,39 @@ class CeleryDispatcher:
                 log.warning("step %r: no worker holds it and no message is queued; sent again", key)
                 self._publish([(pending, state.task_id)])
             if deadline is not None and time.monotonic() > deadline:
-                raise ClaimTimeout(f"step {key!r} has no outcome after {self.timeout:g} s")
+                raise StepWaitTimeout(key, self.queue_of(pending.signature), self.timeout, state)
+
+    def queue_of(self, sig: Signature) -> str:
+        """The queue a signature's message goes to (its own option, else the app's routes)."""
+        queue = sig.options.get("queue")
+        if queue is None:
+            try:
+                routed = self.app.amqp.router.route(
+                    dict(sig.options), sig.task, sig.args, sig.kwargs
+                )
+                queue = routed.get("queue")
+            except Exception:  # routing is the app's business; the message names what we know
+                queue = None
+        name = getattr(queue, "name", queue)
+        return str(name or self.app.conf.task_default_queue)
+
+
+class StepWaitTimeout(ClaimTimeout):
+    """A blocking wait for a dispatched step passed its deadline; names the step and queue."""
+
+    def __init__(self, key: str, queue: str, timeout: float | None, state: object) -> None:
+        started = isinstance(state, Busy) and state.holder == "claimed"
+        why = (
+            "a worker started it and it is still running"
+            if started
+            else f"no worker has started it: is any worker consuming queue {queue!r} "
+            "with a free slot?"
+        )
+        super().__init__(
+            f"step {key!r} (queue {queue!r}) has no outcome after {timeout:g} s: {why}"
+        )
+        self.key = key
+        self.queue = queue
 
 
 def _delay(options: dict[str, Any]) -> float:

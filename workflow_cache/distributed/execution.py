@@ -40,10 +40,11 @@ from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError, TimeLimit
 from kombu.utils.imports import symbol_by_name
 
 from workflow_cache import metrics, tracing
-from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running
+from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running, SingleFlight
 from workflow_cache.cache.messages import StepMessages
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
+from workflow_cache.distributed.resume import hand_over
 from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.options import keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
@@ -144,6 +145,8 @@ def _call(
         raise Ignore() from None
     begun = time.perf_counter()
     started = messages.start(header.key, request.id)
+    if isinstance(started, Done):  # a redelivery: resume runs its executor may have left
+        hand_over(task.app, messages.flight, header.key)
     if isinstance(started, Done | Running):
         log.debug("step %r: %s already, message %s acknowledged", header.key, started, request.id)
         raise Ignore()
@@ -187,7 +190,7 @@ def _run_holding(
         tracing.end(run.span, released=True)
         raise
     except Exception as exc:
-        _commit(run, err(UnexpectedError.from_exception(exc)))
+        _commit(task.app, messages.flight, run, err(UnexpectedError.from_exception(exc)))
         raise
     except BaseException:
         # the process is being torn down (terminated, revoked, cold shutdown): keep the
@@ -196,7 +199,7 @@ def _run_holding(
         tracing.end(run.span, abandoned=True)
         raise
     result = produced if isinstance(produced, Result) else ok(produced)
-    _commit(run, result)
+    _commit(task.app, messages.flight, run, result)
     if isinstance(produced, Result):
         return Envelope.from_result(header.key, produced, ttl=None).detached(header.key)
     return produced
@@ -214,12 +217,13 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
     return envelope, keep
 
 
-def _commit(run: _Execution, result: Result[Any, Any]) -> None:
+def _commit(app: Celery, flight: SingleFlight, run: _Execution, result: Result[Any, Any]) -> None:
     header = run.header
     envelope, keep = _outcome(header, result)
     ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+    text = envelope.sealed(header.key)
     try:
-        committed = run.holder.commit(envelope.sealed(header.key), ttl_ms=ttl_ms, keep=keep)
+        committed = run.holder.commit(text, ttl_ms=ttl_ms, keep=keep)
     except CacheUnavailable as exc:
         log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
         tracing.end(run.span, released=True)
@@ -228,6 +232,8 @@ def _commit(run: _Execution, result: Result[Any, Any]) -> None:
     tracing.end(run.span, status=envelope.status, committed=committed, stored=keep)
     if not committed:
         log.warning("step %r: lease lost before commit; a newer outcome stands", header.key)
+        return
+    hand_over(app, flight, header.key, b"" if keep else text)
 
 
 def _countdown(exc: Retry) -> float:
@@ -255,7 +261,9 @@ def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, wha
         envelope, keep = _outcome(header, err(UnexpectedError.from_exception(exc)))
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
         messages = runner.messages(header.ns)
-        messages.fail_task(header.key, task_id, envelope.sealed(header.key), ttl_ms, keep)
+        text = envelope.sealed(header.key)
+        if messages.fail_task(header.key, task_id, text, ttl_ms, keep):
+            hand_over(task.app, messages.flight, header.key, b"" if keep else text)
     except Exception as error:  # the lease or the queued marker still runs out
         log.warning("step %r: %s not recorded as its outcome: %s", header.key, what, error)
 

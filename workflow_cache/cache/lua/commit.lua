@@ -1,4 +1,4 @@
--- KEYS: out, lock, epoch, last
+-- KEYS: out, lock, epoch, last[, waiters, handoff]
 -- ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel, last_ttl_ms
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -22,6 +22,12 @@ else
 end
 if holder then
   redis.call('DEL', KEYS[2])
+end
+if KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then
+  -- workflows suspended on this key: handed over with the outcome, in the same step
+  redis.call('SUNIONSTORE', KEYS[6], KEYS[6], KEYS[5])
+  redis.call('DEL', KEYS[5])
+  redis.call('PEXPIRE', KEYS[6], 604800000)
 end
 redis.call('PUBLISH', ARGV[6], 'o' .. ARGV[3])
 return 1

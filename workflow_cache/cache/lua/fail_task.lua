@@ -1,4 +1,4 @@
--- KEYS: out, lock, queued, epoch, last
+-- KEYS: out, lock, queued, epoch, last[, waiters, handoff]
 -- ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel, task_id, last_ttl_ms
 local holder = redis.call('GET', KEYS[2])
 local epoch
@@ -22,5 +22,10 @@ else
   redis.call('SET', KEYS[5], epoch .. '|' .. ARGV[2], 'PX', ARGV[7])
 end
 redis.call('DEL', KEYS[2], KEYS[3])
+if KEYS[7] and redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('SUNIONSTORE', KEYS[7], KEYS[7], KEYS[6])
+  redis.call('DEL', KEYS[6])
+  redis.call('PEXPIRE', KEYS[7], 604800000)
+end
 redis.call('PUBLISH', ARGV[5], 'o' .. ARGV[2])
 return 1

@@ -1,0 +1,77 @@
+"""The commit side of suspension: the process that commits a key resumes its waiting runs.
+
+The commit script moved the key's waiter set into ``:handoff`` atomically with the
+outcome (``waiters.py``). Right after a successful commit the committer (the worker that
+ran the step, or the worker's main process recording a time limit or a revocation):
+
+1. takes the handoff set: read and delete in one script, so of several processes that
+   might look, exactly one gets each waiting run;
+2. for each run, ``arrive`` (``runs.py``) removes the key from the run's pending batch,
+   delivering the outcome too when the cache does not keep it; the one arrival that
+   empties a suspended run's batch gets the resume;
+3. sends it: the workflow's own task, with its original task id and arguments, to its
+   queue, with a ``wfc_run`` header naming the batch it resumes.
+
+A worker that receives a message for a key that is already committed (a redelivery
+after its executor died just after committing) takes any handoff left behind, so a
+crash between the commit and step 1 loses no resume.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from workflow_cache.cache.claims import SingleFlight
+from workflow_cache.distributed.runs import Resume, Runs
+from workflow_cache.distributed.waiters import Waiters
+
+log = logging.getLogger(__name__)
+
+RUN_HEADER = "wfc_run"
+
+
+def hand_over(app: Celery, flight: SingleFlight, key: str, outcome: bytes | str = b"") -> int:
+    """Resume the runs that waited on ``key``; ``outcome`` when it was not kept. Never raises:
+    the commit stands whatever happens here. Returns how many resumes were sent."""
+    try:
+        waiting = Waiters(flight).take_handoff(key)
+        if not waiting:
+            return 0
+        runs = Runs(flight)
+        sent = 0
+        for run_id, batch in waiting:
+            resume = runs.arrive(run_id, batch, key, outcome)
+            if resume is not None:
+                send_resume(app, run_id, batch, resume)
+                sent += 1
+        return sent
+    except Exception as exc:
+        log.warning("step %r: waiting workflows not resumed: %s", key, exc)
+        return 0
+
+
+def send_resume(app: Celery, run_id: str, batch: int, resume: Resume) -> None:
+    """The workflow task again, same id and arguments, to replay after batch ``batch``."""
+    app.send_task(
+        resume.task,
+        args=resume.args,
+        kwargs=resume.kwargs,
+        task_id=run_id,
+        queue=resume.queue,
+        headers={RUN_HEADER: {"batch": batch}},
+    )
+
+
+def resumed_batch(headers: object) -> int:
+    """The batch a delivery resumes (0 for the first message); untrusted, so validated."""
+    if not isinstance(headers, dict):
+        return 0
+    raw = headers.get(RUN_HEADER)
+    if raw is None:
+        return 0
+    batch = raw.get("batch") if isinstance(raw, dict) else None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"{RUN_HEADER} header: batch must be a non-negative integer")
+    return batch

@@ -1,0 +1,174 @@
+"""The workflow side of suspension: a pending dispatched step ends the delivery, not a wait.
+
+Inside a workflow task that suspends, ``SuspendingDispatcher`` replaces the blocking
+wait of ``CeleryDispatcher``. For the misses of one ``step`` (or of one ``step.all``, or
+one group, all together):
+
+1. ``prepare``: a new batch in the run record, pending on those keys;
+2. ``join``: per key, one atomic script returns the outcome if it is stored, and
+   otherwise adds the run to the key's waiter set and, when nothing is queued or
+   running, sets the queued marker; this process sends the messages it was told to;
+3. ``arm``: the keys found done are dropped from the batch. If every key committed
+   meanwhile the workflow simply carries on; otherwise ``Suspended`` unwinds the
+   workflow function and the task returns, holding no worker slot.
+
+The commit of the last pending key resumes the run (``resume.py``): the workflow runs
+again from the top and its finished steps are cache hits (``replay.py``).
+
+Replay needs stable step identities. ``identify`` is called by ``step`` for every
+dispatched step, hit or miss, in the order the workflow asks for them: it records
+``"<task>|<key>"`` per position, gives an unkeyed step the key
+``_run:<run id>:<position>``, and compares each position with the history the run
+recorded before. A workflow must ask for its dispatched steps in the same order on every
+replay; one that does not gets ``ReplayDiverged`` naming the position, what was recorded
+and what was asked, instead of another step's outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, Signature
+
+from workflow_cache.cache.claims import Done
+from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.canvas import require_task
+from workflow_cache.distributed.dispatcher import CeleryDispatcher, _decode, _Pending
+from workflow_cache.distributed.runs import RUN_TTL_MS, Runs
+from workflow_cache.distributed.waiters import Joined, Waiters
+from workflow_cache.envelope import Envelope, EnvelopeError
+from workflow_cache.options import StepOptions
+from workflow_cache.result import Result
+
+RUN_STEP_PREFIX = "_run:"
+
+
+class Suspended(BaseException):
+    """Unwinds a workflow function whose step is pending; the task then returns.
+
+    A ``BaseException`` so that the workflow's own ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, run_id: str, batch: int, keys: Sequence[str]) -> None:
+        super().__init__(f"run {run_id} suspended on {len(keys)} step(s)")
+        self.run_id = run_id
+        self.batch = batch
+        self.keys = tuple(keys)
+
+
+class ReplayDiverged(RuntimeError):
+    """A replay asked for a different dispatched step than the run recorded at a position."""
+
+
+class SuspendingDispatcher(CeleryDispatcher):
+    """Sends missing steps, registers the run as their waiter and suspends it."""
+
+    def __init__(
+        self,
+        app: Celery,
+        cache: RedisCache,
+        run_id: str,
+        history: Sequence[str],
+        *,
+        queued_ttl: float | None = None,
+    ) -> None:
+        if queued_ttl is None:
+            super().__init__(app, cache)
+        else:
+            super().__init__(app, cache, queued_ttl=queued_ttl)
+        self.run_id = run_id
+        self.history = tuple(history)
+        self.asked: list[str] = []
+        self.runs = Runs(cache.flight)
+        self.waiters = Waiters(cache.flight)
+
+    def identify(self, work: Signature, options: StepOptions) -> StepOptions:
+        """A stable key for the step at this position; ``ReplayDiverged`` if history differs."""
+        position = len(self.asked)
+        task = require_task(work).task
+        entry = f"{task}|{options.key or ''}"
+        if position < len(self.history) and self.history[position] != entry:
+            was_task, _, was_key = self.history[position].partition("|")
+            raise ReplayDiverged(
+                f"workflow run {self.run_id} diverged from its history at dispatched step "
+                f"#{position}: it recorded task {was_task} with key {was_key or '(none)'!s}, "
+                f"this replay asked for task {task} with key {options.key or '(none)'!s}. "
+                "A workflow must ask for its dispatched steps in the same order on every "
+                "replay (no branching on the clock, randomness or data read outside steps)."
+            )
+        self.asked.append(entry)
+        if options.key is not None:
+            return options
+        return StepOptions(
+            key=step_key(self.run_id, position),
+            ttl=RUN_TTL_MS / 1000,
+            cache_errors=True,
+            cache_exceptions=True,
+            returns=options.returns,
+        )
+
+    def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
+        for sig, _ in works:
+            require_task(sig)
+        keyed = [_Pending(sig, _keyed(options)) for sig, options in works]
+        unique = {p.key: p for p in reversed(keyed)}
+        pending = list(unique.values())
+        keys = [p.key for p in pending]
+        history = [*self.asked, *self.history[len(self.asked) :]]
+        batch = self.runs.prepare(self.run_id, history, keys)
+        ids = [str(uuid.uuid4()) for _ in pending]
+        ttls = [self._queued_ttl(p) for p in pending]
+        states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
+        outcomes: dict[str, Result[Any, Any]] = {}
+        to_send = []
+        for p, state in zip(pending, states, strict=True):
+            if isinstance(state, Done):
+                outcomes[p.key] = _decode(p, state.outcome)
+            elif isinstance(state, Joined) and state.send is not None:
+                to_send.append((p, state.send))
+        self._publish(to_send)
+        verdict = self.runs.arm(self.run_id, batch, list(outcomes))
+        if verdict != "go":
+            raise Suspended(self.run_id, batch, [k for k in keys if k not in outcomes])
+        # every pending key committed while this run was joining: read them and carry on
+        missing = [p for p in pending if p.key not in outcomes]
+        if missing:
+            given = self.runs.given(self.run_id)
+            stored = self.cache.flight.read_many([p.key for p in missing])
+            for p, raw in zip(missing, stored, strict=True):
+                raw = raw if raw is not None else given.get(p.key)
+                if raw is None:  # committed, then expired or deleted meanwhile: ask again
+                    return self.run_many(works)
+                outcomes[p.key] = _decode(p, raw)
+        return [outcomes[p.key] for p in keyed]
+
+
+def step_key(run_id: str, position: int) -> str:
+    """The key of an unkeyed dispatched step: stable for one run and one position."""
+    return f"{RUN_STEP_PREFIX}{run_id}:{position}"
+
+
+def history_keys(run_id: str, history: Sequence[str]) -> list[str]:
+    """The step keys a recorded history names, in order (derived ones included)."""
+    keys = []
+    for position, entry in enumerate(history):
+        key = entry.partition("|")[2]
+        keys.append(key or step_key(run_id, position))
+    return keys
+
+
+def decode_or_none(key: str, raw: bytes | None) -> Envelope | None:
+    if raw is None:
+        return None
+    try:
+        return Envelope.loads(key, raw)
+    except EnvelopeError:
+        return None
+
+
+def _keyed(options: StepOptions) -> StepOptions:
+    if options.key is None:  # identify() runs first for every dispatched step
+        raise RuntimeError("a step reached SuspendingDispatcher without identify()")
+    return options
