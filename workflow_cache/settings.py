@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         default="workflows", description="Celery queue of enqueued workflows and flows."
     )
     lease: float = Field(default=5.0, gt=0, description="Seconds a claim lives unless renewed.")
+    block_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a blocking workflow task (suspend=False) waits for one step "
+        "before failing with an error naming the step and its queue.",
+    )
     visibility_timeout: int = Field(
         default=3600,
         gt=0,

@@ -28,6 +28,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from celery.signals import worker_ready
 
+from workflow_cache import settings
 from workflow_cache.cache.claims import ClaimTimeout
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
@@ -42,8 +43,6 @@ from workflow_cache.workflow import create_workflow
 log = logging.getLogger(__name__)
 
 WORKFLOW_QUEUE = "workflows"
-BLOCK_TIMEOUT = 600.0
-"""Default longest wait of a blocking workflow for one step, in seconds."""
 
 
 def workflow_task(
@@ -54,7 +53,7 @@ def workflow_task(
     queue: str = WORKFLOW_QUEUE,
     cache: RedisCache | None = None,
     suspend: bool = True,
-    block_timeout: float = BLOCK_TIMEOUT,
+    block_timeout: float | None = None,
     **workflow_options: Any,
 ) -> Any:
     """Register ``fn(step, *args, **kwargs)`` as a task that runs it as a workflow.
@@ -62,7 +61,8 @@ def workflow_task(
     Use as ``workflow_task(app, fn)`` or ``@workflow_task(app)``. ``cache`` defaults to
     the one given to :func:`install`. ``suspend`` (default True): a pending dispatched
     step frees the worker slot and the workflow resumes by replay; False: the task waits
-    for its steps in its slot, each for at most ``block_timeout`` seconds. Other keyword
+    for its steps in its slot, each for at most ``block_timeout`` seconds (default: the
+    ``WORKFLOW_CACHE_BLOCK_TIMEOUT`` setting, 600 s). Other keyword
     arguments go to :func:`create_workflow` (``ttl``, ``cache_errors``, ``on_event``,
     ...); ``on_event`` also receives :class:`RunEvent` as the run suspends, resumes and
     finishes. Enqueue with ``task.delay(*args)`` and read the outcome with
@@ -79,6 +79,8 @@ def workflow_task(
             block_timeout=block_timeout,
             **workflow_options,
         )
+    if block_timeout is None:
+        block_timeout = settings.load().block_timeout
     if block_timeout <= 0:
         raise ValueError(f"block_timeout must be a positive number of seconds, got {block_timeout}")
     task_name = name or f"{fn.__module__}.{fn.__qualname__}"
