@@ -40,6 +40,8 @@ _BATCH_ROW_LIMIT = MAX_DEPTH
 SIGNATURE_PURPOSE = "workflow-cache step outcome v1"
 _SIG_START = '{"sig":"'
 _LATEST = 32503680000.0  # the year 3000, as a Unix time
+_MAX_TTL_SECONDS = MAX_DURATION.total_seconds()
+_NUMBERS = (int, float)
 
 
 class NotStorableError(TypeError):
@@ -210,12 +212,42 @@ class Envelope:
         return cls._checked(key, data)
 
     @classmethod
+    def _plain(cls, data: dict[str, Any]) -> Envelope | None:
+        """The common shape checked by hand (the hot path of every hit), else None.
+
+        Accepts only what ``_Stored`` accepts; anything else (an unexpected error, a
+        value out of bounds, NaN) takes the full check and its message.
+        """
+        status = data.get("status")
+        created = data.get("created_at", 0.0)
+        ttl = data.get("ttl")
+        if (
+            (status == "ok" or status == "err")
+            and data.get("unexpected", False) is False
+            and type(created) in _NUMBERS
+            and 0 <= created <= _LATEST
+            and (ttl is None or (type(ttl) in _NUMBERS and 0 < ttl <= _MAX_TTL_SECONDS))
+        ):
+            return cls(
+                status=status,
+                value=data.get("value"),
+                error=data.get("error"),
+                unexpected=False,
+                created_at=float(created),
+                ttl=None if ttl is None else float(ttl),
+            )
+        return None
+
+    @classmethod
     def _checked(cls, key: str, data: Any) -> Envelope:
         if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != VERSION:
             raise EnvelopeError(
                 f"cache entry for key {key!r} is not a workflow-cache envelope "
                 f'(expected a JSON object with "v": {VERSION} and a status of ok/err)'
             )
+        fast = cls._plain(data)
+        if fast is not None:
+            return fast
         try:
             stored = _Stored.model_validate(data)
         except ValidationError as exc:
