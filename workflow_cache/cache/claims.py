@@ -227,14 +227,26 @@ class Claims:
         keep: bool = True,
     ) -> bool:
         """Fenced: store (if ``keep``) and announce ``outcome``, drop the lock; False if refused."""
+        return self.commit_reply(keys, claim, outcome, ttl_ms, keep) > 0
+
+    def commit_reply(
+        self,
+        keys: Keys,
+        claim: Claimed,
+        outcome: bytes | str,
+        ttl_ms: int | None = None,
+        keep: bool = True,
+    ) -> int:
+        """As :meth:`commit`: 0 refused, 1 committed, 2 committed with workflows to resume."""
         args = commit_args(keys, claim, outcome, ttl_ms, keep)
-        return bool(
+        return int(
             self.call(
                 lambda: self._commit(
                     keys=[keys.out, keys.lock, keys.epoch, keys.last, keys.waiters, keys.handoff],
                     args=args,
                 )
             )
+            or 0
         )
 
     def release(self, keys: Keys, claim: Claimed) -> bool:
@@ -295,6 +307,8 @@ class Holder:
         self._flight = flight
         self._lost = False
         self._finished = False
+        self.handed_over = False
+        """True once a commit found workflows waiting to be resumed (``hand_over``)."""
         self._last_renewed = time.monotonic()
         flight._renewer().add(self)
 
@@ -351,14 +365,15 @@ class Holder:
         """
         self._finish()
         try:
-            ok = self._flight.claims.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+            reply = self._flight.claims.commit_reply(self.keys, self.claim, outcome, ttl_ms, keep)
         except CacheUnavailable:
             with contextlib.suppress(CacheUnavailable):
                 self._flight.claims.release(self.keys, self.claim)
             raise
-        if not ok:
+        self.handed_over = reply == 2
+        if not reply:
             self._lost = True
-        return ok
+        return reply > 0
 
     def abandon(self) -> None:
         """Stop renewing without releasing: the claim ends when its lease runs out.

@@ -233,7 +233,8 @@ def _commit(app: Celery, flight: SingleFlight, run: _Execution, result: Result[A
     if not committed:
         log.warning("step %r: lease lost before commit; a newer outcome stands", header.key)
         return
-    hand_over(app, flight, header.key, b"" if keep else text)
+    if run.holder.handed_over:  # workflows were suspended on this key: resume them
+        hand_over(app, flight, header.key, b"" if keep else text)
 
 
 def _countdown(exc: Retry) -> float:

@@ -30,4 +30,7 @@ if KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('PEXPIRE', KEYS[6], 604800000)
 end
 redis.call('PUBLISH', ARGV[6], 'o' .. ARGV[3])
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
+  return 2  -- committed, and workflows wait in the handoff set for their resume
+end
 return 1
