@@ -497,3 +497,18 @@ def test_redis_cache_over_tls_with_rediss_url(tmp_path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+        ("redis://127.0.0.1:1/0?password=secret&db=1", "redis://127.0.0.1:1/0?password=***&db=1"),
+    ],
+)
+def test_an_unreachable_redis_names_it_without_its_password(url: str, shown: str) -> None:
+    cache = RedisCache(url, namespace="x", connect_timeout=0.5)
+    with pytest.raises(CacheUnavailable) as caught:
+        cache.get("k")
+    assert shown in str(caught.value) and "secret" not in str(caught.value)
+    assert "secret" not in repr(cache)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workflow_cache.cache.clients import redact
+
 CONNECT_TIMEOUT = 3.0
 """Seconds to wait for the broker and the Redis result backend to answer."""
 
@@ -25,7 +27,7 @@ def reachable(app: Any, timeout: float = CONNECT_TIMEOUT) -> None:
                 max_retries=1, interval_start=0, interval_step=0, timeout=timeout
             )
     except Exception as exc:
-        raise Unreachable(f"cannot reach the broker at {_safe(broker)}: {_reason(exc)}") from None
+        raise Unreachable(f"cannot reach the broker at {redact(broker)}: {_reason(exc)}") from None
     backend = app.conf.result_backend
     if isinstance(backend, str) and backend.startswith(("redis://", "rediss://")):
         import redis
@@ -37,7 +39,7 @@ def reachable(app: Any, timeout: float = CONNECT_TIMEOUT) -> None:
             client.ping()
         except redis.RedisError as exc:
             raise Unreachable(
-                f"cannot reach the result backend at {_safe(backend)}: {_reason(exc)}"
+                f"cannot reach the result backend at {redact(backend)}: {_reason(exc)}"
             ) from None
         finally:
             client.close()
@@ -45,11 +47,3 @@ def reachable(app: Any, timeout: float = CONNECT_TIMEOUT) -> None:
 
 def _reason(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -17,6 +17,7 @@ allows it (``in_one_trip``), and the connection pub/sub notices use.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -48,7 +49,7 @@ def _hosts(url: str, what: str) -> list[tuple[str, int]]:
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
             raise BadRedisURL(
-                f"{_hide(url)}: expected host:port[,host:port...] of the {what}, got {item!r}"
+                f"{redact(url)}: expected host:port[,host:port...] of the {what}, got {item!r}"
             )
         hosts.append((host, int(port)))
     return hosts
@@ -58,7 +59,7 @@ def _cluster_client(url: str, **kwargs: Any) -> redis.Redis:
     parts = urlsplit(url)
     nodes = [ClusterNode(host, port) for host, port in _hosts(url, "cluster nodes")]
     if parts.path.strip("/") not in ("", "0"):
-        raise BadRedisURL(f"{_hide(url)}: a Redis Cluster has only database 0")
+        raise BadRedisURL(f"{redact(url)}: a Redis Cluster has only database 0")
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username else None
     client = RedisCluster(startup_nodes=nodes, password=password, username=username, **kwargs)
@@ -70,7 +71,7 @@ def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     sentinels = _hosts(url, "sentinels")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise BadRedisURL(f"{_hide(url)}: expected /<service name>[/<db>] after the sentinels")
+        raise BadRedisURL(f"{redact(url)}: expected /<service name>[/<db>] after the sentinels")
     service, db = path[0], int(path[1]) if len(path) == 2 else 0
     query = parse_qs(parts.query)
     sentinel_kwargs = {
@@ -138,6 +139,12 @@ def describe(client: redis.Redis) -> str:
     return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
-def _hide(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
+def redact(url: str) -> str:
+    """``url`` for messages: the credentials before ``@`` and any ``password=`` replaced."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.rpartition("@")[2]
+    rest = re.sub(r"((?:^|[?&])\w*password=)[^&]*", r"\1***", rest)
+    return f"{scheme}://{rest}"

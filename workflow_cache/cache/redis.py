@@ -32,7 +32,7 @@ from workflow_cache.cache.claims import (
     SingleFlight,
     out_of_memory,
 )
-from workflow_cache.cache.clients import client_from_url, read_many
+from workflow_cache.cache.clients import client_from_url, read_many, redact
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.cache.lua import script
 from workflow_cache.duration import TTL, to_seconds
@@ -46,7 +46,6 @@ _SCAN_BATCH = 500
 REFUSED_RETRIES = 3
 """How many refused (unsigned or forged) outcomes ``acquire`` removes before giving up."""
 
-log = logging.getLogger(__name__)
 
 ASYNC_CONNECTIONS = 100
 """Connections of one event loop's pool; more concurrent steps queue for a free one."""
@@ -100,9 +99,9 @@ class RedisCache(NativeCache):
         except redis.AuthenticationError:
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CacheUnavailable(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+            raise CacheUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
         except redis.OutOfMemoryError as exc:
-            raise CacheUnavailable(out_of_memory(_safe(self.url))) from exc
+            raise CacheUnavailable(out_of_memory(redact(self.url))) from exc
 
     # -- what workflows use -------------------------------------------------------------
 
@@ -207,7 +206,7 @@ class RedisCache(NativeCache):
                     self.url, max_connections=ASYNC_CONNECTIONS, **self._timeouts
                 )
                 client = redis.asyncio.Redis.from_pool(pool)
-                view = self._views[loop] = AsyncRedisCache(self, client, _safe(self.url))
+                view = self._views[loop] = AsyncRedisCache(self, client, redact(self.url))
             return view
 
     async def aclose(self) -> None:
@@ -247,7 +246,7 @@ class RedisCache(NativeCache):
         self.client.close()
 
     def __repr__(self) -> str:
-        return f"RedisCache({_safe(self.url)!r}, namespace={self.namespace!r})"
+        return f"RedisCache({redact(self.url)!r}, namespace={self.namespace!r})"
 
 
 class RedisClaim:
@@ -276,11 +275,3 @@ class RedisClaim:
             self.holder.release()
         tracing.end(self._span, released=True)
         self._span = None
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
