@@ -26,13 +26,13 @@ from workflow_cache.cache.base import CacheUnavailable
 from workflow_cache.cache.claims import (
     EPOCH_TTL_MS,
     Claimed,
-    ClaimTimeout,
     Done,
     Running,
     claim_state,
     commit_args,
     default_owner,
     out_of_memory,
+    wait_for_holder,
 )
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.lua import script
@@ -296,16 +296,9 @@ class AsyncFlight:
                 state = await self.claim(keys)
                 if not isinstance(state, Running):
                     return self._wrap(key, keys, state)
-                remaining = state.remaining_ms if state.remaining_ms >= 0 else self.lease_ms
-                wait = remaining / 1000 + self.MARGIN_S
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ClaimTimeout(
-                            f"step {key!r} in namespace {self.keyspace.namespace!r} is still "
-                            f"running under {state.owner!r} after {timeout:g} s"
-                        )
-                    wait = min(wait, left)
+                wait = wait_for_holder(
+                    state, self.lease_ms, self.MARGIN_S, deadline, key, self.keyspace, timeout
+                )
                 try:
                     notice = await asyncio.wait_for(inbox.get(), wait)
                 except TimeoutError:

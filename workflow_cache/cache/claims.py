@@ -256,6 +256,30 @@ class Claims:
         )
 
 
+def wait_for_holder(
+    state: Running,
+    lease_ms: int,
+    margin_s: float,
+    deadline: float | None,
+    key: str,
+    keyspace: KeySpace,
+    timeout: float | None,
+) -> float:
+    """Seconds to wait for ``state``'s holder: its lease left plus a margin, within the
+    caller's deadline; past the deadline, ``ClaimTimeout`` naming the key and holder."""
+    remaining = state.remaining_ms if state.remaining_ms >= 0 else lease_ms
+    wait = remaining / 1000 + margin_s
+    if deadline is None:
+        return wait
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ClaimTimeout(
+            f"step {key!r} in namespace {keyspace.namespace!r} is still "
+            f"running under {state.owner!r} after {timeout:g} s"
+        )
+    return min(wait, left)
+
+
 def claim_state(reply: Any) -> ClaimState:
     """The reply of the ``claim`` script as Done, Running or Claimed."""
     kind = _as_str(reply[0])
@@ -520,16 +544,9 @@ class SingleFlight:
                 state = self.claims.claim(keys, self.owner, self.lease_ms)
                 if not isinstance(state, Running):
                     return self._wrap(key, keys, state)
-                remaining = state.remaining_ms if state.remaining_ms >= 0 else self.lease_ms
-                wait = remaining / 1000 + self.MARGIN_S
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ClaimTimeout(
-                            f"step {key!r} in namespace {self.keyspace.namespace!r} is still "
-                            f"running under {state.owner!r} after {timeout:g} s"
-                        )
-                    wait = min(wait, left)
+                wait = wait_for_holder(
+                    state, self.lease_ms, self.MARGIN_S, deadline, key, self.keyspace, timeout
+                )
                 notice = watch.get(wait)
                 if notice is not None and notice[:1] == NOTICE_OUTCOME:
                     return Done(notice[1:])
