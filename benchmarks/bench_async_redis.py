@@ -13,19 +13,22 @@ concurrent workflows:
 
 and prints the wall time (median over rounds) against the bare GET baseline
 (target for hits: <= 1.5x) and the event-loop lag: the worst delay of a 1 ms ticker
-running alongside, median over rounds (target: < 10 ms), printed as "worst /
-second-worst": one tick spans the start of all N coroutines, which asyncio runs in
-one loop iteration, so it grows with N for the bare baseline too; the second-worst
-tick shows whether anything else blocks the loop while the workflows run. On a busy
-machine compare with the baseline's own lag, which scheduling inflates too.
-With ``--compare-rev REV`` the same scenarios also run on the code of that git
-revision (``git archive``), for comparison.
+running alongside, median over rounds (target: < 10 ms), as "worst / second-worst".
+asyncio runs the first step of all N coroutines in one loop iteration, so the bare
+baseline's worst tick grows with N; workflows pace their starts (``pacing.py``).
+Each run begins after a ``gc.collect()``, so no scenario pays for another's set-up
+garbage; a full collection that still happens during a run stops the loop for tens of
+milliseconds whatever the code, so the last column counts them and their longest
+pause. On a busy machine compare with the baseline's own lag, which scheduling
+inflates too. With ``--compare-rev REV`` the same scenarios also run on the code of
+that git revision (``git archive``), for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DELAY_S = 0.001
@@ -155,6 +159,9 @@ async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str,
         return json.loads(raw)
 
     run = {"hit": run_hit, "miss": run_hit, "bare": run_bare, "bare_timeouts": run_bare}[scenario]
+    gc.collect()  # every scenario starts from the same heap: no garbage left from set-up
+    pauses: list[float] = []  # full collections during the run, which stop the loop too
+    gc.callbacks.append(_full_collections(pauses))
     ticks: list[tuple[float, float]] = []
     stop = asyncio.Event()
     ticker = asyncio.ensure_future(_ticker(ticks, stop))
@@ -166,6 +173,7 @@ async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str,
     wall = time.perf_counter() - started
     stop.set()
     await ticker
+    gc.callbacks.clear()
     assert len(values) == n and all(v is not None for v in values)
     await bare.aclose()
     aclose = getattr(cache, "aclose", None)
@@ -175,7 +183,22 @@ async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str,
     # loop iteration; the second-worst tick shows whether anything else blocks the loop.
     lags = sorted(lag for end, lag in ticks if end >= launched)
     lags = [0.0, 0.0, *lags]
-    return {"wall": wall, "lag": lags[-1], "after": lags[-2]}
+    return {"wall": wall, "lag": lags[-1], "after": lags[-2], "gc": max(pauses, default=0.0)}
+
+
+def _full_collections(pauses: list[float]) -> Any:
+    """A ``gc.callbacks`` entry recording how long each full (generation 2) collection took."""
+    began: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            pauses.append(time.perf_counter() - began.pop())
+
+    return callback
 
 
 def _prepare(direct_url: str, namespace: str, n: int) -> None:
@@ -211,6 +234,35 @@ def scenario(src: Path, url: str, name: str, n: int, namespace: str) -> dict[str
 
 
 # --------------------------------------------------------------------------- main
+
+_ROWS = (
+    ("bare", "bare redis.asyncio GET", ""),
+    ("bare_timeouts", "bare GET, same socket timeouts", ""),
+    ("hit", "workflows, each one hit", "  (target <= 1.5x, lag < 10 ms)"),
+    ("miss", "workflows, each a cold miss", ""),
+)
+
+
+def _report(label: str, n: int, results: dict[str, list[dict[str, float]]]) -> None:
+    """Medians over rounds; full collections are counted apart, since they stop any loop."""
+    print(f"-- {label}, {n} concurrent each")
+    print(f"{'':32s} {'wall':>8s} {'ratio':>6s}   {'loop lag worst / 2nd':>20s}   full GC in run")
+    bare = statistics.median(x["wall"] for x in results["bare"])
+    for name, text, target in _ROWS:
+        rounds = results[name]
+        wall = statistics.median(x["wall"] for x in rounds)
+        lag = statistics.median(x["lag"] for x in rounds)
+        after = statistics.median(x["after"] for x in rounds)
+        collected = [x["gc"] for x in rounds if x["gc"] > 0]
+        gc_text = (
+            f"{len(collected)} of {len(rounds)} rounds, up to {max(collected) * 1e3:.1f} ms"
+            if collected
+            else f"0 of {len(rounds)} rounds"
+        )
+        print(
+            f"{text:32s} {wall * 1e3:6.1f}ms {wall / bare:5.2f}x   "
+            f"{lag * 1e3:8.1f} / {after * 1e3:4.1f} ms   {gc_text}{target}"
+        )
 
 
 def main() -> None:
@@ -261,27 +313,7 @@ def main() -> None:
                 _prepare(server.url, namespace, args.n)
                 for name in ("bare", "bare_timeouts", "hit", "miss"):
                     results[name].append(scenario(src, proxied, name, args.n, namespace))
-            wall = {k: statistics.median(x["wall"] for x in v) for k, v in results.items()}
-            lag = {k: statistics.median(x["lag"] for x in v) for k, v in results.items()}
-            after = {k: statistics.median(x["after"] for x in v) for k, v in results.items()}
-            print(f"-- {label}")
-            print(
-                f"bare redis.asyncio GET x{args.n}   {wall['bare'] * 1e3:8.1f} ms   "
-                f"loop lag {lag['bare'] * 1e3:6.1f} / {after['bare'] * 1e3:5.1f} ms   (baseline)"
-            )
-            print(
-                f"bare GET, same socket timeouts  {wall['bare_timeouts'] * 1e3:8.1f} ms   "
-                f"loop lag {lag['bare_timeouts'] * 1e3:6.1f} / "
-                f"{after['bare_timeouts'] * 1e3:5.1f} ms   "
-                f"hits {wall['hit'] / wall['bare_timeouts']:5.2f}x of it"
-            )
-            for name, text in (("hit", "hits"), ("miss", "cold misses")):
-                print(
-                    f"{args.n} workflows, {text:11s} {wall[name] * 1e3:8.1f} ms   "
-                    f"loop lag {lag[name] * 1e3:6.1f} / {after[name] * 1e3:5.1f} ms   "
-                    f"{wall[name] / wall['bare']:5.2f}x"
-                    + ("   (target <= 1.5x, lag < 10 ms)" if name == "hit" else "")
-                )
+            _report(label, args.n, results)
     finally:
         proxy.kill()
         proxy.wait()

@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflow_cache.duration import DurationError, to_seconds
+from workflow_cache.pacing import DEFAULT_SLICE
 from workflow_cache.trust_config import DEFAULT_MAX_RESTORE_BYTES
 
 __all__ = ["PREFIX", "Settings", "SettingsWarning", "unknown_variables"]
@@ -102,6 +103,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds one step-cache Redis call may wait for its reply "
         "(a hung server is CacheUnavailable after this).",
+    )
+    async_slice: float = Field(
+        default=DEFAULT_SLICE,
+        ge=0,
+        description="Seconds of one event-loop iteration that a burst of async workflow "
+        "starts may take before the rest wait for the next iterations (0: no pacing).",
     )
     signing_key: SecretStr | None = Field(
         default=None,

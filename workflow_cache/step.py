@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workflow_cache.cache.base import CacheUnavailable, ClaimingStore
+from workflow_cache import pacing
+from workflow_cache.cache.base import CacheUnavailable, ClaimingStore, can_claim
 from workflow_cache.dispatch import is_signature, member_keys, no_dispatcher
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
@@ -58,6 +59,7 @@ class Step:
             if for_async is not None:
                 self._store = for_async() or self._store
         self._inflight: dict[str, asyncio.Future[Result[Any, Any]]] = {}
+        self._pacer = pacing.pacer() if is_async else None
 
     # -- public -------------------------------------------------------------------------
 
@@ -254,6 +256,8 @@ class Step:
             self._emit("success" if result.ok else "error", key, started, result)
             return result
         cacheable = key is not None and store is not None
+        if known_miss and self._pacer is not None:  # one of many misses of a step.all
+            yield self._pacer.enter
         if cacheable and not known_miss:
             envelope = yield lambda: store.load(key)
             if envelope is not None:
@@ -264,7 +268,7 @@ class Step:
             self._emit("cache_miss", key, started)
         if remote:
             result = yield self._offload(lambda: dispatcher.run(thunk, options))
-        elif cacheable and isinstance(store, ClaimingStore):
+        elif cacheable and can_claim(store):
             result = yield from self._run_claimed(thunk, options, store)
         else:
             result = yield from self._attempts(thunk, options)
@@ -285,6 +289,8 @@ class Step:
         claim = got
         keep = False
         try:
+            if self._pacer is not None:  # a burst of claims: run on a later loop iteration
+                yield self._pacer.enter
             result = yield from self._attempts(thunk, options)
             keep = keeps(result, options)
             outcome = _envelope(result, options)

@@ -50,11 +50,27 @@ def recording() -> bool:
     """Whether spans go anywhere: an application has set a tracer provider.
 
     Until one is set, OpenTelemetry hands out spans that record nothing; a batch of a
-    thousand hits skips making a thousand of them.
+    thousand hits skips making a thousand of them. A provider, once set, stays set
+    (OpenTelemetry refuses to replace it), so a yes is remembered.
     """
-    if _tracer() is None:
+    global _recording
+    if _recording:
+        return True
+    api = _trace_api()
+    if api is None:
         return False
+    provider = api.get_tracer_provider()
+    _recording = not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
+    return _recording
+
+
+_recording = False
+
+
+@functools.cache
+def _trace_api() -> Any:
+    if _tracer() is None:
+        return None
     from opentelemetry import trace
 
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return trace

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from types import CoroutineType, FunctionType
 from typing import Any, TypeVar
 
+from workflow_cache import pacing
 from workflow_cache.cache.base import OutcomeStore, as_store
 from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
@@ -84,7 +85,7 @@ class Workflow:
         if not callable(fn):
             raise TypeError(f"a workflow runs a function, not {type(fn).__name__}")
         args = (self.deps,) if _wants_deps(fn) else ()
-        if inspect.iscoroutinefunction(fn):
+        if _is_async(fn):
             return self._run_async(fn, args)
         step = Step(self, is_async=False)
         try:
@@ -93,6 +94,11 @@ class Workflow:
             return exit_.result
 
     async def _run_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result:
+        gate = pacing.pacer()
+        if gate is not None:
+            turn = gate.enter()
+            if turn is not None:  # a burst of starts: wait for a later loop iteration
+                await turn
         step = Step(self, is_async=True)
         try:
             return _as_result(await fn(step, *args))
@@ -129,6 +135,12 @@ def create_workflow(deps: Any = None, **options: Any) -> Workflow:
     Any other option is a ``TypeError`` naming it.
     """
     return Workflow(deps, **options)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    if isinstance(fn, FunctionType) and fn.__code__.co_flags & inspect.CO_COROUTINE:
+        return True  # the common ``async def``, without inspect's unwrapping
+    return inspect.iscoroutinefunction(fn)
 
 
 def _wants_deps(fn: Callable[..., Any]) -> bool:

@@ -65,6 +65,19 @@ class ClaimingStore(OutcomeStore, Protocol):
     def acquire(self, key: str) -> Envelope | Claim: ...
 
 
+_CLAIMING: dict[type, bool] = {}
+
+
+def can_claim(store: object) -> bool:
+    """``isinstance(store, ClaimingStore)``, worked out once per type: a protocol check
+    costs microseconds, and every miss asks."""
+    kind = type(store)
+    known = _CLAIMING.get(kind)
+    if known is None:
+        known = _CLAIMING[kind] = isinstance(store, ClaimingStore)
+    return known
+
+
 def then(value: MaybeAwaitable[T], fn: Callable[[T], U]) -> MaybeAwaitable[U]:
     """Apply ``fn`` now, or after awaiting, so one adapter serves sync and async caches."""
     if inspect.isawaitable(value):

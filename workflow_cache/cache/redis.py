@@ -83,6 +83,7 @@ class RedisCache(NativeCache):
         }
         self._async_ok = client is None and url.startswith(("redis://", "rediss://", "unix://"))
         self._views: weakref.WeakKeyDictionary[Any, AsyncRedisCache] = weakref.WeakKeyDictionary()
+        self._last_view: tuple[weakref.ref[Any], AsyncRedisCache] | None = None
         self.client = client or client_from_url(
             url,
             socket_timeout=socket_timeout,
@@ -192,8 +193,12 @@ class RedisCache(NativeCache):
         if not self._async_ok:
             return None
         loop = asyncio.get_running_loop()
+        last = self._last_view  # every async workflow asks: the common answer first
+        if last is not None and last[0]() is loop:
+            return last[1]
         view = self._views.get(loop)
         if view is not None:
+            self._last_view = (weakref.ref(loop), view)
             return view
         with self._flight_lock:
             view = self._views.get(loop)
@@ -212,6 +217,7 @@ class RedisCache(NativeCache):
     async def aclose(self) -> None:
         """Close the running loop's ``redis.asyncio`` pool, pub/sub connection and tasks."""
         with self._flight_lock:
+            self._last_view = None
             view = self._views.pop(asyncio.get_running_loop(), None)
         if view is not None:
             await view.aclose()

@@ -58,7 +58,12 @@ class AsyncRedisCache:
     async def load(self, key: str) -> Envelope | None:
         raw = await self._call(self.client.get(self.keyspace.out(check_key(key))))  # type: ignore[arg-type]
         self.cache._looked_up([key], [raw])
-        return None if raw is None else await self._decode(key, raw)
+        if raw is None:
+            return None
+        try:  # as _decode, without a coroutine more on the path of every hit
+            return Envelope.loads(key, raw)
+        except UnsignedEnvelopeError as exc:
+            return await self._refuse(key, raw, exc)
 
     async def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
@@ -78,10 +83,12 @@ class AsyncRedisCache:
         try:
             return Envelope.loads(key, raw)
         except UnsignedEnvelopeError as exc:
-            log.warning("%s; treating it as a miss and removing it", exc)
-            delete = self.client.eval(script("delete_if_same"), 1, self.keyspace.out(key), raw)
-            await self._call(delete)
-            return None
+            return await self._refuse(key, raw, exc)
+
+    async def _refuse(self, key: str, raw: bytes, problem: EnvelopeError) -> None:
+        log.warning("%s; treating it as a miss and removing it", problem)
+        delete = self.client.eval(script("delete_if_same"), 1, self.keyspace.out(key), raw)
+        await self._call(delete)
 
     async def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)

@@ -1,0 +1,182 @@
+"""A burst of async workflow starts is spread over loop iterations, in order, and none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from workflow_cache import RedisCache, create_workflow, pacing
+from workflow_cache.pacing import Pacer
+
+
+def _busy(seconds: float) -> None:
+    """Hold the loop, as CPU-bound work between two awaits does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Iterations:
+    """Counts loop iterations: a callback that re-arms itself runs once in each."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._running = True
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        if self._running:
+            self.count += 1
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._running = False
+
+
+async def _through(pacer: Pacer) -> None:
+    turn = pacer.enter()
+    if turn is not None:
+        await turn
+
+
+def test_a_burst_takes_at_most_one_slice_per_iteration_and_keeps_its_order() -> None:
+    async def main() -> tuple[list[int], list[int]]:
+        pacer = Pacer(asyncio.get_running_loop(), 0.002)
+        iterations = Iterations()
+        order: list[int] = []
+        seen: list[int] = []
+
+        async def start(i: int) -> None:
+            await _through(pacer)
+            order.append(i)
+            seen.append(iterations.count)
+            _busy(0.0005)  # 4 starts fill the 2 ms slice
+
+        await asyncio.gather(*(start(i) for i in range(200)))
+        iterations.stop()
+        return order, seen
+
+    order, seen = asyncio.run(main())
+    assert order == list(range(200))  # first come, first through
+    per_iteration = Counter(seen)
+    assert max(per_iteration.values()) <= 4
+    assert len(per_iteration) >= 50
+
+
+def test_without_pressure_every_start_goes_through_at_once() -> None:
+    async def main() -> list[bool]:
+        pacer = Pacer(asyncio.get_running_loop(), 0.002)
+        waited = []
+        for _ in range(50):  # one start per iteration: never over the slice
+            waited.append(pacer.enter() is not None)
+            await asyncio.sleep(0)
+        return waited
+
+    assert asyncio.run(main()) == [False] * 50
+
+
+def test_a_cancelled_waiter_gives_its_place_up() -> None:
+    async def main() -> list[int]:
+        pacer = Pacer(asyncio.get_running_loop(), 0.001)
+        done: list[int] = []
+
+        async def start(i: int) -> None:
+            await _through(pacer)
+            done.append(i)
+            _busy(0.001)
+
+        tasks = [asyncio.ensure_future(start(i)) for i in range(20)]
+        await asyncio.sleep(0)  # every task is at the gate now; most wait
+        tasks[5].cancel()
+        tasks[6].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [type(r) for r in results[5:7]] == [asyncio.CancelledError] * 2
+        return done
+
+    assert asyncio.run(main()) == [i for i in range(20) if i not in (5, 6)]
+
+
+def test_async_workflows_started_together_are_paced(redis_url: str, namespace: str) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    workflow = create_workflow(cache=cache)
+
+    async def main() -> tuple[list[object], list[int]]:
+        iterations = Iterations()
+        began: list[int] = []
+
+        def flow(i: int) -> Callable[..., object]:
+            async def body(step):  # type: ignore[no-untyped-def]
+                began.append(iterations.count)
+                _busy(0.0002)
+                return await step(lambda: i * 2, key=f"paced:{i}")
+
+            return body
+
+        results = await asyncio.gather(*(workflow(flow(i)) for i in range(300)))
+        iterations.stop()
+        await cache.aclose()
+        return [r.value for r in results], began
+
+    values, began = asyncio.run(main())
+    assert values == [i * 2 for i in range(300)]
+    per_iteration = Counter(began)
+    assert max(per_iteration.values()) <= 1 + int(pacing.DEFAULT_SLICE / 0.0002)
+    assert len(per_iteration) >= 300 * 0.0002 / pacing.DEFAULT_SLICE
+
+
+def test_misses_of_one_step_all_are_paced_and_run_once(redis_url: str, namespace: str) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    workflow = create_workflow(cache=cache)
+    runs: Counter[int] = Counter()
+
+    async def main() -> tuple[list[int], list[int]]:
+        iterations = Iterations()
+        ran_in: list[int] = []
+
+        def thunk(i: int) -> Callable[[], int]:
+            def run() -> int:
+                runs[i] += 1
+                ran_in.append(iterations.count)
+                _busy(0.0002)
+                return i
+
+            return run
+
+        async def body(step):  # type: ignore[no-untyped-def]
+            return await step.all(
+                [thunk(i) for i in range(200)], keys=[f"m:{i}" for i in range(200)]
+            )
+
+        result = await workflow(body)
+        iterations.stop()
+        await cache.aclose()
+        return result.value, ran_in
+
+    values, ran_in = asyncio.run(main())
+    assert values == list(range(200))
+    assert set(runs.values()) == {1}
+    assert max(Counter(ran_in).values()) <= 1 + int(pacing.DEFAULT_SLICE / 0.0002)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("0", "None"), ("0.004", "0.004")])
+def test_the_slice_comes_from_the_settings(setting: str, expected: str) -> None:
+    code = (
+        "import asyncio\n"
+        "from workflow_cache import pacing\n"
+        "async def main():\n"
+        "    found = pacing.pacer()\n"
+        "    print(None if found is None else found._slice)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "WORKFLOW_CACHE_ASYNC_SLICE": setting}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.strip() == expected
