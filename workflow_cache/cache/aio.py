@@ -27,11 +27,11 @@ from workflow_cache.cache.claims import (
     EPOCH_TTL_MS,
     Claimed,
     Done,
+    Reaching,
     Running,
     claim_state,
     commit_args,
     default_owner,
-    out_of_memory,
     wait_for_holder,
 )
 from workflow_cache.cache.keys import Keys, KeySpace
@@ -254,6 +254,7 @@ class AsyncFlight:
         self.lease_ms = max(1, round(lease * 1000))
         self.owner = owner or default_owner()
         self.where = where
+        self._reaching = Reaching(where)
         self._epoch_ttl_ms = int(epoch_ttl_ms or 0)
         self._claim = client.register_script(script("claim"))
         self._renew = client.register_script(script("renew"))
@@ -264,13 +265,9 @@ class AsyncFlight:
         self._renewing: asyncio.Task[None] | None = None
 
     async def call(self, fn: Callable[[], Awaitable[_T]]) -> _T:
-        """Await ``fn()``; a connection failure becomes ``CacheUnavailable`` naming the server."""
-        try:
+        """Await ``fn()``; a connection failure is ``CacheUnavailable`` naming the server."""
+        with self._reaching:
             return await fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CacheUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
-        except redis.OutOfMemoryError as exc:
-            raise CacheUnavailable(out_of_memory(self.where)) from exc
 
     async def claim(self, keys: Keys) -> Done | Running | Claimed:
         reply = await self.call(

@@ -167,6 +167,32 @@ def out_of_memory(where: str) -> str:
     )
 
 
+class Reaching:
+    """``with reaching:`` turns a lost or full Redis into :class:`CacheUnavailable`.
+
+    A wrong password stays ``redis.AuthenticationError``: a configuration error, not an
+    outage to fall back from. One reusable object per client: a generator-based context
+    manager would cost about a microsecond on every read.
+    """
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, redis.AuthenticationError):
+            return False
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise CacheUnavailable(f"cannot reach Redis at {self.where}: {exc}") from exc
+        if isinstance(exc, redis.OutOfMemoryError):
+            raise CacheUnavailable(out_of_memory(self.where)) from exc
+        return False
+
+
 def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
     """A client that fails fast: ``timeout``-second connect/socket timeouts, one quick retry.
 
@@ -185,6 +211,7 @@ class Claims:
     def __init__(self, client: redis.Redis, *, epoch_ttl_ms: int | None = EPOCH_TTL_MS) -> None:
         self.client = client
         self.where = describe(client)
+        self._reaching = Reaching(self.where)
         self._epoch_ttl_ms = int(epoch_ttl_ms or 0)
         self._claim = client.register_script(script("claim"))
         self._renew = client.register_script(script("renew"))
@@ -192,13 +219,9 @@ class Claims:
         self._release = client.register_script(script("release"))
 
     def call(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` and turn a connection failure into ``CacheUnavailable`` naming the server."""
-        try:
+        """Run ``fn``; a connection failure is ``CacheUnavailable`` naming the server."""
+        with self._reaching:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CacheUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
-        except redis.OutOfMemoryError as exc:
-            raise CacheUnavailable(out_of_memory(self.where)) from exc
 
     def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
         """Done, Running or Claimed (one atomic script)."""

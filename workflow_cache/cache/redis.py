@@ -17,8 +17,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -26,11 +25,10 @@ import redis
 from workflow_cache import metrics, signing, tracing
 from workflow_cache.cache.base import NativeCache
 from workflow_cache.cache.claims import (
-    CacheUnavailable,
     Done,
     Holder,
+    Reaching,
     SingleFlight,
-    out_of_memory,
 )
 from workflow_cache.cache.clients import client_from_url, read_many, redact
 from workflow_cache.cache.keys import KeySpace
@@ -81,6 +79,7 @@ class RedisCache(NativeCache):
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
         }
+        self._reaching = Reaching(redact(url))
         self._async_ok = client is None and url.startswith(("redis://", "rediss://", "unix://"))
         self._views: weakref.WeakKeyDictionary[Any, AsyncRedisCache] = weakref.WeakKeyDictionary()
         self._last_view: tuple[weakref.ref[Any], AsyncRedisCache] | None = None
@@ -93,21 +92,10 @@ class RedisCache(NativeCache):
     def _out(self, key: str) -> str:
         return self.keyspace.out(check_key(key))  # type: ignore[arg-type]
 
-    @contextmanager
-    def _reaching(self) -> Iterator[None]:
-        try:
-            yield
-        except redis.AuthenticationError:
-            raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CacheUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
-        except redis.OutOfMemoryError as exc:
-            raise CacheUnavailable(out_of_memory(redact(self.url))) from exc
-
     # -- what workflows use -------------------------------------------------------------
 
     def load(self, key: str) -> Envelope | None:
-        with self._reaching():
+        with self._reaching:
             raw = self.client.get(self._out(key))
         self._looked_up([key], [raw])
         return None if raw is None else self._decode(key, raw)
@@ -115,7 +103,7 @@ class RedisCache(NativeCache):
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
             return []
-        with self._reaching():
+        with self._reaching:
             rows = read_many(self.client, [self._out(key) for key in keys])
         self._looked_up(keys, rows)
         if signing.enabled():  # each row's signature checked, a refused one removed
@@ -148,13 +136,13 @@ class RedisCache(NativeCache):
 
     def _refuse(self, key: str, raw: bytes, problem: EnvelopeError) -> None:
         log.warning("%s; treating it as a miss and removing it", problem)
-        with self._reaching():
+        with self._reaching:
             self.client.eval(script("delete_if_same"), 1, self._out(key), raw)
 
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)
         ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-        with self._reaching():
+        with self._reaching:
             self.client.set(self._out(key), text, px=ttl_ms)
 
     @property
@@ -225,17 +213,17 @@ class RedisCache(NativeCache):
     # -- Map-like management --------------------------------------------------------------
 
     def has(self, key: str) -> bool:
-        with self._reaching():
+        with self._reaching:
             return bool(self.client.exists(self._out(key)))
 
     def delete(self, key: str) -> bool:
-        with self._reaching():
+        with self._reaching:
             return bool(self.client.delete(self._out(key)))
 
     def clear(self) -> int:
         """Delete this namespace's keys (SCAN + UNLINK in batches); other namespaces stay."""
         removed = 0
-        with self._reaching():
+        with self._reaching:
             batch: list[Any] = []
             for name in self.client.scan_iter(match=self.keyspace.pattern, count=_SCAN_BATCH):
                 batch.append(name)

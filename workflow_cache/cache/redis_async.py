@@ -18,8 +18,7 @@ import redis.asyncio
 
 from workflow_cache import metrics, signing, tracing
 from workflow_cache.cache.aio import AsyncFlight, AsyncHolder
-from workflow_cache.cache.base import CacheUnavailable
-from workflow_cache.cache.claims import Done, out_of_memory
+from workflow_cache.cache.claims import Done, Reaching
 from workflow_cache.cache.lua import script
 from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
 from workflow_cache.options import check_key
@@ -41,19 +40,14 @@ class AsyncRedisCache:
         self.cache = cache
         self.client = client
         self.where = where
+        self._reaching = Reaching(where)
         self.namespace = cache.namespace
         self.keyspace = cache.keyspace
         self.flight = AsyncFlight(client, cache.keyspace, lease=cache.lease, where=where)
 
     async def _call(self, coro: Any) -> Any:
-        try:
+        with self._reaching:
             return await coro
-        except redis.AuthenticationError:
-            raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CacheUnavailable(f"cannot reach Redis at {self.where}: {exc}") from exc
-        except redis.OutOfMemoryError as exc:
-            raise CacheUnavailable(out_of_memory(self.where)) from exc
 
     async def load(self, key: str) -> Envelope | None:
         raw = await self._call(self.client.get(self.keyspace.out(check_key(key))))  # type: ignore[arg-type]
