@@ -256,14 +256,14 @@ class Step:
             self._emit("success" if result.ok else "error", key, started, result)
             return result
         cacheable = key is not None and store is not None
-        if known_miss and self._pacer is not None:  # one of many misses of a step.all
-            yield self._pacer.enter
         if cacheable and not known_miss:
             envelope = yield lambda: store.load(key)
             if envelope is not None:
                 result = envelope.to_result(key, options.returns)
                 self._emit("cache_hit", key, started, result)
                 return result
+        if self._pacer is not None and (cacheable or known_miss):
+            yield self._pacer.enter  # one of many misses: claim on a later loop iteration
         if cacheable:
             self._emit("cache_miss", key, started)
         if remote:
