@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from workflow_cache import RedisCache, create_workflow, pacing
 from workflow_cache.pacing import Pacer
@@ -180,3 +181,53 @@ def test_the_slice_comes_from_the_settings(setting: str, expected: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.strip() == expected
+
+
+def test_a_workflow_cancelled_while_paced_after_its_claim_releases_it(
+    redis_url: str, namespace: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pacer's wait after a claim is inside the claim's clean-up: cancelling it there
+    releases the claim at once instead of leaving the key held until the lease ends."""
+    cache = RedisCache(redis_url, namespace=namespace, lease=30)
+    workflow = create_workflow(cache=cache)
+    lock = cache.keyspace.for_step("held").lock
+    ran: list[int] = []
+
+    class HeldAfterClaim(Pacer):
+        """Lets the start and the miss through; the third passage (after the claim) waits."""
+
+        passages = 0
+
+        def enter(self) -> asyncio.Future[None] | None:
+            self.passages += 1
+            if self.passages < 3:
+                return None
+            held = asyncio.get_running_loop().create_future()
+            at_gate.set_result(None)
+            return held
+
+    async def main() -> None:
+        nonlocal at_gate
+        at_gate = asyncio.get_running_loop().create_future()
+        gate = HeldAfterClaim(asyncio.get_running_loop())
+        monkeypatch.setattr(pacing, "pacer", lambda: gate)
+
+        async def body(step):  # type: ignore[no-untyped-def]
+            return await step(lambda: ran.append(1), key="held")
+
+        run = asyncio.ensure_future(workflow(body))
+        await at_gate
+        assert redis_client.exists(lock)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        for _ in range(100):  # the release runs on the loop
+            if not redis_client.exists(lock):
+                break
+            await asyncio.sleep(0.01)
+        await cache.aclose()
+
+    at_gate: asyncio.Future[None]
+    asyncio.run(main())
+    assert ran == []
+    assert not redis_client.exists(lock)
