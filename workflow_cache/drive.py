@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Generator
+from types import GeneratorType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +24,9 @@ _local = threading.local()
 
 def resolve_sync(value: Any) -> Any:
     """Finish an awaitable from synchronous code, or return a plain value unchanged."""
+    kind = type(value)
+    if kind is not GeneratorType and not hasattr(kind, "__await__"):
+        return value  # not awaitable, told without inspect's ABC check (every step asks)
     if not inspect.isawaitable(value):
         return value
     try:

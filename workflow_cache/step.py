@@ -90,19 +90,21 @@ class Step:
         """
         given = _given(retries, retry_delay, retry_backoff, retry_jitter, timeout)
         thunk = self._local_or_refuse(thunk, run_locally)
-        self._refuse_retries_remote(thunk, given)
-        parts = self._expand(thunk)
-        if parts is not None:  # e.g. a Celery group: one step per member, sent together
-            return self.all(
-                parts,
-                keys=member_keys(check_key(key), len(parts)),
-                ttl=ttl,
-                cache_errors=cache_errors,
-                cache_exceptions=cache_exceptions,
-            )
-        options = self._identify(
-            thunk, self._options(key, ttl, cache_errors, cache_exceptions, returns, given)
-        )
+        dispatched = self._workflow.dispatcher is not None
+        if dispatched:
+            self._refuse_retries_remote(thunk, given)
+            parts = self._expand(thunk)
+            if parts is not None:  # e.g. a Celery group: one step per member, sent together
+                return self.all(
+                    parts,
+                    keys=member_keys(check_key(key), len(parts)),
+                    ttl=ttl,
+                    cache_errors=cache_errors,
+                    cache_exceptions=cache_exceptions,
+                )
+        options = self._options(key, ttl, cache_errors, cache_exceptions, returns, given)
+        if dispatched:
+            options = self._identify(thunk, options)
         if self._is_async:
             return self._run_async(thunk, options)
         return _unwrap(drive_sync(self._plan(thunk, options)))

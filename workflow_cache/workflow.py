@@ -137,9 +137,16 @@ def create_workflow(deps: Any = None, **options: Any) -> Workflow:
     return Workflow(deps, **options)
 
 
+_MARKABLE = hasattr(inspect, "markcoroutinefunction")
+"""Python 3.12+ can mark a plain function as a coroutine function; only inspect knows."""
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
-    if isinstance(fn, FunctionType) and fn.__code__.co_flags & inspect.CO_COROUTINE:
-        return True  # the common ``async def``, without inspect's unwrapping
+    if isinstance(fn, FunctionType):  # the common case, without inspect's unwrapping
+        if fn.__code__.co_flags & inspect.CO_COROUTINE:
+            return True
+        if not _MARKABLE:
+            return False
     return inspect.iscoroutinefunction(fn)
 
 
