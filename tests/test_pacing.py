@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 
@@ -49,7 +51,7 @@ async def _through(pacer: Pacer) -> None:
 
 def test_a_burst_takes_at_most_one_slice_per_iteration_and_keeps_its_order() -> None:
     async def main() -> tuple[list[int], list[int]]:
-        pacer = Pacer(asyncio.get_running_loop(), 0.002)
+        pacer = Pacer(0.002)
         iterations = Iterations()
         order: list[int] = []
         seen: list[int] = []
@@ -73,7 +75,7 @@ def test_a_burst_takes_at_most_one_slice_per_iteration_and_keeps_its_order() -> 
 
 def test_without_pressure_every_start_goes_through_at_once() -> None:
     async def main() -> list[bool]:
-        pacer = Pacer(asyncio.get_running_loop(), 0.002)
+        pacer = Pacer(0.002)
         waited = []
         for _ in range(50):  # one start per iteration: never over the slice
             waited.append(pacer.enter() is not None)
@@ -85,7 +87,7 @@ def test_without_pressure_every_start_goes_through_at_once() -> None:
 
 def test_a_cancelled_waiter_gives_its_place_up() -> None:
     async def main() -> list[int]:
-        pacer = Pacer(asyncio.get_running_loop(), 0.001)
+        pacer = Pacer(0.001)
         done: list[int] = []
 
         async def start(i: int) -> None:
@@ -209,7 +211,7 @@ def test_a_workflow_cancelled_while_paced_after_its_claim_releases_it(
     async def main() -> None:
         nonlocal at_gate
         at_gate = asyncio.get_running_loop().create_future()
-        gate = HeldAfterClaim(asyncio.get_running_loop())
+        gate = HeldAfterClaim()
         monkeypatch.setattr(pacing, "pacer", lambda: gate)
 
         async def body(step):  # type: ignore[no-untyped-def]
@@ -231,3 +233,20 @@ def test_a_workflow_cancelled_while_paced_after_its_claim_releases_it(
     asyncio.run(main())
     assert ran == []
     assert not redis_client.exists(lock)
+
+
+def test_a_finished_loop_is_not_kept_alive_by_its_pacer() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def body(step):  # type: ignore[no-untyped-def]
+        return await step(lambda: 1)
+
+    async def main() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        workflow = create_workflow()
+        await asyncio.gather(*(workflow(body) for _ in range(50)))
+        assert pacing.pacer() is not None
+
+    asyncio.run(main())
+    gc.collect()
+    assert loops[0]() is None
