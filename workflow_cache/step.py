@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -275,9 +276,8 @@ class Step:
         else:
             result = yield from self._attempts(thunk, options)
             if cacheable and keeps(result, options):
-                stored = _envelope(result, options)
+                stored, result = _stored(result, options)
                 yield lambda: store.save(key, stored)
-                result = _as_stored(stored, options)
         self._emit("success" if result.ok else "error", key, started, result)
         return result
 
@@ -295,8 +295,7 @@ class Step:
                 yield self._pacer.enter
             result = yield from self._attempts(thunk, options)
             keep = keeps(result, options)
-            outcome = _envelope(result, options)
-            result = _as_stored(outcome, options)
+            outcome, result = _stored(result, options)
         except NotStorableError:
             claim.release()
             if keep:
@@ -515,24 +514,19 @@ def _given(
     return {n: v for n, v in zip(RETRY_OPTIONS, values, strict=True) if v is not UNSET}
 
 
-def _envelope(result: Result[Any, Any], options: StepOptions) -> Envelope:
-    """The outcome as stored; refuses what JSON cannot hold before anything is written."""
-    key = options.key
-    assert key is not None
-    stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
-    stored.dumps(key)
-    return stored
-
-
-def _as_stored(stored: Envelope, options: StepOptions) -> Result[Any, Any]:
-    """The outcome as a later hit will read it back, so a run and a hit return equal values.
+def _stored(result: Result[Any, Any], options: StepOptions) -> tuple[Envelope, Result[Any, Any]]:
+    """The outcome as stored, and as a later hit will read it back, so a run and a hit
+    return equal values; what JSON cannot hold is refused before anything is written.
 
     The round trip through JSON text is the same one a cache read makes: tuples become
     lists, integer dict keys become strings, and ``returns=`` restores the richer type.
+    One encoding serves the check and the round trip.
     """
     key = options.key
     assert key is not None
-    return Envelope.from_data(key, stored.detached(key)).to_result(key, options.returns)
+    stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
+    back = Envelope.from_data(key, json.loads(stored.dumps(key)))
+    return stored, back.to_result(key, options.returns)
 
 
 def _unwrap(result: Result[Any, Any]) -> Any:
