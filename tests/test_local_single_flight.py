@@ -80,9 +80,10 @@ def kill_all(procs: list[subprocess.Popen[str]]) -> None:
             proc.wait()
 
 
-def test_eight_processes_on_one_key_run_it_once(tmp_path: Path) -> None:
+def race(tmp_path: Path, key: str, mode: str, count: int) -> tuple[int, list[str]]:
+    """``count`` processes released together on ``key``: executions and outcomes."""
     log = tmp_path / "executions"
-    procs = [spawn(tmp_path / "cache", "hot", "ok", log) for _ in range(8)]
+    procs = [spawn(tmp_path / "cache", key, mode, log) for _ in range(count)]
     try:
         for proc in procs:
             expect(proc, "READY")
@@ -90,21 +91,18 @@ def test_eight_processes_on_one_key_run_it_once(tmp_path: Path) -> None:
         outcomes = results(procs)
     finally:
         kill_all(procs)
-    assert len(log.read_text().split()) == 1
+    return len(log.read_text().split()), outcomes
+
+
+def test_eight_processes_on_one_key_run_it_once(tmp_path: Path) -> None:
+    executions, outcomes = race(tmp_path, "hot", "ok", 8)
+    assert executions == 1
     assert len(outcomes) == 8 and len(set(outcomes)) == 1, outcomes
 
 
 def test_an_error_that_is_not_kept_still_reaches_the_waiters(tmp_path: Path) -> None:
-    log = tmp_path / "executions"
-    procs = [spawn(tmp_path / "cache", "bad", "fail", log) for _ in range(4)]
-    try:
-        for proc in procs:
-            expect(proc, "READY")
-        go(*procs)
-        outcomes = results(procs)
-    finally:
-        kill_all(procs)
-    assert len(log.read_text().split()) == 1
+    executions, outcomes = race(tmp_path, "bad", "fail", 4)
+    assert executions == 1
     assert len(set(outcomes)) == 1 and outcomes[0].startswith("[false,"), outcomes
     assert not LocalCache(tmp_path / "cache").has("bad")  # not kept: the next run executes
 
