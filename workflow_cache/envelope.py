@@ -146,6 +146,11 @@ class Envelope:
         except Exception as exc:  # pydantic serialisation errors
             raise _not_storable(key, result, exc) from exc
 
+    @property
+    def ttl_ms(self) -> int | None:
+        """The lifetime as Redis takes it (PX milliseconds, at least 1); None: kept."""
+        return None if self.ttl is None else max(1, int(self.ttl * 1000))
+
     def expired(self, now: float | None = None) -> bool:
         if self.ttl is None:
             return False

@@ -141,7 +141,7 @@ class RedisCache(NativeCache):
 
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)
-        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+        ttl_ms = envelope.ttl_ms
         with self._reaching:
             self.client.set(self._out(key), text, px=ttl_ms)
 
@@ -158,12 +158,7 @@ class RedisCache(NativeCache):
         for _ in range(REFUSED_RETRIES):
             started = time.perf_counter()
             got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
-            waited = time.perf_counter() - started
-            done = isinstance(got, Done)
-            # Epoch keys are deleted at commit, so a claim with epoch > 1 follows one that
-            # ended without an outcome: its holder crashed or gave the key back.
-            takeover = not done and got.epoch > 1  # type: ignore[union-attr]
-            metrics.claim_acquired(self.namespace, waited, waited=done, takeover=takeover)
+            record_acquire(self.namespace, started, got)
             if not isinstance(got, Done):
                 return RedisClaim(key, got, self.namespace)
             try:
@@ -243,29 +238,53 @@ class RedisCache(NativeCache):
         return f"RedisCache({redact(self.url)!r}, namespace={self.namespace!r})"
 
 
-class RedisClaim:
-    """This process runs the key: commit its outcome (fenced) or release the claim."""
+def record_acquire(namespace: str, started: float, got: Any) -> None:
+    """The metrics of one ``acquire`` that began at ``started`` and returned ``got``."""
+    waited = time.perf_counter() - started
+    done = isinstance(got, Done)
+    # Epoch keys are deleted at commit, so a claim with epoch > 1 follows one that
+    # ended without an outcome: its holder crashed or gave the key back.
+    takeover = not done and got.epoch > 1
+    metrics.claim_acquired(namespace, waited, waited=done, takeover=takeover)
 
-    def __init__(self, key: str, holder: Holder, namespace: str = "") -> None:
+
+class ClaimRecord:
+    """What a claim records, blocking or async: a span from claim to commit or release,
+    and the commit's metrics."""
+
+    def __init__(self, key: str, epoch: int, namespace: str) -> None:
         self.key = key
-        self.holder = holder
         self.namespace = namespace
         self._started = time.perf_counter()
         self._span = tracing.start(
-            key, namespace, **{"workflow_cache.epoch": holder.epoch, "workflow_cache.hit": False}
+            key, namespace, **{"workflow_cache.epoch": epoch, "workflow_cache.hit": False}
         )
 
-    def commit(self, envelope: Envelope, *, keep: bool) -> bool:
-        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-        accepted = self.holder.commit(envelope.sealed(self.key), ttl_ms=ttl_ms, keep=keep)
+    def _committed(self, envelope: Envelope, *, accepted: bool, keep: bool) -> bool:
         seconds = time.perf_counter() - self._started
         metrics.commit(self.namespace, envelope.status, seconds, accepted=accepted)
         tracing.end(self._span, status=envelope.status, committed=accepted, stored=keep)
         self._span = None
         return accepted
 
+    def _released(self) -> None:
+        tracing.end(self._span, released=True)
+        self._span = None
+
+
+class RedisClaim(ClaimRecord):
+    """This process runs the key: commit its outcome (fenced) or release the claim."""
+
+    def __init__(self, key: str, holder: Holder, namespace: str = "") -> None:
+        super().__init__(key, holder.epoch, namespace)
+        self.holder = holder
+
+    def commit(self, envelope: Envelope, *, keep: bool) -> bool:
+        text = envelope.sealed(self.key)
+        accepted = self.holder.commit(text, ttl_ms=envelope.ttl_ms, keep=keep)
+        return self._committed(envelope, accepted=accepted, keep=keep)
+
     def release(self) -> None:
         if not self.holder.finished:
             self.holder.release()
-        tracing.end(self._span, released=True)
-        self._span = None
+        self._released()

@@ -16,17 +16,16 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio
 
-from workflow_cache import metrics, signing, tracing
+from workflow_cache import signing
 from workflow_cache.cache.aio import AsyncFlight, AsyncHolder
 from workflow_cache.cache.claims import Done, Reaching
 from workflow_cache.cache.lua import script
+from workflow_cache.cache.redis import REFUSED_RETRIES, ClaimRecord, record_acquire
 from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
 from workflow_cache.options import check_key
 
 if TYPE_CHECKING:
     from workflow_cache.cache.redis import RedisCache
-
-REFUSED_RETRIES = 3  # as RedisCache.acquire
 
 __all__ = ["AsyncRedisCache", "AsyncRedisClaim"]
 
@@ -86,7 +85,7 @@ class AsyncRedisCache:
 
     async def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)
-        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+        ttl_ms = envelope.ttl_ms
         await self._call(self.client.set(self.keyspace.out(check_key(key)), text, px=ttl_ms))  # type: ignore[arg-type]
 
     async def acquire(self, key: str) -> Envelope | AsyncRedisClaim:
@@ -95,10 +94,7 @@ class AsyncRedisCache:
         for _ in range(REFUSED_RETRIES):
             started = time.perf_counter()
             got = await self.flight.acquire(check_key(key), timeout=self.cache.wait_timeout)  # type: ignore[arg-type]
-            waited = time.perf_counter() - started
-            done = isinstance(got, Done)
-            takeover = not done and got.epoch > 1  # type: ignore[union-attr]
-            metrics.claim_acquired(self.namespace, waited, waited=done, takeover=takeover)
+            record_acquire(self.namespace, started, got)
             if not isinstance(got, Done):
                 return AsyncRedisClaim(key, got, self.namespace)
             found = await self._decode(key, got.outcome)
@@ -113,7 +109,7 @@ class AsyncRedisCache:
         await self.client.aclose()
 
 
-class AsyncRedisClaim:
+class AsyncRedisClaim(ClaimRecord):
     """This process runs the key: ``await commit(...)``, or ``release()``.
 
     ``release`` can be called from plain code (a step's clean-up after an exception):
@@ -121,26 +117,16 @@ class AsyncRedisClaim:
     """
 
     def __init__(self, key: str, holder: AsyncHolder, namespace: str) -> None:
-        self.key = key
+        super().__init__(key, holder.epoch, namespace)
         self.holder = holder
-        self.namespace = namespace
-        self._started = time.perf_counter()
-        self._span = tracing.start(
-            key, namespace, **{"workflow_cache.epoch": holder.epoch, "workflow_cache.hit": False}
-        )
 
     async def commit(self, envelope: Envelope, *, keep: bool) -> bool:
-        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
-        accepted = await self.holder.commit(envelope.sealed(self.key), ttl_ms=ttl_ms, keep=keep)
-        seconds = time.perf_counter() - self._started
-        metrics.commit(self.namespace, envelope.status, seconds, accepted=accepted)
-        tracing.end(self._span, status=envelope.status, committed=accepted, stored=keep)
-        self._span = None
-        return accepted
+        text = envelope.sealed(self.key)
+        accepted = await self.holder.commit(text, ttl_ms=envelope.ttl_ms, keep=keep)
+        return self._committed(envelope, accepted=accepted, keep=keep)
 
     def release(self) -> asyncio.Task[Any] | None:
-        tracing.end(self._span, released=True)
-        self._span = None
+        self._released()
         if self.holder.finished:
             return None
         task = asyncio.ensure_future(self.holder.release())

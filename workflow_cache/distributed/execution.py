@@ -220,7 +220,7 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
 def _commit(app: Celery, flight: SingleFlight, run: _Execution, result: Result[Any, Any]) -> None:
     header = run.header
     envelope, keep = _outcome(header, result)
-    ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+    ttl_ms = envelope.ttl_ms
     text = envelope.sealed(header.key)
     try:
         committed = run.holder.commit(text, ttl_ms=ttl_ms, keep=keep)
@@ -260,7 +260,7 @@ def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, wha
         return
     try:
         envelope, keep = _outcome(header, err(UnexpectedError.from_exception(exc)))
-        ttl_ms = None if envelope.ttl is None else max(1, int(envelope.ttl * 1000))
+        ttl_ms = envelope.ttl_ms
         messages = runner.messages(header.ns)
         text = envelope.sealed(header.key)
         if messages.fail_task(header.key, task_id, text, ttl_ms, keep):
