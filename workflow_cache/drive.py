@@ -62,7 +62,8 @@ def drive_sync(plan: Plan[T]) -> T:
         try:
             effect = plan.throw(thrown) if thrown is not None else plan.send(sent)
         except StopIteration as stop:
-            return stop.value
+            done: T = stop.value
+            return done
         sent, thrown = None, None
         try:
             sent = resolve_sync(effect())
@@ -77,7 +78,8 @@ async def drive_async(plan: Plan[T]) -> T:
         try:
             effect = plan.throw(thrown) if thrown is not None else plan.send(sent)
         except StopIteration as stop:
-            return stop.value
+            done: T = stop.value
+            return done
         sent, thrown = None, None
         try:
             sent = effect()

@@ -19,6 +19,16 @@ UNSET: Any = _Unset()
 
 
 @dataclass(frozen=True, slots=True)
+class StepDefaults:
+    """Workflow-wide step options; each ``step(...)`` call may override them."""
+
+    ttl: float | None = None
+    cache_errors: bool = True
+    cache_exceptions: bool = False
+    retry: RetryPolicy = NO_RETRIES
+
+
+@dataclass(frozen=True, slots=True)
 class StepOptions:
     key: str | None = None
     ttl: float | None = None

@@ -2,46 +2,107 @@
 
 A step's failure is data, not an exception, so it can be stored in a cache,
 read back on another machine and returned from a workflow like any value.
+
+``Result[T, E]`` is the union ``Ok[T] | Err[E]``: a type checker narrows it on
+``.ok`` (``if r.ok: r.value`` is a ``T``, else ``r.error`` is an ``E``). At run
+time ``Result`` is the common base class, so ``isinstance(x, Result)`` and
+``Result[int, str]`` keep working for code that predates the union.
 """
 
 from __future__ import annotations
 
 import traceback as _traceback
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeAlias, TypeGuard, TypeVar
+
+__all__ = [
+    "Err",
+    "Ok",
+    "Result",
+    "ResultBase",
+    "ResultError",
+    "UnexpectedError",
+    "err",
+    "is_result",
+    "ok",
+]
 
 T = TypeVar("T")
 E = TypeVar("E")
+T_co = TypeVar("T_co", covariant=True)
+E_co = TypeVar("E_co", covariant=True)
+
+
+class ResultBase(Generic[T_co, E_co]):
+    """What ``Ok`` and ``Err`` share; at run time it is ``Result`` itself."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Result(Generic[T, E]):
-    """``ok`` is True for a success; then ``value`` holds it, else ``error`` does."""
+class Ok(ResultBase[T_co, Any]):
+    """A success carrying ``value``."""
 
-    ok: bool
-    value: T | None = None
-    error: E | None = None
+    value: T_co
 
-    def unwrap(self) -> T:
-        """The value, or :class:`ResultError` carrying the error."""
-        if not self.ok:
-            raise ResultError(self.error)
-        return self.value  # type: ignore[return-value]
+    @property
+    def ok(self) -> Literal[True]:
+        return True
+
+    @property
+    def error(self) -> None:
+        return None
+
+    def unwrap(self) -> T_co:
+        return self.value
 
     def __repr__(self) -> str:
-        return f"ok({self.value!r})" if self.ok else f"err({self.error!r})"
+        return f"ok({self.value!r})"
 
 
-def ok(value: T = None) -> Result[T, Any]:  # type: ignore[assignment]
-    return Result(True, value, None)
+@dataclass(frozen=True, slots=True)
+class Err(ResultBase[Any, E_co]):
+    """A failure carrying ``error``."""
+
+    error: E_co
+
+    @property
+    def ok(self) -> Literal[False]:
+        return False
+
+    @property
+    def value(self) -> None:
+        return None
+
+    def unwrap(self) -> NoReturn:
+        """Raise :class:`ResultError` carrying the error (an ``err`` has no value)."""
+        raise ResultError(self.error)
+
+    def __repr__(self) -> str:
+        return f"err({self.error!r})"
 
 
-def err(error: E) -> Result[Any, E]:
-    return Result(False, None, error)
+if TYPE_CHECKING:
+    Result: TypeAlias = Ok[T] | Err[E]
+else:
+    Result = ResultBase
+
+
+def is_result(value: object) -> TypeGuard[Ok[Any] | Err[Any]]:
+    """Whether ``value`` is an ``ok``/``err`` outcome (``isinstance`` a type checker follows)."""
+    return isinstance(value, ResultBase)
+
+
+def ok(value: T = None) -> Ok[T]:  # type: ignore[assignment]  # ok() is ok(None)
+    return Ok(value)
+
+
+def err(error: E) -> Err[E]:
+    return Err(error)
 
 
 class ResultError(Exception):
-    """Raised by :meth:`Result.unwrap` on an ``err``."""
+    """Raised by ``unwrap()`` on an ``err``."""
 
     def __init__(self, error: object) -> None:
         super().__init__(error)

@@ -13,22 +13,20 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any, Literal, Protocol, cast
 
 from workflow_cache import pacing
-from workflow_cache.cache.base import CacheUnavailable, ClaimingStore, can_claim
-from workflow_cache.dispatch import is_signature, member_keys, no_dispatcher
+from workflow_cache.cache.base import CacheUnavailable, ClaimingStore, OutcomeStore, can_claim
+from workflow_cache.dispatch import Dispatcher, is_signature, member_keys, no_dispatcher
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope, NotStorableError
-from workflow_cache.events import EventKind, StepEvent
-from workflow_cache.options import UNSET, StepOptions, check_key, keeps
+from workflow_cache.events import EventHook, EventKind, StepEvent
+from workflow_cache.options import UNSET, StepDefaults, StepOptions, check_key, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
 from workflow_cache.retries import RETRY_OPTIONS, retry_policy
 from workflow_cache.timeouts import call_with_timeout, call_with_timeout_async
-
-if TYPE_CHECKING:
-    from workflow_cache.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +46,21 @@ class EarlyExit(BaseException):
         self.result = result
 
 
+class StepHost(Protocol):
+    """What a step reads from the workflow running it (``Workflow`` is one)."""
+
+    store: OutcomeStore | None
+    dispatcher: Dispatcher | None
+    defaults: StepDefaults
+    on_event: EventHook | None
+
+    def warn_skipped(self, key: str) -> None: ...
+
+
 class Step:
     """The ``step`` a workflow function receives; one per workflow run."""
 
-    def __init__(self, workflow: Workflow, *, is_async: bool) -> None:
+    def __init__(self, workflow: StepHost, *, is_async: bool) -> None:
         self._workflow = workflow
         self._store = workflow.store
         self._is_async = is_async
@@ -218,7 +227,8 @@ class Step:
         identify = getattr(dispatcher, "identify", None)
         if identify is None or not dispatcher.accepts(thunk):  # type: ignore[union-attr]
             return options
-        return identify(thunk, options)
+        identified: StepOptions = identify(thunk, options)
+        return identified
 
     # -- options ----------------------------------------------------------------------
 
@@ -246,7 +256,9 @@ class Step:
 
     # -- the plan ---------------------------------------------------------------------
 
-    def _plan(self, thunk: Any, options: StepOptions, known_miss: bool = False) -> Plan[Result]:
+    def _plan(
+        self, thunk: Any, options: StepOptions, known_miss: bool = False
+    ) -> Plan[Result[Any, Any]]:
         key, store = options.key, self._store
         started = time.perf_counter()
         self._emit("start", key, started)
@@ -259,8 +271,8 @@ class Step:
             self._emit("success" if result.ok else "error", key, started, result)
             return result
         cacheable = key is not None and store is not None
-        if cacheable and not known_miss:
-            envelope = yield lambda: store.load(key)
+        if key is not None and store is not None and not known_miss:
+            envelope: Envelope | None = yield partial(store.load, key)
             if envelope is not None:
                 result = envelope.to_result(key, options.returns)
                 self._emit("cache_hit", key, started, result)
@@ -269,19 +281,21 @@ class Step:
             yield self._pacer.enter  # one of many misses: claim on a later loop iteration
         if cacheable:
             self._emit("cache_miss", key, started)
-        if remote:
-            result = yield self._offload(lambda: dispatcher.run(thunk, options))
-        elif cacheable and can_claim(store):
-            result = yield from self._run_claimed(thunk, options, store)
+        if dispatcher is not None and remote:
+            result = yield self._offload(partial(dispatcher.run, thunk, options))
+        elif key is not None and store is not None and can_claim(store):
+            result = yield from self._run_claimed(thunk, options, cast(ClaimingStore, store))
         else:
             result = yield from self._attempts(thunk, options)
-            if cacheable and keeps(result, options):
+            if key is not None and store is not None and keeps(result, options):
                 stored, result = _stored(result, options)
-                yield lambda: store.save(key, stored)
+                yield partial(store.save, key, stored)
         self._emit("success" if result.ok else "error", key, started, result)
         return result
 
-    def _run_claimed(self, thunk: Any, options: StepOptions, store: ClaimingStore) -> Plan[Result]:
+    def _run_claimed(
+        self, thunk: Any, options: StepOptions, store: ClaimingStore
+    ) -> Plan[Result[Any, Any]]:
         """Run under the key's claim: one process in the fleet executes, the rest wait."""
         key = options.key
         assert key is not None
@@ -309,12 +323,12 @@ class Step:
         except CacheUnavailable as exc:  # ran, but the outcome could not be recorded
             return err(UnexpectedError.from_exception(exc))
         if not committed and keep:  # our lease ran out and a successor's outcome stands
-            newer = yield lambda: store.load(key)
+            newer: Envelope | None = yield partial(store.load, key)
             if newer is not None:
                 return newer.to_result(key, options.returns)
         return result
 
-    def _attempts(self, thunk: Any, options: StepOptions) -> Plan[Result]:
+    def _attempts(self, thunk: Any, options: StepOptions) -> Plan[Result[Any, Any]]:
         """Attempt ``thunk`` as the step's retry policy says; the last attempt's outcome counts.
 
         Only an exception (or a timeout) is retried: an ``err`` the thunk returns is its
@@ -374,7 +388,9 @@ class Step:
             return lambda: asyncio.to_thread(fn)
         return fn
 
-    def _run_remote_many(self, thunks: list[Any], each: list[StepOptions]) -> list[Result]:
+    def _run_remote_many(
+        self, thunks: list[Any], each: list[StepOptions]
+    ) -> list[Result[Any, Any]]:
         """Send every dispatched miss first, then wait for them all (sync fan-out)."""
         dispatcher = self._workflow.dispatcher
         assert dispatcher is not None
@@ -388,7 +404,9 @@ class Step:
             self._emit("success" if result.ok else "error", options.key, started, result)
         return results
 
-    def _lookup_many(self, keys: list[str | None], returns: Any) -> Plan[list[Result | None]]:
+    def _lookup_many(
+        self, keys: list[str | None], returns: Any
+    ) -> Plan[list[Result[Any, Any] | None]]:
         """One batched read for every keyed step; hits become results, misses ``None``."""
         store = self._store
         keyed = [k for k in keys if k is not None]
@@ -396,17 +414,17 @@ class Step:
             return [None] * len(keys)
         envelopes = iter((yield lambda: store.load_many(keyed)))
         watched = self._workflow.on_event is not None
-        found: list[Result | None] = []
+        found: list[Result[Any, Any] | None] = []
         for key in keys:
             envelope = next(envelopes) if key is not None else None
             if envelope is None:
                 found.append(None)
             elif not watched:  # the hot path of a large batch of hits
-                found.append(envelope.to_result(key, returns))  # type: ignore[arg-type]
+                found.append(envelope.to_result(key, returns))
             else:
                 started = time.perf_counter()
                 self._emit("start", key, started)
-                result = envelope.to_result(key, returns)  # type: ignore[arg-type]
+                result = envelope.to_result(key, returns)
                 self._emit("cache_hit", key, started, result)
                 found.append(result)
         return found
@@ -454,8 +472,9 @@ class Step:
         options_of: Callable[[int], StepOptions],
     ) -> list[Any]:
         found = await drive_async(self._lookup_many(keys, returns))
-        if all(hit is not None for hit in found):
-            return [_unwrap(hit) for hit in found]  # type: ignore[arg-type]
+        hits = [hit for hit in found if hit is not None]
+        if len(hits) == len(found):
+            return [_unwrap(hit) for hit in hits]
         results = await asyncio.gather(
             *(
                 self._result_async(thunks[i], options_of(i), True) if hit is None else _ready(hit)
@@ -476,17 +495,19 @@ class Step:
         hook = self._workflow.on_event
         if hook is None:
             return
-        outcome = None if result is None else ("ok" if result.ok else "err")
+        outcome: Literal["ok", "err"] | None = None
+        if result is not None:
+            outcome = "ok" if result.ok else "err"
         hook(StepEvent(kind, key, time.perf_counter() - started, outcome))
 
 
-def _execute(thunk: Any) -> Plan[Result]:
+def _execute(thunk: Any) -> Plan[Result[Any, Any]]:
     """Call the thunk (or take the value); an escaping exception becomes an ``err``."""
     result, _ = yield from _attempt(thunk)
     return result
 
 
-def _attempt(thunk: Any) -> Plan[tuple[Result, bool]]:
+def _attempt(thunk: Any) -> Plan[tuple[Result[Any, Any], bool]]:
     """As :func:`_execute`, also saying whether the thunk raised (what retries act on)."""
     try:
         produced = yield (thunk if callable(thunk) else lambda: thunk)

@@ -5,31 +5,19 @@ from __future__ import annotations
 import inspect
 import threading
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from types import CoroutineType, FunctionType
-from typing import Any, TypeVar
+from typing import Any, overload
 
 from workflow_cache import pacing
 from workflow_cache.cache.base import OutcomeStore, as_store
 from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.events import EventHook
+from workflow_cache.options import StepDefaults
 from workflow_cache.result import Result, ok
-from workflow_cache.retries import NO_RETRIES, RetryPolicy, retry_policy
+from workflow_cache.retries import NO_RETRIES, retry_policy
 from workflow_cache.step import CachingSkippedWarning, EarlyExit, Step
-
-D = TypeVar("D")
-
-
-@dataclass(frozen=True, slots=True)
-class StepDefaults:
-    """Workflow-wide step options; each ``step(...)`` call may override them."""
-
-    ttl: float | None = None
-    cache_errors: bool = True
-    cache_exceptions: bool = False
-    retry: RetryPolicy = NO_RETRIES
 
 
 class Workflow:
@@ -75,6 +63,14 @@ class Workflow:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
+    @overload
+    def __call__(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], /
+    ) -> Coroutine[Any, Any, Result[Any, Any]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[..., Any], /) -> Result[Any, Any]: ...
+
     def __call__(self, fn: Callable[..., Any], /, **options: Any) -> Any:
         if options:
             names = ", ".join(sorted(options))
@@ -93,7 +89,7 @@ class Workflow:
         except EarlyExit as exit_:
             return exit_.result
 
-    async def _run_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result:
+    async def _run_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result[Any, Any]:
         gate = pacing.pacer()
         if gate is not None:
             turn = gate.enter()
@@ -119,7 +115,21 @@ class Workflow:
         )
 
 
-def create_workflow(deps: Any = None, **options: Any) -> Workflow:
+def create_workflow(
+    deps: Any = None,
+    *,
+    cache: Any = None,
+    ttl: TTL | None = None,
+    cache_errors: bool = True,
+    cache_exceptions: bool = False,
+    on_event: EventHook | None = None,
+    dispatcher: Dispatcher | None = None,
+    retries: int = 0,
+    retry_delay: TTL | None = 0,
+    retry_backoff: float = 1.0,
+    retry_jitter: float = 0.0,
+    timeout: TTL | None = None,
+) -> Workflow:
     """Make a workflow whose keyed steps are stored in ``cache``.
 
     ``cache``: a ``dict``, ``RedisCache``, ``LocalCache``, any object with
@@ -134,7 +144,20 @@ def create_workflow(deps: Any = None, **options: Any) -> Workflow:
     defaults for local steps (see ``step(...)``); a Celery task keeps its own options.
     Any other option is a ``TypeError`` naming it.
     """
-    return Workflow(deps, **options)
+    return Workflow(
+        deps,
+        cache=cache,
+        ttl=ttl,
+        cache_errors=cache_errors,
+        cache_exceptions=cache_exceptions,
+        on_event=on_event,
+        dispatcher=dispatcher,
+        retries=retries,
+        retry_delay=retry_delay,
+        retry_backoff=retry_backoff,
+        retry_jitter=retry_jitter,
+        timeout=timeout,
+    )
 
 
 _MARKABLE = hasattr(inspect, "markcoroutinefunction")
@@ -162,7 +185,7 @@ def _wants_deps(fn: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-def _as_result(value: Any, *, deep: bool = True) -> Result:
+def _as_result(value: Any, *, deep: bool = True) -> Result[Any, Any]:
     _refuse_awaitables(value, deep)
     return value if isinstance(value, Result) else ok(value)
 

@@ -27,10 +27,10 @@ from workflow_cache.cache.messages import Busy, Send, StepMessages
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import members, require_task
 from workflow_cache.distributed.header import HEADER, StepHeader
+from workflow_cache.distributed.pending import PendingStep
 from workflow_cache.distributed.steps import require_single_flight
-from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.options import StepOptions
-from workflow_cache.result import Result, UnexpectedError
+from workflow_cache.result import Result
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class CeleryDispatcher:
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         for sig, _ in works:
             require_task(sig)  # before anything is sent: a refusal leaves no message behind
-        keyed = [_Pending(sig, _with_key(options)) for sig, options in works]
+        keyed = [PendingStep(sig, _with_key(options)) for sig, options in works]
         for p in keyed:  # a step no worker would accept is refused before anything is queued
             StepHeader.of(p.options, self.cache.namespace, once=p.key.startswith(_ONCE))
         unique = {p.key: p for p in reversed(keyed)}  # one message per key, first one wins
@@ -94,11 +94,11 @@ class CeleryDispatcher:
             ids = [_task_id() for _ in pending]
             ttls = [self._queued_ttl(p) for p in pending]
             states = self.messages.enqueue_many([p.key for p in pending], ids, ttls)
-            to_send: list[tuple[_Pending, str]] = []
+            to_send: list[tuple[PendingStep, str]] = []
             since: dict[str, int] = {}
             for p, state in zip(pending, states, strict=True):
                 if isinstance(state, Done):
-                    outcomes[p.key] = _decode(p, state.outcome)
+                    outcomes[p.key] = p.decode(state.outcome)
                     continue
                 since[p.key] = state.since
                 if isinstance(state, Send):
@@ -109,11 +109,11 @@ class CeleryDispatcher:
                     outcomes[key] = self._wait(p, notices, since[key])
         return [outcomes[p.key] for p in keyed]
 
-    def _queued_ttl(self, pending: _Pending) -> float:
+    def _queued_ttl(self, pending: PendingStep) -> float:
         """A message held back by ``countdown``/``eta`` is not lost while it waits."""
         return self.queued_ttl + _delay(pending.signature.options)
 
-    def _publish(self, items: list[tuple[_Pending, str]]) -> None:
+    def _publish(self, items: list[tuple[PendingStep, str]]) -> None:
         if not items:
             return
         namespace = self.cache.namespace
@@ -127,7 +127,7 @@ class CeleryDispatcher:
                     extra["ignore_result"] = True  # the outcome lives in the step cache
                 sig.apply_async(task_id=task_id, headers=headers, producer=producer, **extra)
 
-    def _wait(self, pending: _Pending, notices: Notices, since: int) -> Result[Any, Any]:
+    def _wait(self, pending: PendingStep, notices: Notices, since: int) -> Result[Any, Any]:
         """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again."""
         key = pending.key
         interval = self.cache.flight.lease / 3
@@ -135,10 +135,10 @@ class CeleryDispatcher:
         while True:
             raw = notices.outcome(key, interval)
             if raw is not None:
-                return _decode(pending, raw)
+                return pending.decode(raw)
             state = self.messages.enqueue(key, _task_id(), self._queued_ttl(pending), since=since)
             if isinstance(state, Done):
-                return _decode(pending, state.outcome)
+                return pending.decode(state.outcome)
             if isinstance(state, Send):
                 log.warning("step %r: no worker holds it and no message is queued; sent again", key)
                 self._publish([(pending, state.task_id)])
@@ -199,18 +199,6 @@ def _task_id() -> str:
     return str(uuid.uuid4())
 
 
-def _decode(pending: _Pending, raw: bytes) -> Result[Any, Any]:
-    result = Envelope.loads(pending.key, raw).to_result(pending.key, pending.options.returns)
-    error = None if result.ok else result.error
-    if isinstance(error, UnexpectedError) and error.type == _NOT_STORABLE:
-        # As when the step runs here: a value JSON cannot hold is the caller's bug, raised.
-        raise NotStorableError(error.message)
-    return result
-
-
-_NOT_STORABLE = f"{NotStorableError.__module__}.{NotStorableError.__qualname__}"
-
-
 def _with_key(options: StepOptions) -> StepOptions:
     """An unkeyed step still needs a key to wait on: a fresh one, kept briefly."""
     if options.key is not None:
@@ -222,13 +210,3 @@ def _with_key(options: StepOptions) -> StepOptions:
         cache_exceptions=True,
         returns=options.returns,
     )
-
-
-class _Pending:
-    __slots__ = ("key", "options", "signature")
-
-    def __init__(self, signature: Signature, options: StepOptions) -> None:
-        assert options.key is not None
-        self.signature = signature
-        self.options = options
-        self.key: str = options.key

@@ -35,7 +35,8 @@ from celery import Celery, Signature
 from workflow_cache.cache.claims import Done
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
-from workflow_cache.distributed.dispatcher import CeleryDispatcher, _decode, _Pending
+from workflow_cache.distributed.dispatcher import CeleryDispatcher
+from workflow_cache.distributed.pending import PendingStep
 from workflow_cache.distributed.runs import RUN_TTL_MS, Runs
 from workflow_cache.distributed.waiters import Joined, Waiters
 from workflow_cache.envelope import Envelope, EnvelopeError
@@ -112,7 +113,7 @@ class SuspendingDispatcher(CeleryDispatcher):
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         for sig, _ in works:
             require_task(sig)
-        keyed = [_Pending(sig, _keyed(options)) for sig, options in works]
+        keyed = [PendingStep(sig, _keyed(options)) for sig, options in works]
         unique = {p.key: p for p in reversed(keyed)}
         pending = list(unique.values())
         keys = [p.key for p in pending]
@@ -125,7 +126,7 @@ class SuspendingDispatcher(CeleryDispatcher):
         to_send = []
         for p, state in zip(pending, states, strict=True):
             if isinstance(state, Done):
-                outcomes[p.key] = _decode(p, state.outcome)
+                outcomes[p.key] = p.decode(state.outcome)
             elif isinstance(state, Joined) and state.send is not None:
                 to_send.append((p, state.send))
         self._publish(to_send)
@@ -141,7 +142,7 @@ class SuspendingDispatcher(CeleryDispatcher):
                 raw = raw if raw is not None else given.get(p.key)
                 if raw is None:  # committed, then expired or deleted meanwhile: ask again
                     return self.run_many(works)
-                outcomes[p.key] = _decode(p, raw)
+                outcomes[p.key] = p.decode(raw)
         return [outcomes[p.key] for p in keyed]
 
 
