@@ -154,7 +154,7 @@ def test_there_are_no_import_circles() -> None:
 
 def test_no_private_name_is_imported_from_another_module() -> None:
     borrowed = []
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         for module, imported, line in _imports(path):
             target = _internal_target(module, imported)
             if target is None or imported is None or target == f"{module}.{imported}":
