@@ -109,7 +109,7 @@ def guard_task(task: Task) -> None:
     def __call__(self: Task, *args: Any, **kwargs: Any) -> Any:
         return _call(self, original, plain, args, kwargs)
 
-    cls.__call__ = __call__  # type: ignore[method-assign]
+    cls.__call__ = __call__
     base = symbol_by_name(cls.Request)
     if not issubclass(base, _TimeLimitCommit):
         cls.Request = type(base.__name__, (_TimeLimitCommit, base), {})

@@ -90,7 +90,7 @@ def workflow_task(
     if not suspend:
         _watch_blocking(app, task_name, queue)
 
-    @app.task(
+    @app.task(  # type: ignore[untyped-decorator]  # celery ships no type information
         name=task_name,
         bind=True,
         shared=False,

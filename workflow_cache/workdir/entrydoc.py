@@ -10,6 +10,7 @@ raises :class:`EntryError`, which callers turn into a miss.
 
 from __future__ import annotations
 
+import builtins
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -58,7 +59,7 @@ class EntryDocument(BaseModel):
     digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
     sig: Annotated[str, StringConstraints(max_length=200)] | None = None
 
-    def signed_fields(self) -> bytes:
+    def signed_fields(self) -> builtins.bytes:
         """The canonical bytes a signature covers: every field but ``sig``."""
         data = self.model_dump(mode="json", exclude={"sig"})
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()

@@ -181,7 +181,8 @@ class Expressions:
             return text
         template = self.compile(text, loc)
         try:
-            return template.render(variables)
+            rendered: str = template.render(variables)
+            return rendered
         except Exception as exc:  # every failure inside a template becomes one message
             line = _template_line(exc.__traceback__)
             raise ExpressionError(self._message(loc, line, exc)) from None

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -88,7 +88,11 @@ class _Input(BaseModel):
         raise NotImplementedError
 
 
-def _adapt(adapter: TypeAdapter[Any], value: Any, expected: str) -> Any:
+_V = TypeVar("_V")
+_N = TypeVar("_N", int, float)
+
+
+def _adapt(adapter: TypeAdapter[_V], value: Any, expected: str) -> _V:
     if isinstance(value, bool) and expected != "true or false":
         raise ValueError(f"expected {expected}, got {value!r}")
     try:
@@ -130,7 +134,7 @@ class _Bounded(_Input):
     min: float | None = None
     max: float | None = None
 
-    def _bounds(self, value: Any) -> Any:
+    def _bounds(self, value: _N) -> _N:
         if self.min is not None and value < self.min:
             raise ValueError(f"{value!r} is less than the minimum {_number(self.min)}")
         if self.max is not None and value > self.max:
@@ -214,7 +218,8 @@ class DateInput(_Temporal):
     def _parse(cls, value: Any) -> date:
         if isinstance(value, datetime) or (isinstance(value, str) and "T" in value):
             raise ValueError(f"expected {cls.expected}, got {value!r}")
-        return super()._parse(value)
+        parsed: date = super()._parse(value)
+        return parsed
 
 
 class TimeInput(_Temporal):

@@ -22,6 +22,7 @@ or delete follows a symlink, so nothing outside the root is touched.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -77,7 +78,8 @@ class Storage:
         path = self._path(name)
         if self._local:
             return safefs.open_regular(self.root, name)
-        return self.fs.open(path, "rb", block_size=_BLOCK_SIZE, cache_type="readahead")
+        opened: BinaryIO = self.fs.open(path, "rb", block_size=_BLOCK_SIZE, cache_type="readahead")
+        return opened
 
     def publish(self, name: str, write: Callable[[BinaryIO], T]) -> T:
         """Write an object atomically with ``write(file)``; an existing object is kept.
@@ -85,7 +87,8 @@ class Storage:
         Returns what ``write`` returned, whether or not the object was new; use
         :meth:`create` to know which happened.
         """
-        return self.create(name, write).value
+        written: T = self.create(name, write).value
+        return written
 
     def create(self, name: str, write: Callable[[BinaryIO], T]) -> Published:
         """Like :meth:`publish`, and say whether this call created the object."""
@@ -271,7 +274,7 @@ class Storage:
         finally:
             os.close(root_fd)
 
-    def _list_local(self, prefix: str) -> list[str]:
+    def _list_local(self, prefix: str) -> builtins.list[str]:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         names: list[str] = []
         try:
