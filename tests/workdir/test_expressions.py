@@ -106,7 +106,7 @@ def test_now_is_the_current_utc_time() -> None:
         ("{{ secret('TOKEN') }}", "unknown function 'secret'"),
         ("{{ inputs.name | upcase }}", "unknown filter 'upcase'; known filters: abs, capitalize"),
         ("{% if inputs.flag is blue %}{% endif %}", "unknown test 'blue'"),
-        ("{{ inputs.name ?? 'x' }}", "expression syntax error: unexpected char '?'"),
+        ("{{ inputs.name @ 'x' }}", "expression syntax error: unexpected char '@'"),
         ("{{ inputs.name | upper( }}", "expression syntax error"),
         ("{{ inputs.name.__class__ }}", "'__class__' cannot be used in an expression"),
         ("{{ inputs.items.append('d') }}", "unknown function 'append'"),
@@ -311,8 +311,8 @@ def test_hostile_input_through_the_cli(tmp_path: Path) -> None:
     assert task_of(summary, "cat_file")["status"] == "success"
 
 
-def test_a_value_pasted_into_a_command_is_shell_text(tmp_path: Path) -> None:
-    """Why the guide says to pass values through ``env``: pasted text is code to the shell."""
+def test_a_value_marked_raw_is_pasted_into_a_command_as_shell_text(tmp_path: Path) -> None:
+    """``| raw`` is the dangerous form: the value is shell text, as Kestra pastes it."""
     text = """id: pasted
 namespace: dev
 inputs:
@@ -322,7 +322,8 @@ tasks:
   - id: pasted
     type: io.kestra.plugin.scripts.shell.Commands
     commands:
+      - echo {{ inputs.text | raw }}
       - echo {{ inputs.text }}
 """
     summary, lines = run_text(text, tmp_path, inputs={"text": "$((6 * 7))"})
-    assert summary.ok and lines.of("pasted") == ["42"]
+    assert summary.ok and lines.of("pasted") == ["42", "$((6 * 7))"]

@@ -203,7 +203,7 @@ tasks:
 @pytest.mark.parametrize(
     ("declaration", "message"),
     [
-        ("{id: a, type: SECRET}", "inputs[0]: unknown input type 'SECRET'; supported input types"),
+        ("{id: a, type: TOKEN}", "inputs[0]: unknown input type 'TOKEN'; supported input types"),
         ("{id: a}", "inputs[0]: an input needs a 'type'"),
         ("{id: a, type: INT, defaults: many}", "defaults of input 'a': expected an integer"),
         ("{id: a, type: SELECT, values: []}", "inputs[0].values"),

@@ -9,7 +9,11 @@ Jinja2 and Pebble share their syntax for the common cases (``{{ a.b | f(x) }}``,
   key ``b`` (``inputs.items`` is the input named ``items``, not a method);
 - values print as Kestra prints them (:func:`.filters.to_text`);
 - a rendered value is final: text coming from an input or an output is never
-  read as an expression again, so ``{{`` inside a value stays ``{{``.
+  read as an expression again, so ``{{`` inside a value stays ``{{``;
+- in shell text a value is data, never code: :meth:`Expressions.render` with
+  ``shell=`` hands each value to the shell through an environment variable
+  (:mod:`.shellvalues`), unless it is written ``{{ x | raw }}``;
+- Pebble's ``??``, ``???`` and ``c ? a : b`` work (:mod:`.pebbleops`).
 
 The environment is Jinja2's immutable sandbox: no attribute starting with
 ``_``, no changing lists or maps, no imports or includes.
@@ -23,16 +27,21 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes, pass_context
 from jinja2.exceptions import SecurityError, TemplateAssertionError, UndefinedError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from workflow_cache.workdir.errors import FlowError
-from workflow_cache.workdir.filters import FILTERS, FilterError, to_text
+from workflow_cache.workdir.filters import FILTERS, FilterError, RawText, to_text
+from workflow_cache.workdir.pebbleops import IS_DEFINED, IS_SET, PebbleParser, spell_operators
+from workflow_cache.workdir.shellvalues import Markers, ShellPlacementError, ShellValues, place
 from workflow_cache.workdir.sourcemap import Loc, SourceMap
 
 _MARKERS = ("{{", "{%", "{#")
 _TEMPLATE = "<template>"
+_SHELL = "wfc-shell"
+"""Where a shell rendering keeps its :class:`Markers`: a name no expression can spell."""
 
 
 class ExpressionError(FlowError):
@@ -116,8 +125,34 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _is_set(value: Any) -> bool:
+    return not isinstance(value, Undefined) and value is not None
+
+
+def _is_defined(value: Any) -> bool:
+    return not isinstance(value, Undefined)
+
+
+@pass_context
+def _finalize(context: Context, value: Any) -> str:
+    """How a value prints; in shell text, a marker the shell placement replaces."""
+    if isinstance(value, RawText):
+        return str(value)
+    text = to_text(value)
+    markers = context.get(_SHELL)
+    if not isinstance(markers, Markers):
+        return text
+    return markers.mark(text, known=not isinstance(value, Pending))
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     """Maps are read by key first; unknown keys are errors that name the full path."""
+
+    def preprocess(self, source: str, name: str | None = None, filename: str | None = None) -> str:
+        return spell_operators(super().preprocess(source, name, filename))
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return PebbleParser(self, source, name, filename).parse()
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(__obj, _Unknown):
@@ -148,7 +183,7 @@ def _environment() -> _Environment:
         undefined=_Unknown,
         autoescape=False,
         keep_trailing_newline=True,
-        finalize=to_text,
+        finalize=_finalize,
     )
     env.filters = {name: _pending_aware(function) for name, function in FILTERS.items()}
     kept_tests = ("defined", "undefined", "none", "even", "odd", "iterable", "mapping", "string")
@@ -159,7 +194,7 @@ def _environment() -> _Environment:
         empty=lambda value: value is None or (hasattr(value, "__len__") and len(value) == 0),
     )
     env.tests = tests
-    env.globals = {"null": None, "now": _now}
+    env.globals = {"null": None, "now": _now, IS_SET: _is_set, IS_DEFINED: _is_defined}
     return env
 
 
@@ -175,16 +210,35 @@ class Expressions:
         self._env = _environment()
         self._compiled: dict[tuple[Loc, str], Any] = {}
 
-    def render(self, text: str, loc: Loc, variables: Mapping[str, Any]) -> str:
-        """``text`` with its expressions replaced; text without ``{{``/``{%``/``{#`` as it is."""
+    def render(
+        self,
+        text: str,
+        loc: Loc,
+        variables: Mapping[str, Any],
+        *,
+        shell: ShellValues | None = None,
+    ) -> str:
+        """``text`` with its expressions replaced; text without ``{{``/``{%``/``{#`` as it is.
+
+        With ``shell``, ``text`` is shell code: each value is left in ``shell.env`` and
+        the text refers to it (:mod:`.shellvalues`), so no value is ever read as code.
+        """
         if not has_expression(text):
             return text
         template = self.compile(text, loc)
+        markers = None if shell is None else Markers()
+        scope = variables if markers is None else {**variables, _SHELL: markers}
         try:
-            rendered: str = template.render(variables)
-            return rendered
+            rendered: str = template.render(scope)
         except Exception as exc:  # every failure inside a template becomes one message
             line = _template_line(exc.__traceback__)
+            raise ExpressionError(self._message(loc, line, exc)) from None
+        if markers is None or shell is None:
+            return rendered
+        try:
+            return place(rendered, markers, shell)
+        except ShellPlacementError as exc:
+            line = rendered[: exc.position].count("\n") + 1
             raise ExpressionError(self._message(loc, line, exc)) from None
 
     def compile(self, text: str, loc: Loc) -> Any:
@@ -216,7 +270,7 @@ def _describe(exc: BaseException) -> str:
         return f"expression syntax error: {message}"
     if isinstance(exc, UndefinedError | FilterError):
         return message
-    if isinstance(exc, SecurityError):
+    if isinstance(exc, SecurityError | ShellPlacementError):
         return message
     return f"{type(exc).__name__}: {message}"
 

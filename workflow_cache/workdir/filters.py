@@ -24,6 +24,16 @@ class FilterError(ValueError):
     """A filter given a value or an argument it cannot use; the message names the filter."""
 
 
+class RawText(str):
+    """Text marked with ``| raw``: pasted into shell code as it is, the one dangerous form."""
+
+    __slots__ = ()
+
+
+def raw_filter(value: Any) -> RawText:
+    return RawText(to_text(value))
+
+
 def to_text(value: Any) -> str:
     """How a value prints in a rendered string."""
     if value is None:
@@ -247,5 +257,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "keys": keys_filter,
     "values": values_filter,
     "abs": abs_filter,
+    "raw": raw_filter,
 }
 """Every filter a flow may use, by the name it is written with."""

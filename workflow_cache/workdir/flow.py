@@ -9,11 +9,16 @@ A restored folder is untrusted (docs/trust.md): it is checked before use
 (:mod:`~workflow_cache.workdir.restored`), input files are written without
 following symlinks, output files that are symlinks leaving the folder are not
 copied, and a restore the run cannot use safely is a cache miss.
+
+Secret values (:mod:`~workflow_cache.workdir.flowsecrets`) are masked in script
+output, the summary and error messages; an entry whose files hold one is not
+saved, and a cache key holding one is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -25,7 +30,8 @@ from typing import Any
 from workflow_cache.workdir import safefs
 from workflow_cache.workdir.fallback import restore_fallback
 from workflow_cache.workdir.filecache import EntryKey, FileCache
-from workflow_cache.workdir.inputs import resolve_inputs
+from workflow_cache.workdir.flowsecrets import FlowSecrets, without_secrets
+from workflow_cache.workdir.inputs import SecretInput, resolve_inputs
 from workflow_cache.workdir.outputs import copy_file_inputs, split_file_inputs
 from workflow_cache.workdir.patterns import match_files
 from workflow_cache.workdir.rendering import FlowRenderer
@@ -114,20 +120,33 @@ def run_flow(
     sink: OutputSink | None = None,
     env: Mapping[str, str] | None = None,
     inputs: Mapping[str, Any] | None = None,
+    secrets_file: str | Path | None = None,
 ) -> FlowSummary:
     """Run every task of ``flow`` in order and stop at the first failure.
 
     ``cache`` (or ``storage``, an fsspec URL; default the local folder) holds the
     archives; ``work_root`` is where fresh folders are made (default the system
     temp dir); ``outputs_dir`` receives ``outputFiles`` (default ``./outputs``).
-    ``inputs`` gives values to the flow's declared inputs.
-    Bad input (an input value, an unknown variable or filter in an expression)
-    raises :class:`FlowError` before any script runs; a failing script only
-    marks the summary as failed.
+    ``inputs`` gives values to the flow's declared inputs. ``env`` is the
+    environment scripts start from (default this process's), where ``envs`` and
+    ``secret('NAME')`` (``SECRET_NAME``, base64) are read too; ``secrets_file``
+    holds more ``SECRET_NAME=<base64>`` lines.
+    Bad input (an input value, an unknown variable or filter in an expression, a
+    missing secret) raises :class:`FlowError` before any script runs; a failing
+    script only marks the summary as failed.
     """
-    renderer = FlowRenderer(flow, resolve_inputs(flow.inputs, inputs))
-    renderer.check()
-    check_runners(flow.script_tasks())
+    environ = dict(os.environ if env is None else env)
+    secrets = FlowSecrets(environ, secrets_file)
+    try:
+        values = resolve_inputs(flow.inputs, inputs)
+        for spec in flow.inputs or []:
+            if isinstance(spec, SecretInput) and isinstance(values.get(spec.id), str):
+                secrets.add(values[spec.id])
+        renderer = FlowRenderer(flow, values, environ=environ, secrets=secrets)
+        renderer.check()
+        check_runners(flow.script_tasks())
+    except FlowError as exc:
+        raise type(exc)(secrets.mask(str(exc))) from None
     runner = _FlowRun(
         flow,
         cache=cache,
@@ -135,8 +154,9 @@ def run_flow(
         work_root=Path(work_root) if work_root else None,
         outputs_dir=Path(outputs_dir) if outputs_dir else Path.cwd() / "outputs",
         sink=sink or print_sink,
-        env=env,
+        env=without_secrets(environ),
         renderer=renderer,
+        secrets=secrets,
     )
     return runner.run()
 
@@ -153,17 +173,23 @@ class _FlowRun:
         work_root: Path | None,
         outputs_dir: Path,
         sink: OutputSink,
-        env: Mapping[str, str] | None,
+        env: Mapping[str, str],
         renderer: FlowRenderer,
+        secrets: FlowSecrets,
     ) -> None:
         self.flow = flow
         self.renderer = renderer
+        self.secrets = secrets
         self._cache = cache
         self._storage = storage
         self.work_root = work_root
         self.outputs_dir = outputs_dir
-        self.sink = sink
         self.env = env
+
+        def masked(task_id: str, stream: str, line: str) -> None:
+            sink(task_id, stream, secrets.mask(line))
+
+        self.sink = masked
         self.summary = FlowSummary(flow_id=flow.id, namespace=flow.namespace)
 
     @property
@@ -186,6 +212,9 @@ class _FlowRun:
             else:
                 self._standalone(task)
         self.summary.seconds = time.monotonic() - started
+        if self.secrets.used:
+            for summary in self.summary.tasks:
+                _mask_summary(summary, self.secrets)
         return self.summary
 
     def _skip(self, task: WorkingDirectory | ScriptLike, parent: str | None) -> None:
@@ -292,6 +321,11 @@ class _FlowRun:
                 )
             key = key.with_files(folder, spec.key_files)
         if spec.key is not None:
+            if self.secrets.holds_secret(spec.key):
+                raise FlowError(
+                    f"task {task.id!r}: cache.key holds a secret value; the key is stored in "
+                    "the entry's name for anyone who lists the cache: use another value"
+                )
             content = spec.key if key.content is None else f"{spec.key}-{key.content}"
             key = EntryKey(key.namespace, key.flow, key.task, content)
         return key
@@ -356,8 +390,17 @@ class _FlowRun:
         if summary.cache == "hit":
             summary.save_reason = "not saved: a valid entry was restored"
             return
-        if not match_files(folder, spec.patterns):
+        matched = match_files(folder, spec.patterns)
+        if not matched:
             summary.save_reason = "not saved: no files matched the cache patterns"
+            return
+        holder = self.secrets.file_holding_secret(folder, matched)
+        if holder is not None:
+            summary.save_reason = f"not saved: {holder} holds a secret value"
+            summary.warnings.append(
+                f"the cache entry was not saved: {holder} holds a secret value, and archives "
+                "are readable by every run that restores them"
+            )
             return
         safefs.write_file(folder, ORIGIN_FILE, str(folder).encode())
         try:
@@ -408,6 +451,16 @@ class _FlowRun:
         text, copies = split_file_inputs(task.input_files, self.renderer.file_paths())
         _write_inputs(folder, text)
         copy_file_inputs(folder, copies)
+
+
+def _mask_summary(summary: TaskSummary, secrets: FlowSecrets) -> None:
+    """Mask secret values in everything the summary shows."""
+    summary.vars = secrets.mask_data(summary.vars)
+    summary.warnings = [secrets.mask(text) for text in summary.warnings]
+    summary.cache_reason = secrets.mask(summary.cache_reason)
+    summary.save_reason = secrets.mask(summary.save_reason)
+    if summary.error is not None:
+        summary.error = secrets.mask(summary.error)
 
 
 def _kind(task: WorkingDirectory | ScriptLike) -> str:

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
+import yaml
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -127,6 +129,53 @@ class StringInput(_Input):
         text = _text(value)
         if self.validator is not None and not re.fullmatch(self.validator, text):
             raise ValueError(f"{text!r} does not match the validator {self.validator!r}")
+        return text
+
+
+class SecretInput(StringInput):
+    """Text that is masked (``******``) wherever the run writes; errors never show it."""
+
+    type: Literal["SECRET"]  # type: ignore[assignment]
+
+    def convert(self, value: Any, *, check_files: bool = True) -> str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        text = str(value)
+        if self.validator is not None and not re.fullmatch(self.validator, text):
+            raise ValueError(f"the value does not match the validator {self.validator!r}")
+        return text
+
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+class EmailInput(_Input):
+    type: Literal["EMAIL"]
+
+    def convert(self, value: Any, *, check_files: bool = True) -> str:
+        text = _text(value)
+        if not _EMAIL.fullmatch(text):
+            raise ValueError(f"expected an email address such as ada@example.com, got {text!r}")
+        return text
+
+
+class UriInput(_Input):
+    type: Literal["URI"]
+
+    def convert(self, value: Any, *, check_files: bool = True) -> str:
+        text = _text(value)
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or not _SCHEME.fullmatch(parts.scheme)
+            or not (parts.netloc or parts.path)
+            or any(char.isspace() for char in text)
+        ):
+            raise ValueError(f"expected a URI such as https://example.com/data, got {text!r}")
         return text
 
 
@@ -274,6 +323,30 @@ class JsonInput(_Input):
         return value
 
 
+class YamlInput(_Input):
+    type: Literal["YAML"]
+
+    def convert(self, value: Any, *, check_files: bool = True) -> Any:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                problem = getattr(exc, "problem", None) or "not YAML"
+                raise ValueError(f"expected YAML text ({problem})") from None
+        try:
+            json.dumps(value, allow_nan=False, default=_plain_time)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a YAML value, got {type(value).__name__}") from None
+        return value
+
+
+def _plain_time(value: Any) -> str:
+    """YAML reads ``2024-01-31`` as a date: such values stay usable in expressions."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
 class SelectInput(_Input):
     type: Literal["SELECT", "ENUM"]
     values: list[str] = Field(min_length=1)
@@ -309,6 +382,54 @@ class MultiSelectInput(SelectInput):
         return [self._one(item) for item in value]
 
 
+ARRAY_ITEM_TYPES = (
+    "STRING",
+    "INT",
+    "FLOAT",
+    "BOOLEAN",
+    "BOOL",
+    "DATETIME",
+    "DATE",
+    "TIME",
+    "DURATION",
+    "JSON",
+    "YAML",
+    "EMAIL",
+    "URI",
+)
+
+
+class ArrayInput(_Input):
+    """A list whose items are each of ``itemType`` (``[1, 2]`` or ``1,2`` on the command line)."""
+
+    type: Literal["ARRAY"]
+    item_type: str
+
+    @field_validator("item_type")
+    @classmethod
+    def _check_item_type(cls, value: str) -> str:
+        if value not in ARRAY_ITEM_TYPES:
+            raise ValueError(f"itemType {value!r} is not one of " + ", ".join(ARRAY_ITEM_TYPES))
+        return value
+
+    def convert(self, value: Any, *, check_files: bool = True) -> list[Any]:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON list, got {value!r}: {exc.msg}") from None
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        item = _CLASSES[self.item_type](id=self.id, type=self.item_type)
+        converted = []
+        for index, element in enumerate(value):
+            try:
+                converted.append(item.convert(element, check_files=check_files))
+            except ValueError as exc:
+                raise ValueError(f"item {index} ({self.item_type}): {exc}") from None
+        return converted
+
+
 class FileInput(_Input):
     """A file on this machine (on the worker, for flows sent to Celery), given by its path."""
 
@@ -329,6 +450,9 @@ class FileInput(_Input):
 _CLASSES: dict[str, type[_Input]] = {}
 for _cls in (
     StringInput,
+    SecretInput,
+    EmailInput,
+    UriInput,
     IntInput,
     FloatInput,
     BoolInput,
@@ -337,8 +461,10 @@ for _cls in (
     TimeInput,
     DurationInput,
     JsonInput,
+    YamlInput,
     SelectInput,
     MultiSelectInput,
+    ArrayInput,
     FileInput,
 ):
     for _name in _cls.model_fields["type"].annotation.__args__:  # type: ignore[union-attr]
@@ -357,6 +483,9 @@ def _input_tag(value: Any) -> str | None:
 
 FlowInput = Annotated[
     Annotated[StringInput, Tag("StringInput")]
+    | Annotated[SecretInput, Tag("SecretInput")]
+    | Annotated[EmailInput, Tag("EmailInput")]
+    | Annotated[UriInput, Tag("UriInput")]
     | Annotated[IntInput, Tag("IntInput")]
     | Annotated[FloatInput, Tag("FloatInput")]
     | Annotated[BoolInput, Tag("BoolInput")]
@@ -365,8 +494,10 @@ FlowInput = Annotated[
     | Annotated[TimeInput, Tag("TimeInput")]
     | Annotated[DurationInput, Tag("DurationInput")]
     | Annotated[JsonInput, Tag("JsonInput")]
+    | Annotated[YamlInput, Tag("YamlInput")]
     | Annotated[SelectInput, Tag("SelectInput")]
     | Annotated[MultiSelectInput, Tag("MultiSelectInput")]
+    | Annotated[ArrayInput, Tag("ArrayInput")]
     | Annotated[FileInput, Tag("FileInput")],
     Discriminator(
         _input_tag,

@@ -5,8 +5,12 @@ the outputs of the tasks before it. The rendered fields are ``script``,
 ``commands``, ``beforeCommands``, ``env`` values, ``containerImage``,
 ``inputFiles`` contents and the cache ``key``. Before anything runs,
 :meth:`FlowRenderer.check` renders every field once with the outputs of earlier
-tasks stubbed, so a misspelt variable or filter stops the flow before its
-first task rather than halfway through.
+tasks stubbed, so a misspelt variable or filter, or a missing secret, stops the
+flow before its first task rather than halfway through.
+
+Shell text (``commands``, ``beforeCommands``, a shell ``script``) gets its
+values through environment variables added to the task's ``env``
+(:mod:`.shellvalues`), so a value is never read as shell code.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workflow_cache.workdir.expressions import Expressions, Pending, Scope, scoped
+from workflow_cache.workdir.flowsecrets import FlowSecrets
 from workflow_cache.workdir.inputs import FileInput
 from workflow_cache.workdir.outputs import OutputStore
+from workflow_cache.workdir.shellvalues import ShellValues
 from workflow_cache.workdir.sourcemap import Loc
 from workflow_cache.workdir.spec import Flow, ScriptLike, ScriptTask, WorkingDirectory
 
 _ALPHABET = string.ascii_letters + string.digits
+ENV_PREFIX = "ENV_"
+"""The worker's variables that ``envs`` shows, as in Kestra: ``ENV_X`` is ``envs.x``."""
 
 AnyTask = WorkingDirectory | ScriptLike
 
@@ -34,7 +42,13 @@ def new_id() -> str:
 
 
 class FlowRenderer:
-    """The variables of one flow run and the rendering of each task's fields."""
+    """The variables of one flow run and the rendering of each task's fields.
+
+    ``environ`` is the environment of the process that runs the flow, for
+    ``envs``; ``secrets`` reads ``secret('NAME')``. Without them (a producer
+    checking a flow that workers will run) both are known only on the worker and
+    render as stubs.
+    """
 
     def __init__(
         self,
@@ -43,6 +57,8 @@ class FlowRenderer:
         *,
         execution_id: str | None = None,
         start: datetime | None = None,
+        environ: Mapping[str, str] | None = None,
+        secrets: FlowSecrets | None = None,
     ) -> None:
         self.flow = flow
         self.inputs = dict(inputs)
@@ -65,6 +81,8 @@ class FlowRenderer:
             "inputs": scoped(self.inputs, "inputs"),
             "vars": scoped(flow.variables or {}, "vars"),
             "labels": scoped(_labels(flow.labels), "labels"),
+            "envs": Pending() if environ is None else scoped(_envs(environ), "envs"),
+            "secret": _stub_secret if secrets is None else secrets.read,
         }
 
     def render(self, task: AnyTask) -> AnyTask:
@@ -109,6 +127,11 @@ class FlowRenderer:
         def render(text: str, *where: int | str) -> str:
             return self.expressions.render(text, (*base, *where), variables)
 
+        shell = ShellValues()
+
+        def render_shell(text: str, *where: int | str) -> str:
+            return self.expressions.render(text, (*base, *where), variables, shell=shell)
+
         update: dict[str, Any] = {}
         if task.input_files:
             update["input_files"] = {
@@ -120,19 +143,35 @@ class FlowRenderer:
                 update["cache"] = task.cache.model_copy(update={"key": key})
             return task.model_copy(update=update)
         update["before_commands"] = [
-            render(command, "beforeCommands", index)
+            render_shell(command, "beforeCommands", index)
             for index, command in enumerate(task.before_commands)
         ]
-        update["env"] = {name: render(value, "env", name) for name, value in task.env.items()}
+        env = {name: render(value, "env", name) for name, value in task.env.items()}
         if task.container_image is not None:
             update["container_image"] = render(task.container_image, "containerImage")
         if isinstance(task, ScriptTask):
-            update["script"] = render(task.script, "script")
+            shell_script = task.language == "shell"
+            update["script"] = (render_shell if shell_script else render)(task.script, "script")
         else:
             update["commands"] = [
-                render(command, "commands", index) for index, command in enumerate(task.commands)
+                render_shell(command, "commands", index)
+                for index, command in enumerate(task.commands)
             ]
+        update["env"] = {**env, **shell.env}
         return task.model_copy(update=update)
+
+
+def _stub_secret(name: Any) -> Pending:
+    """``secret()`` where the secrets are the worker's: checked when the worker runs the flow."""
+    return Pending()
+
+
+def _envs(environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name.removeprefix(ENV_PREFIX).lower(): value
+        for name, value in environ.items()
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX)
+    }
 
 
 def _stubs(task_ids: list[str]) -> Scope:
