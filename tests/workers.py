@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
 
 from tests.waiting import wait_until
 
