@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -12,6 +11,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import free_port
+from tests.waiting import wait_until
 from tests.workers import CeleryWorker, wait_ready
 from workflow_cache import RedisCache, create_workflow, metrics
 from workflow_cache.distributed import CeleryDispatcher
@@ -73,25 +73,27 @@ def test_worker_serves_metrics_summed_over_its_prefork_processes(
         again = workflow(four_steps)  # all hits: nothing sent
         assert again.ok
 
-        deadline = time.monotonic() + 20
-        while True:  # the last commit may land a moment after the producer's wake-up
-            samples = scrape(port)
-            executed = value(
-                samples, "workflow_cache_step_executions_total", namespace=namespace, status="ok"
+        def executions(samples: dict, status: str) -> float:
+            return value(
+                samples, "workflow_cache_step_executions_total", namespace=namespace, status=status
             )
-            if executed >= 4 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+
+        def all_counted() -> dict | None:
+            """The last commit may land a moment after the producer's wake-up."""
+            samples = scrape(port)
+            return samples if executions(samples, "ok") + executions(samples, "err") >= 5 else None
+
+        samples = wait_until(
+            all_counted,
+            lambda: f"the worker's metrics to count 5 executions; its log:\n{log.read_text()}",
+            interval=0.2,
+        )
     finally:
         worker.stop()
         control.close()
         cache.clear()
         cache.close()
-    assert executed == 4, log.read_text()
-    assert (
-        value(samples, "workflow_cache_step_executions_total", namespace=namespace, status="err")
-        == 1
-    )
+    assert executions(samples, "ok") == 4 and executions(samples, "err") == 1
     assert value(samples, "workflow_cache_step_errors_total", namespace=namespace) == 1
     assert value(samples, "workflow_cache_claim_wait_seconds_count", namespace=namespace) == 5
     assert value(samples, "workflow_cache_step_seconds_count", namespace=namespace) == 5
