@@ -118,6 +118,18 @@ def pool_of(client: Any) -> Any:
     return client.connection_pool
 
 
+def pubsub_connection(pool: Any, retry: Any) -> Any:
+    """A connection of ``pool``'s kind and address, for notices only, outside the pool:
+    RESP2 (messages as plain replies, not RESP3 pushes), raw bytes, no health checks,
+    and ``retry`` (the listener reconnects by itself)."""
+    kwargs = dict(pool.connection_kwargs)
+    if "maint_notifications_config" in kwargs:  # redis-py >= 6.3, RESP3-only feature
+        kwargs.pop("maint_notifications_pool_handler", None)
+        kwargs["maint_notifications_config"] = None
+    kwargs.update(decode_responses=False, protocol=2, retry=retry, health_check_interval=0)
+    return pool.connection_class(**kwargs)
+
+
 def describe(client: redis.Redis) -> str:
     """Where ``client`` points, for messages, without credentials."""
     if is_cluster(client):
