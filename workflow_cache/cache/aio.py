@@ -13,7 +13,6 @@ A flight belongs to one event loop, like the ``redis.asyncio`` client it runs on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from typing import Any, TypeVar
 
@@ -162,6 +161,5 @@ class AsyncFlight:
         renewing, self._renewing = self._renewing, None
         if renewing is not None:
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await renewing
+            await asyncio.gather(renewing, return_exceptions=True)  # ended, however it ends
         await self.listener.aclose()

@@ -20,24 +20,21 @@ from collections.abc import Callable
 from typing import Any
 
 from workflow_cache.cache.protocol import NOTICE_OUTCOME, NOTICE_RELEASED
-from workflow_cache.cache.subscriptions import Subscriptions
+from workflow_cache.cache.subscriptions import Mailbox, Subscriptions
 
 __all__ = ["NOTICE_OUTCOME", "NOTICE_RELEASED", "Listener", "Notices", "Watch"]
 
 log = logging.getLogger(__name__)
 
 
-class Watch:
+class Watch(Mailbox):
     """One waiting thread's mailbox for the notices of one channel."""
 
-    __slots__ = ("channel", "inbox")
+    __slots__ = ("inbox",)
 
     def __init__(self, channel: bytes) -> None:
-        self.channel = channel
         self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-
-    def deliver(self, notice: bytes) -> None:
-        self.inbox.put(notice)
+        super().__init__(channel, self.inbox.put)
 
     def get(self, timeout: float) -> bytes | None:
         try:

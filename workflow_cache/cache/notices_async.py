@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from workflow_cache.cache.subscriptions import Subscriptions
+from workflow_cache.cache.subscriptions import Mailbox, Subscriptions
 
 __all__ = ["AsyncListener", "AsyncWatch"]
 
@@ -27,17 +27,14 @@ log = logging.getLogger(__name__)
 _LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-class AsyncWatch:
+class AsyncWatch(Mailbox):
     """One waiting coroutine's mailbox for the notices of one channel."""
 
-    __slots__ = ("channel", "inbox")
+    __slots__ = ("inbox",)
 
     def __init__(self, channel: bytes) -> None:
-        self.channel = channel
         self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def deliver(self, notice: bytes) -> None:
-        self.inbox.put_nowait(notice)
+        super().__init__(channel, self.inbox.put_nowait)
 
     async def get(self, timeout: float) -> bytes | None:
         try:
@@ -144,8 +141,7 @@ class AsyncListener:
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await asyncio.gather(reader, return_exceptions=True)  # ended, however it ends
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -9,19 +9,22 @@ only once the server confirmed the subscription it relies on.
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from workflow_cache.cache.protocol import as_bytes
 
 __all__ = ["Mailbox", "Subscriptions"]
 
 
-class Mailbox(Protocol):
-    """One waiter's inbox for the notices of one channel."""
+class Mailbox:
+    """One waiter's inbox for the notices of one channel: ``deliver`` puts a notice in."""
 
-    channel: bytes
+    __slots__ = ("channel", "deliver")
 
-    def deliver(self, notice: bytes) -> None: ...
+    def __init__(self, channel: bytes, deliver: Callable[[bytes], None]) -> None:
+        self.channel = channel
+        self.deliver = deliver
 
 
 M = TypeVar("M", bound=Mailbox)
