@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
 from workflow_cache import RedisCache, create_workflow
 
@@ -241,3 +242,37 @@ def test_a_cancelled_async_holder_releases_the_key_at_once(
 
     asyncio.run(main())
     assert redis_client.exists(keys.lock) == 0  # released, not left to its lease
+
+
+def test_async_waiters_survive_a_dropped_pubsub_connection(
+    redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    from workflow_cache.cache.aio import AsyncFlight
+    from workflow_cache.cache.claims import Claims
+    from workflow_cache.cache.keys import KeySpace
+    from workflow_cache.cache.protocol import Claimed, Done
+
+    keys = KeySpace(namespace).for_step("k")
+    other = Claims(redis_client).claim(keys, "other", 600_000)  # only a notice ends the wait
+    assert isinstance(other, Claimed)
+
+    def subscribers() -> int:
+        return int(redis_client.pubsub_numsub(keys.channel)[0][1])
+
+    async def main() -> object:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        flight = AsyncFlight(client, KeySpace(namespace), lease=600, where=redis_url)
+        waiting = asyncio.ensure_future(flight.acquire("k"))
+        while subscribers() == 0:
+            await asyncio.sleep(0.01)  # polling pace: lets the waiter subscribe
+        assert redis_client.client_kill_filter(_type="pubsub") >= 1
+        assert subscribers() == 0
+        while subscribers() == 0:
+            await asyncio.sleep(0.01)  # polling pace: lets the listener resubscribe
+        assert Claims(redis_client).commit(keys, other, b"after reconnect")
+        got = await asyncio.wait_for(waiting, 30)
+        await flight.aclose()
+        await client.aclose()
+        return got
+
+    assert asyncio.run(main()) == Done(b"after reconnect")
