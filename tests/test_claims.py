@@ -159,7 +159,7 @@ def patient(redis_url: str, namespace: str) -> Iterator[ListeningFlight]:
         yield sf
 
 
-def in_thread(fn, *args):  # type: ignore[no-untyped-def]
+def in_thread(fn: Callable[..., object], *args: object) -> tuple[threading.Thread, list[object]]:
     """Run ``fn`` in a thread; returns (thread, box) where box[0] is its result or exception."""
     box: list[object] = []
 
@@ -307,9 +307,9 @@ def test_refused_commit_stores_and_announces_nothing(
     claims: Claims, keyspace: KeySpace, redis_client: redis.Redis
 ) -> None:
     keys = keyspace.for_step("k")
-    pubsub = redis_client.pubsub()
+    pubsub = redis_client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(keys.channel)
-    assert pubsub.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     claim = claims.claim(keys, "alice", 1000)
     assert isinstance(claim, Claimed)
     forged = Claimed(token=f"alice|{claim.epoch + 1}", epoch=claim.epoch + 1)
@@ -317,7 +317,7 @@ def test_refused_commit_stores_and_announces_nothing(
     assert redis_client.exists(keys.out) == 0
     assert pubsub.get_message(timeout=0.1) is None
     assert claims.commit(keys, claim, b"yes", keep=False)
-    assert pubsub.get_message(timeout=1)["data"] == b"oyes"  # type: ignore[index]
+    assert pubsub.get_message(timeout=1)["data"] == b"oyes"
     assert redis_client.exists(keys.out) == 0 and redis_client.exists(keys.lock) == 0
     pubsub.close()
 
