@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeAlias, TypeVar, cast, runtime_checkable
 
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.envelope import Envelope
@@ -22,7 +22,7 @@ from workflow_cache.result import Result, ok
 T = TypeVar("T")
 U = TypeVar("U")
 
-MaybeAwaitable = T | Awaitable[T]
+MaybeAwaitable: TypeAlias = T | Awaitable[T]
 
 
 class CacheUnavailable(ConnectionError):
@@ -78,16 +78,19 @@ def can_claim(store: object) -> bool:
     return known
 
 
-def then(value: MaybeAwaitable[T], fn: Callable[[T], U]) -> MaybeAwaitable[U]:
-    """Apply ``fn`` now, or after awaiting, so one adapter serves sync and async caches."""
+def then(value: MaybeAwaitable[T], fn: Callable[[T], MaybeAwaitable[U]]) -> MaybeAwaitable[U]:
+    """Apply ``fn`` now, or after awaiting, so one adapter serves sync and async caches
+    (``fn`` may itself return an awaitable: it is awaited too)."""
     if inspect.isawaitable(value):
 
         async def later() -> U:
             result = fn(await value)
-            return await result if inspect.isawaitable(result) else result  # type: ignore[return-value]
+            if inspect.isawaitable(result):
+                return cast(U, await result)
+            return result
 
         return later()
-    return fn(value)  # type: ignore[arg-type]
+    return fn(value)
 
 
 def gather_all(values: list[Any]) -> MaybeAwaitable[list[Any]]:
