@@ -295,7 +295,7 @@ def test_a_commit_refused_under_noeviction_is_an_err_and_frees_the_claim(
     result = workflow(lambda step: step(lambda: fill_until_refused(client, "junk"), key="k"))
 
     assert not result.ok
-    assert result.error.type == "workflow_cache.cache.base.CacheUnavailable"
+    assert result.error.type == "workflow_cache.store.CacheUnavailable"
     assert "out of memory" in result.error.message
     keys = cache.keyspace.for_step("k")
     # Nothing half-written: no outcome, and no claim left for waiters to sit out.

@@ -10,7 +10,6 @@ from types import CoroutineType, FunctionType
 from typing import Any, overload
 
 from workflow_cache import pacing
-from workflow_cache.cache.base import OutcomeStore, as_store
 from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.events import EventHook
@@ -18,6 +17,7 @@ from workflow_cache.options import StepDefaults
 from workflow_cache.result import Result, ok
 from workflow_cache.retries import NO_RETRIES, retry_policy
 from workflow_cache.step import CachingSkippedWarning, EarlyExit, Step
+from workflow_cache.store import OutcomeStore, as_store
 
 
 class Workflow:

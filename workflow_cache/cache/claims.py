@@ -68,7 +68,6 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from workflow_cache.cache.base import CacheUnavailable
 from workflow_cache.cache.clients import (
     client_from_url,
     describe,
@@ -102,6 +101,7 @@ from workflow_cache.cache.protocol import (
 )
 from workflow_cache.cache.reaching import Reaching
 from workflow_cache.drive import drive_sync
+from workflow_cache.store import CacheUnavailable
 
 __all__ = [
     "EPOCH_TTL_MS",

@@ -24,8 +24,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from workflow_cache.cache.base import CacheUnavailable
 from workflow_cache.cache.keys import Keys
+from workflow_cache.store import CacheUnavailable
 
 __all__ = [
     "EPOCH_TTL_MS",

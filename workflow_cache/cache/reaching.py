@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import redis
 
-from workflow_cache.cache.base import CacheUnavailable
+from workflow_cache.store import CacheUnavailable
 
 __all__ = ["Reaching", "out_of_memory"]
 
