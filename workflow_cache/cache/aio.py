@@ -100,7 +100,7 @@ class AsyncFlight:
         self.lease_ms = self.rules.lease_ms
         self.owner = self.rules.owner
         self.where = where
-        self._reaching = Reaching(where)
+        self.reaching = Reaching(where)
         self._scripts = register(client, SCRIPTS)
         self.listener = AsyncListener(self._make_pubsub_connection)
         self.holders: set[AsyncHolder] = set()
@@ -116,7 +116,7 @@ class AsyncFlight:
     async def perform(self, effect: Effect, watching: list[AsyncWatch] | None = None) -> Any:
         """Do what ``effect`` says, on the loop; ``watching`` keeps one acquire's watch."""
         if isinstance(effect, Call):
-            with self._reaching:
+            with self.reaching:
                 return await self._scripts[effect.script](keys=effect.keys, args=effect.args)
         assert watching is not None, "only acquire subscribes or listens"
         if isinstance(effect, Subscribe):

@@ -145,18 +145,18 @@ class Claims:
     def __init__(self, client: redis.Redis, *, epoch_ttl_ms: int | None = EPOCH_TTL_MS) -> None:
         self.client = client
         self.where = describe(client)
-        self._reaching = Reaching(self.where)
+        self.reaching = Reaching(self.where)
         self._epoch_ttl_ms = int(epoch_ttl_ms or 0)
         self._scripts = register(client, SCRIPTS)
 
     def call(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn``; a connection failure is ``CacheUnavailable`` naming the server."""
-        with self._reaching:
+        with self.reaching:
             return fn()
 
     def run(self, call: Call) -> Any:
         """The reply of one script call."""
-        with self._reaching:
+        with self.reaching:
             return self._scripts[call.script](keys=call.keys, args=call.args)
 
     def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:

@@ -76,7 +76,7 @@ class RedisCache(NativeCache):
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
         }
-        self._reaching = Reaching(redact(url))
+        self.reaching = Reaching(redact(url))
         self._async_ok = client is None and url.startswith(("redis://", "rediss://", "unix://"))
         self._views: weakref.WeakKeyDictionary[Any, AsyncRedisCache] = weakref.WeakKeyDictionary()
         self._last_view: tuple[weakref.ref[Any], AsyncRedisCache] | None = None
@@ -92,7 +92,7 @@ class RedisCache(NativeCache):
     # -- what workflows use -------------------------------------------------------------
 
     def load(self, key: str) -> Envelope | None:
-        with self._reaching:
+        with self.reaching:
             raw = self.client.get(self._out(key))
         record_lookup(self.namespace, [key], [raw])
         return None if raw is None else self._decode(key, raw)
@@ -100,7 +100,7 @@ class RedisCache(NativeCache):
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
             return []
-        with self._reaching:
+        with self.reaching:
             rows = read_many(self.client, [self._out(key) for key in keys])
         record_lookup(self.namespace, keys, rows)
         if signing.enabled():  # each row's signature checked, a refused one removed
@@ -121,7 +121,7 @@ class RedisCache(NativeCache):
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)
         ttl_ms = envelope.ttl_ms
-        with self._reaching:
+        with self.reaching:
             self.client.set(self._out(key), text, px=ttl_ms)
 
     @property
@@ -184,17 +184,17 @@ class RedisCache(NativeCache):
     # -- Map-like management --------------------------------------------------------------
 
     def has(self, key: str) -> bool:
-        with self._reaching:
+        with self.reaching:
             return bool(self.client.exists(self._out(key)))
 
     def delete(self, key: str) -> bool:
-        with self._reaching:
+        with self.reaching:
             return bool(self.client.delete(self._out(key)))
 
     def clear(self) -> int:
         """Delete this namespace's keys (SCAN + UNLINK in batches); other namespaces stay."""
         removed = 0
-        with self._reaching:
+        with self.reaching:
             batch: list[Any] = []
             for name in self.client.scan_iter(match=self.keyspace.pattern, count=_SCAN_BATCH):
                 batch.append(name)

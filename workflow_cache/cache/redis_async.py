@@ -44,14 +44,14 @@ class AsyncRedisCache:
     ) -> None:
         self.client = client
         self.where = where
-        self._reaching = Reaching(where)
+        self.reaching = Reaching(where)
         self.keyspace = keyspace
         self.namespace = keyspace.namespace
         self.wait_timeout = wait_timeout
         self.flight = AsyncFlight(client, keyspace, lease=lease, where=where)
 
     async def _call(self, coro: Any) -> Any:
-        with self._reaching:
+        with self.reaching:
             return await coro
 
     async def load(self, key: str) -> Envelope | None:
