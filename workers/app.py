@@ -18,9 +18,9 @@ from __future__ import annotations
 import workflow_cache.workdir.celery_tasks  # noqa: F401  (flows run on this fleet too)
 from workflow_cache.distributed import workflow_task
 from workflow_cache.distributed.fleet import fleet_app
-from workflow_cache.settings import load
+from workflow_cache.settings import current
 
-settings = load()
+settings = current()
 
 app, cache = fleet_app("workflow_cache_workers", settings)
 

@@ -12,11 +12,11 @@ import time
 
 import fsspec
 
-from workflow_cache.settings import load
+from workflow_cache.settings import current
 
 
 def main() -> int:
-    storage = load().storage or ""
+    storage = current().storage or ""
     if not storage.startswith("s3://"):
         print(f"WORKFLOW_CACHE_STORAGE is {storage!r}, not s3://...: no bucket to make")
         return 0
