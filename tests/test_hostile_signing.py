@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from workflow_cache import LocalCache, RedisCache, create_workflow, settings
 from workflow_cache.envelope import Envelope, UnsignedEnvelopeError
 from workflow_cache.result import ok
 from workflow_cache.settings import Settings
-from workflow_cache.signing import Signer
+from workflow_cache.signing import Signer, key_id
 
 OLD = "old-key-" + "a" * 24
 NEW = "new-key-" + "b" * 24
@@ -204,6 +207,49 @@ def test_a_given_signer_signs_and_verifies_without_any_setting() -> None:
         Envelope.loads("k", Envelope("ok", value=1).sealed("k"), signer=signer)
     with pytest.raises(UnsignedEnvelopeError):
         Envelope.loads("k", text, signer=Signer.from_text(OTHER))
+
+
+_ONE_STEP = """
+import sys
+from workflow_cache import RedisCache, create_workflow
+
+url, namespace, key, value = sys.argv[1:]
+cache = RedisCache(url, namespace=namespace)
+print(create_workflow({}, cache=cache)(lambda step: step(lambda: value, key=key)).value)
+"""
+
+
+def test_a_key_set_only_in_the_env_file_signs_and_refuses(
+    redis_url: str, redis_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    """No signing variable in the environment: the key is in the file WORKFLOW_CACHE_ENV_FILE
+    names, and a fresh process signs what it writes and refuses an unsigned outcome."""
+    env_file = tmp_path / "workers.env"
+    env_file.write_text(f"WORKFLOW_CACHE_SIGNING_KEY={NEW}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_CACHE_")}
+    env["WORKFLOW_CACHE_ENV_FILE"] = str(env_file)
+
+    def run(key: str, value: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _ONE_STEP, redis_url, namespace, key, value],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+
+    def stored(key: str) -> bytes:
+        return redis_client.get(f"wfc:{namespace}:{{{key}}}:out")
+
+    assert run("k", "written").stdout.strip() == "written"
+    assert stored("k").startswith(f'{{"sig":"hmac-sha256:{key_id(NEW.encode())}:'.encode())
+    redis_client.set(f"wfc:{namespace}:{{planted}}:out", b'{"v":1,"status":"ok","value":"forged"}')
+    refused = run("planted", "honest")
+    assert refused.stdout.strip() == "honest"
+    assert [line for line in refused.stderr.splitlines() if "'planted'" in line], refused.stderr
+    assert stored("planted").startswith(b'{"sig":"hmac-sha256:')
+    assert run("k", "unused").stdout.strip() == "written"  # its own signed outcome: a hit
 
 
 # -- cached folders -----------------------------------------------------------------------
