@@ -86,9 +86,9 @@ class Pacer:
 
 
 def _configured_slice() -> float:
-    from workflow_cache import settings  # pydantic-settings loads with the first async workflow
+    from workflow_cache.settings import current  # loads with the first async workflow
 
-    return settings.current().async_slice
+    return current().async_slice
 
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = weakref.WeakKeyDictionary()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 def home() -> Path:
     """The ``home`` of the process's settings (``WORKFLOW_CACHE_HOME``, else the XDG cache)."""
-    from workflow_cache import settings  # pydantic-settings loads when a default is first made
+    from workflow_cache.settings import current  # loads when a default is first made
 
-    return settings.current().home
+    return current().home
 
 
 def steps_dir() -> Path:

@@ -108,10 +108,11 @@ def default() -> Signer:
 
 def _load_default() -> Signer:
     global _default
-    from workflow_cache import settings  # pydantic-settings loads when signing is first asked
+    # pydantic-settings loads when signing is first asked, not at import
+    from workflow_cache.settings import current, on_reload
 
-    settings.on_reload(_forget_default)
-    _default = signer = Signer(settings.current().signing_key_list)
+    on_reload(_forget_default)
+    _default = signer = Signer(current().signing_key_list)
     return signer
 
 
