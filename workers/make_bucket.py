@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-import fsspec
+import fsspec  # type: ignore[import-untyped]
 
 from workflow_cache.settings import current
 
