@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -180,10 +183,37 @@ def test_opentelemetry_spans_per_step_when_installed(redis_url: str, namespace: 
     assert hit.attributes["workflow_cache.namespace"] == namespace
 
 
-def test_importing_the_package_does_not_import_prometheus() -> None:
-    import subprocess
-    import sys
+def test_the_metrics_folder_comes_from_the_settings(redis_url: str, tmp_path: Path) -> None:
+    """``PROMETHEUS_MULTIPROC_DIR`` is prometheus_client's: set from ``metrics_dir``, not read."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    theirs.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_CACHE_")}
+    env.update(
+        {
+            "PROMETHEUS_MULTIPROC_DIR": str(theirs),
+            "WORKFLOW_CACHE_BROKER": redis_url,
+            "WORKFLOW_CACHE_METRICS_PORT": "0",
+            "WORKFLOW_CACHE_METRICS_DIR": str(ours),
+        }
+    )
+    code = (
+        "import os\n"
+        "from workflow_cache import metrics\n"
+        "from workflow_cache.distributed.fleet import fleet_app\n"
+        "app, cache = fleet_app('metrics-folder')\n"
+        "metrics.lookup('folder', 1, 0)\n"
+        "print(os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
+        "cache.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(ours)
+    assert list(ours.glob("*.db")) and not list(theirs.iterdir())
 
+
+def test_importing_the_package_does_not_import_prometheus() -> None:
     code = "import sys, workflow_cache; print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # metrics are made on first use

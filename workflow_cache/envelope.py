@@ -9,10 +9,10 @@ What is read back is untrusted: :meth:`Envelope.loads` is the one way in. It
 bounds the size (:data:`MAX_BYTES`) and nesting depth (:data:`MAX_DEPTH`),
 checks every field's type and range with one pydantic model, and raises
 :class:`EnvelopeError` naming the key for anything else. With signing keys
-configured (:mod:`workflow_cache.signing`), stores write :meth:`Envelope.sealed`
-text, which carries an HMAC-SHA256 ``"sig"`` over the rest of the document and
-the key, and :meth:`Envelope.loads` refuses a missing or wrong signature with
-:class:`UnsignedEnvelopeError` before parsing anything.
+(a :class:`~workflow_cache.signing.Signer` given, else the process's own), stores
+write :meth:`Envelope.sealed` text, which carries an HMAC-SHA256 ``"sig"`` over the
+rest of the document and the key, and :meth:`Envelope.loads` refuses a missing or
+wrong signature with :class:`UnsignedEnvelopeError` before parsing anything.
 """
 
 from __future__ import annotations
@@ -192,15 +192,17 @@ class Envelope:
             )
         return text
 
-    def sealed(self, key: str) -> str:
-        """The text a shared store writes: :meth:`dumps`, signed when signing keys are set."""
+    def sealed(self, key: str, *, signer: signing.Signer | None = None) -> str:
+        """The text a shared store writes: :meth:`dumps`, signed when the signer has keys
+        (default: the process's signer)."""
         text = self.dumps(key)
-        token = signing.sign(SIGNATURE_PURPOSE, key, text.encode())
+        token = (signer or signing.default()).sign(SIGNATURE_PURPOSE, key, text.encode())
         return text if token is None else f'{_SIG_START}{token}",{text[1:]}'
 
     def detached(self, key: str) -> dict[str, Any]:
         """JSON-ready data that shares nothing with the caller's objects."""
-        return json.loads(self.dumps(key))
+        data: dict[str, Any] = json.loads(self.dumps(key))
+        return data
 
     @classmethod
     def from_data(cls, key: str, data: Any) -> Envelope:
@@ -267,11 +269,13 @@ class Envelope:
         )
 
     @classmethod
-    def loads(cls, key: str, text: str | bytes) -> Envelope:
+    def loads(
+        cls, key: str, text: str | bytes, *, signer: signing.Signer | None = None
+    ) -> Envelope:
         """Parse and check stored text: the one way an envelope comes back from a store.
 
-        With signing keys configured, the signature is checked first, and a
-        missing or wrong one raises :class:`UnsignedEnvelopeError`.
+        When the signer (default: the process's) has keys, the signature is checked
+        first, and a missing or wrong one raises :class:`UnsignedEnvelopeError`.
         """
         if len(text) > MAX_BYTES:
             raise EnvelopeError(
@@ -282,8 +286,9 @@ class Envelope:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
                 raise EnvelopeError(f"cache entry for key {key!r} is not UTF-8 text") from None
-        if signing.enabled():
-            text = _verified(key, text)
+        signer = signer or signing.default()
+        if signer.enabled:
+            text = _verified(key, text, signer)
         try:
             data = json.loads(text)
         except RecursionError:
@@ -303,30 +308,37 @@ class Envelope:
         return cls._checked(key, data)
 
     @classmethod
-    def loads_many(cls, keys: Sequence[str], rows: Sequence[bytes | None]) -> list[Envelope | None]:
+    def loads_many(
+        cls,
+        keys: Sequence[str],
+        rows: Sequence[bytes | None],
+        *,
+        signer: signing.Signer | None = None,
+    ) -> list[Envelope | None]:
         """:meth:`loads` of each row (``None`` stays ``None``), parsing the JSON in one call.
 
         One parse of ``[row, row, ...]`` costs a third of a thousand separate ones. It is
         only trusted when it yields exactly one document per row; otherwise each row is
         parsed on its own, so a bad row is reported as :meth:`loads` reports it.
         """
+        signer = signer or signing.default()
         pairs = list(zip(keys, rows, strict=True))
         short = [raw for raw in rows if type(raw) is bytes and len(raw) <= _BATCH_ROW_LIMIT]
-        if len(short) < 2 or signing.enabled():  # signatures are checked row by row
-            return [None if raw is None else cls.loads(k, raw) for k, raw in pairs]
+        if len(short) < 2 or signer.enabled:  # signatures are checked row by row
+            return [None if raw is None else cls.loads(k, raw, signer=signer) for k, raw in pairs]
         try:
             parsed = json.loads(b"[" + b",".join(short) + b"]")
         except (ValueError, RecursionError):
             parsed = None
         if type(parsed) is not list or len(parsed) != len(short):
-            return [None if raw is None else cls.loads(k, raw) for k, raw in pairs]
+            return [None if raw is None else cls.loads(k, raw, signer=signer) for k, raw in pairs]
         documents = iter(parsed)
         return [
             None
             if raw is None
             else cls._checked(k, next(documents))
             if type(raw) is bytes and len(raw) <= _BATCH_ROW_LIMIT
-            else cls.loads(k, raw)
+            else cls.loads(k, raw, signer=signer)
             for k, raw in pairs
         ]
 
@@ -349,7 +361,7 @@ class Envelope:
             ) from None
 
 
-def _verified(key: str, text: str) -> str:
+def _verified(key: str, text: str, signer: signing.Signer) -> str:
     """The envelope text under a valid signature; :class:`UnsignedEnvelopeError` otherwise."""
     if not text.startswith(_SIG_START):
         raise UnsignedEnvelopeError(
@@ -360,7 +372,7 @@ def _verified(key: str, text: str) -> str:
         raise UnsignedEnvelopeError(f"cache entry for key {key!r} has a malformed signature")
     payload = "{" + text[end + 2 :]
     try:
-        signing.verify(SIGNATURE_PURPOSE, key, payload.encode(), text[len(_SIG_START) : end])
+        signer.verify(SIGNATURE_PURPOSE, key, payload.encode(), text[len(_SIG_START) : end])
     except signing.SignatureError as exc:
         raise UnsignedEnvelopeError(f"cache entry for key {key!r}: {exc}") from None
     return payload

@@ -5,6 +5,12 @@ switch ``prometheus_client`` to its multi-process mode first: under Celery's pre
 pool every child process writes its samples to files in one folder, and the endpoint
 that the worker's main process serves adds them up. Recording is always on and costs
 a dictionary lookup and an addition; nothing is served unless a port is configured.
+
+This module reads no environment and knows no upper layer: the folder (the
+``metrics_dir`` setting), the port and the names of the messages and tasks to count
+are given by the fleet app. ``enable_multiprocess`` is the one place that sets
+``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's own variable, which its value
+classes read.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ METRIC_NAMES = {
 _lock = threading.Lock()
 _metrics: dict[str, Any] | None = None
 _made_dirs: list[Path] = []
+_multiprocess_dir: Path | None = None
 
 
 def _made() -> dict[str, Any]:
@@ -152,15 +159,15 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
     """Share samples between the processes of one worker through files in ``directory``.
 
     Must run before the first sample is recorded (fleet apps call it at import time,
-    before the pool forks). A fresh temporary folder when none is given; an explicit
-    folder loses its sample files (``*.db``), because samples of a previous run would be
-    added to this one.
+    before the pool forks). Without ``directory``: the folder already in use, else a
+    fresh temporary one; an explicit folder loses its sample files (``*.db``), because
+    samples of a previous run would be added to this one.
     """
+    global _multiprocess_dir
     import prometheus_client.values as values
 
-    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if current and directory is None:
-        return Path(current)
+    if directory is None and _multiprocess_dir is not None:
+        return _multiprocess_dir
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="workflow-cache-metrics-"))
         _made_dirs.append(directory)  # removed when the worker shuts down
@@ -168,8 +175,9 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.db"):
             stale.unlink(missing_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    values.ValueClass = values.get_value_class()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # for prometheus_client only
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    _multiprocess_dir = directory
     return directory
 
 
@@ -179,32 +187,31 @@ def serve(port: int, addr: str = "0.0.0.0") -> int:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = REGISTRY
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
+    if _multiprocess_dir is not None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry, path=str(_multiprocess_dir))  # type: ignore[no-untyped-call]
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     return int(server.server_port)
 
 
-def watch_celery(app: Any, *, port: int | None, addr: str = "0.0.0.0") -> None:
+def watch_celery(
+    app: Any, *, step_header: str, flow_task: str, port: int | None, addr: str = "0.0.0.0"
+) -> None:
     """Count the app's step messages and flows' archive work; serve metrics on ``port``.
 
-    The endpoint is started once the worker is up (``worker_init``), in the main
-    process, so prefork children never bind the port themselves.
+    A step message is one that carries the ``step_header`` header; a flow is a task
+    named ``flow_task``. The endpoint is started once the worker is up
+    (``worker_init``), in the main process, so prefork children never bind the port.
     """
-    from celery import signals
-
-    from workflow_cache.distributed.header import HEADER
-    from workflow_cache.workdir.celery_tasks import RUN_FLOW
+    from celery import signals  # type: ignore[import-untyped]
 
     def sent(headers: Any = None, routing_key: str = "", **_: Any) -> None:
-        step = headers.get(HEADER) if isinstance(headers, dict) else None
+        step = headers.get(step_header) if isinstance(headers, dict) else None
         if isinstance(step, dict):  # a step message: the user's task with the step header
             message_sent(str(step.get("ns", "")), routing_key or "")
 
     def flow_done(sender: Any = None, retval: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == RUN_FLOW:
+        if getattr(sender, "name", None) == flow_task:
             for task in _summary_tasks(retval):
                 if task.get("restored_bytes"):
                     archive_transfer(
