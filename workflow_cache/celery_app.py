@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 __all__ = ["RELIABILITY", "RUN_FLOW", "celery_app", "reliability"]
 

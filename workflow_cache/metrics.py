@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ __all__ = [
     "enable_multiprocess",
     "lookup",
     "message_sent",
+    "remove_made_dirs",
     "serve",
-    "watch_celery",
 ]
 
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -194,69 +193,7 @@ def serve(port: int, addr: str = "0.0.0.0") -> int:
     return int(server.server_port)
 
 
-def watch_celery(
-    app: Any, *, step_header: str, flow_task: str, port: int | None, addr: str = "0.0.0.0"
-) -> None:
-    """Count the app's step messages and flows' archive work; serve metrics on ``port``.
-
-    A step message is one that carries the ``step_header`` header; a flow is a task
-    named ``flow_task``. The endpoint is started once the worker is up
-    (``worker_init``), in the main process, so prefork children never bind the port.
-    """
-    from celery import signals  # type: ignore[import-untyped]
-
-    def sent(headers: Any = None, routing_key: str = "", **_: Any) -> None:
-        step = headers.get(step_header) if isinstance(headers, dict) else None
-        if isinstance(step, dict):  # a step message: the user's task with the step header
-            message_sent(str(step.get("ns", "")), routing_key or "")
-
-    def flow_done(sender: Any = None, retval: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == flow_task:
-            for task in _summary_tasks(retval):
-                if task.get("restored_bytes"):
-                    archive_transfer(
-                        "restore",
-                        int(task["restored_bytes"]),
-                        float(task.get("restore_seconds", 0)),
-                    )
-                if task.get("saved"):
-                    archive_transfer(
-                        "save", int(task.get("saved_bytes", 0)), float(task.get("save_seconds", 0))
-                    )
-
-    def started(**_: Any) -> None:
-        if port is not None:
-            bound = serve(port, addr)
-            log.info("workflow-cache metrics on http://%s:%d/metrics", addr, bound)
-
-    # One receiver per process however many apps are made (the first app's port wins).
-    def stopped(**_: Any) -> None:
-        for directory in _made_dirs:  # main process only: children never get this signal
-            shutil.rmtree(directory, ignore_errors=True)
-
-    signals.before_task_publish.connect(sent, weak=False, dispatch_uid=f"{__name__}.sent")
-    signals.worker_shutdown.connect(stopped, weak=False, dispatch_uid=f"{__name__}.stop")
-    signals.task_postrun.connect(flow_done, weak=False, dispatch_uid=f"{__name__}.flow")
-    if port is not None:
-        signals.worker_init.connect(started, weak=False, dispatch_uid=f"{__name__}.serve")
-
-
-def _summary_tasks(retval: Any) -> list[Mapping[str, Any]]:
-    if not isinstance(retval, Mapping):
-        return []
-    summary = retval.get("summary")
-    tasks = summary.get("tasks") if isinstance(summary, Mapping) else None
-    if not isinstance(tasks, list):
-        return []
-    good = []
-    for task in tasks:
-        if isinstance(task, Mapping):
-            try:
-                float(task.get("restore_seconds", 0))
-                float(task.get("save_seconds", 0))
-                int(task.get("restored_bytes", 0))
-                int(task.get("saved_bytes", 0))
-            except (TypeError, ValueError):
-                continue
-            good.append(task)
-    return good
+def remove_made_dirs() -> None:
+    """Delete the folders :func:`enable_multiprocess` made (at worker shutdown)."""
+    for directory in _made_dirs:
+        shutil.rmtree(directory, ignore_errors=True)

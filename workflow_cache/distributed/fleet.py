@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 from workflow_cache import metrics
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.celery_app import RUN_FLOW, celery_app
 from workflow_cache.distributed.header import HEADER
 from workflow_cache.distributed.steps import install
+from workflow_cache.distributed.worker_metrics import watch_celery
 from workflow_cache.settings import Settings, current, use
 
 
@@ -43,7 +44,7 @@ def fleet_app(main: str, settings: Settings | None = None) -> tuple[Celery, Redi
         connect_timeout=configured.redis_connect_timeout,
     )
     install(app, cache)
-    metrics.watch_celery(
+    watch_celery(
         app,
         step_header=HEADER,
         flow_task=RUN_FLOW,

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery, Task, shared_task  # type: ignore[import-untyped]
+from celery import Celery, Task, shared_task
 
 from workflow_cache.celery_app import RUN_FLOW, celery_app
 from workflow_cache.settings import current, redis_backend
