@@ -18,13 +18,11 @@ wrong signature with :class:`UnsignedEnvelopeError` before parsing anything.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from typing import Any
 
 from workflow_cache import signing
 from workflow_cache.duration import MAX_DURATION
@@ -39,7 +37,7 @@ _BATCH_ROW_LIMIT = MAX_DEPTH
 """The deepest nesting of lists and objects in a stored value."""
 SIGNATURE_PURPOSE = "workflow-cache step outcome v1"
 _SIG_START = '{"sig":"'
-_LATEST = 32503680000.0  # the year 3000, as a Unix time
+_LATEST = 32503680000.0  # the year 3000, as a Unix time (envelope_schema.LATEST too)
 _MAX_TTL_SECONDS = MAX_DURATION.total_seconds()
 _NUMBERS = (int, float)
 
@@ -60,53 +58,14 @@ class UnsignedEnvelopeError(EnvelopeError):
     """
 
 
-class _UnexpectedFields(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    type: str
-    message: str
-    traceback: str = ""
-
-
-class _Stored(BaseModel):
-    """The shape every stored envelope must have; extra fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    v: Literal[1]
-    status: Literal["ok", "err"]
-    value: Any = None
-    error: Any = None
-    unexpected: bool = False
-    created_at: Annotated[float, Field(ge=0, le=_LATEST, allow_inf_nan=False)] = 0.0
-    ttl: (
-        Annotated[float, Field(gt=0, le=MAX_DURATION.total_seconds(), allow_inf_nan=False)] | None
-    ) = None
-
-    @model_validator(mode="after")
-    def _error_shape(self) -> _Stored:
-        if self.unexpected:
-            if self.status != "err":
-                raise ValueError('"unexpected" is only allowed on an err outcome')
-            try:
-                _UnexpectedFields.model_validate(self.error)
-            except ValidationError:
-                raise ValueError(
-                    'the "error" of an unexpected outcome needs "type" and "message" text'
-                ) from None
-        return self
-
-
-@lru_cache(maxsize=256)
-def _adapter(returns: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(returns)
-
-
 def to_json_data(value: Any, returns: Any = None) -> Any:
     """Turn a value into JSON-ready data (pydantic models become dicts)."""
     if returns is not None:
-        return _adapter(returns).dump_python(value, mode="json")
-    if isinstance(value, BaseModel):
+        from workflow_cache.envelope_schema import adapter
+
+        return adapter(returns).dump_python(value, mode="json")
+    pydantic = sys.modules.get("pydantic")  # not loaded: the value cannot be one of its models
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     return value
 
@@ -222,8 +181,8 @@ class Envelope:
     def _plain(cls, data: dict[str, Any]) -> Envelope | None:
         """The common shape checked by hand (the hot path of every hit), else None.
 
-        Accepts only what ``_Stored`` accepts; anything else (an unexpected error, a
-        value out of bounds, NaN) takes the full check and its message.
+        Accepts only what ``envelope_schema.StoredEnvelope`` accepts; anything else (an
+        unexpected error, a value out of bounds, NaN) takes the full check and its message.
         """
         status = data.get("status")
         created = data.get("created_at", 0.0)
@@ -255,10 +214,11 @@ class Envelope:
         fast = cls._plain(data)
         if fast is not None:
             return fast
-        try:
-            stored = _Stored.model_validate(data)
-        except ValidationError as exc:
-            raise EnvelopeError(f"cache entry for key {key!r} {_first_problem(exc)}") from None
+        from workflow_cache.envelope_schema import check_stored
+
+        stored = check_stored(data)
+        if isinstance(stored, str):
+            raise EnvelopeError(f"cache entry for key {key!r} {stored}")
         return cls(
             status=stored.status,
             value=stored.value,
@@ -346,16 +306,19 @@ class Envelope:
         if self.status == "err":
             if not self.unexpected:
                 return err(self.error)
-            try:
-                fields = _UnexpectedFields.model_validate(self.error)
-            except ValidationError as exc:
-                raise EnvelopeError(f"cache entry for key {key!r} {_first_problem(exc)}") from None
+            from workflow_cache.envelope_schema import check_unexpected
+
+            fields = check_unexpected(self.error)
+            if isinstance(fields, str):
+                raise EnvelopeError(f"cache entry for key {key!r} {fields}")
             return err(UnexpectedError(fields.type, fields.message, fields.traceback))
         if returns is None:
             return ok(self.value)
+        from workflow_cache.envelope_schema import adapter
+
         try:
-            return ok(_adapter(returns).validate_python(self.value))
-        except ValidationError as exc:
+            return ok(adapter(returns).validate_python(self.value))
+        except ValueError as exc:  # pydantic's ValidationError
             raise EnvelopeError(
                 f"cached value for key {key!r} does not match returns={returns!r}: {exc}"
             ) from None
@@ -376,15 +339,6 @@ def _verified(key: str, text: str, signer: signing.Signer) -> str:
     except signing.SignatureError as exc:
         raise UnsignedEnvelopeError(f"cache entry for key {key!r}: {exc}") from None
     return payload
-
-
-def _first_problem(exc: ValidationError) -> str:
-    """One line for the first thing wrong in stored data, naming the field."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    if not where:
-        return f"is malformed: {first['msg'].removeprefix('Value error, ')}"
-    return f"has a bad {where!r} field: {first['msg']}"
 
 
 def _too_deep_text(text: str) -> bool:
