@@ -40,7 +40,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from workflow_cache.trust_config import SIGNING_KEY_VARIABLES
+from workflow_cache import settings
 from workflow_cache.workdir.archive import pack, unpack
 from workflow_cache.workdir.filecache import EntryKey, FileCache
 from workflow_cache.workdir.patterns import match_files
@@ -203,10 +203,7 @@ def memory(files: int, mb: float, work: Path) -> bool:
 
 
 def _signing(on: bool) -> None:
-    for variable in SIGNING_KEY_VARIABLES:
-        os.environ.pop(variable, None)
-    if on:
-        os.environ[SIGNING_KEY_VARIABLES[0]] = BENCH_KEY
+    settings.reload(signing_key=BENCH_KEY if on else None, signing_keys=None)
 
 
 def _hash_seconds(archive: Path) -> float:

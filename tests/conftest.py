@@ -8,6 +8,16 @@ import pytest
 import redis
 
 from tests.servers import RedisServer
+from workflow_cache import settings
+
+
+@pytest.fixture(autouse=True)
+def _settings_read_per_test() -> Iterator[None]:
+    """The process's settings are read once; each test reads them on its first use,
+    after its own changes to the environment, and leaves none behind."""
+    settings.forget()
+    yield
+    settings.forget()
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import redis
 
+from tests.waiting import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class RedisServer:
@@ -71,17 +74,21 @@ class RedisServer:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-        while True:
+        def answers() -> bool:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited")
+            client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
             try:
-                client.ping()
+                return bool(client.ping())
+            finally:
                 client.close()
-                return
-            except redis.ConnectionError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
+
+        wait_until(
+            answers,
+            f"redis-server on port {self.port} to answer PING",
+            timeout=timeout,
+            ignoring=(redis.ConnectionError,),
+        )
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -96,6 +103,11 @@ class RedisServer:
         self.stop()
         time.sleep(down_for)
         self._start()
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word, as a lost machine does."""
+        self._proc.kill()
+        self._proc.wait(timeout=10)
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open and nothing answers, as with a hung server."""

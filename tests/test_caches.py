@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pydantic
@@ -16,6 +15,7 @@ import redis
 import redis.asyncio
 
 from tests.servers import RedisServer, free_port
+from tests.waiting import wait_until
 from workflow_cache import NotStorableError, create_workflow, err, ok
 from workflow_cache.cache.claims import CacheUnavailable
 from workflow_cache.cache.local import LocalCache
@@ -388,16 +388,17 @@ RACER = textwrap.dedent(
     import sys, time, redis
     from workflow_cache import RedisCache, create_workflow
 
-    url, namespace, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    url, namespace = sys.argv[1], sys.argv[2]
     counter = redis.Redis.from_url(url)
 
     def report():
         counter.incr(f"{namespace}:executions")
         time.sleep(0.5)
-        return {"rows": 1200, "by": sys.argv[4]}
+        return {"rows": 1200, "by": sys.argv[3]}
 
     cache = RedisCache(url, namespace=namespace, lease=2)
-    time.sleep(max(0.0, start_at - time.time()))  # all racers reach the key together
+    counter.incr(f"{namespace}:ready")
+    counter.blpop([f"{namespace}:go"], timeout=60)  # all racers reach the key together
     result = create_workflow({}, cache=cache)(lambda step: step(report, key="report"))
     print(result.value["by"])
     """
@@ -405,15 +406,17 @@ RACER = textwrap.dedent(
 
 
 def test_producer_processes_racing_a_local_thunk_run_it_once(redis_url, redis_client, namespace):
-    start_at = f"{time.time() + 3:.3f}"
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, redis_url, namespace, start_at, str(i)],
+            [sys.executable, "-c", RACER, redis_url, namespace, str(i)],
             stdout=subprocess.PIPE,
             text=True,
         )
         for i in range(8)
     ]
+    ready = f"{namespace}:ready"
+    wait_until(lambda: int(redis_client.get(ready) or 0) == 8, "8 racers ready at the start line")
+    redis_client.rpush(f"{namespace}:go", *["go"] * 8)
     outputs = [racer.communicate(timeout=60)[0].strip() for racer in racers]
     assert all(racer.returncode == 0 for racer in racers)
     assert int(redis_client.get(f"{namespace}:executions")) == 1
@@ -474,15 +477,11 @@ def test_redis_cache_over_tls_with_rediss_url(tmp_path) -> None:
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
     try:
         cache = RedisCache(url, namespace="tls")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                cache.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_until(
+            cache.client.ping,
+            f"the TLS redis-server on port {port} to answer PING",
+            ignoring=(redis.ConnectionError,),
+        )
         count = Counter()
         workflow = create_workflow({}, cache=cache)
         for _ in range(2):

@@ -77,3 +77,26 @@ def test_cache_show_prints_plain_values(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["cache", "show", "dev/flow/task", "--storage", str(storage), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["patterns"] == ["node_modules/**"] and data["content"] is None
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+def test_steps_use_the_broker_s_redis_only_when_the_broker_is_redis(
+    broker: str,
+    redis_url: str,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The ``steps`` command asks the settings for their Redis (``configured_cache``)."""
+    monkeypatch.setenv("WORKFLOW_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("WORKFLOW_CACHE_NAMESPACE", namespace)
+    monkeypatch.delenv("WORKFLOW_CACHE_CACHE_URL", raising=False)
+    url = redis_url if broker == "redis" else "amqp://guest@127.0.0.1:1//"
+    monkeypatch.setenv("WORKFLOW_CACHE_BROKER", url)
+    assert main(["steps", "list"]) == 0
+    title = capsys.readouterr().out.splitlines()[0]
+    if broker == "redis":
+        assert f"in RedisCache('{redis_url}', namespace='{namespace}')" in title
+    else:
+        assert f"in LocalCache('{tmp_path / 'steps'}')" in title

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from tests.servers import free_port
+from tests.waiting import wait_until
 from workflow_cache import RedisCache, create_workflow
 from workflow_cache.cache.clients import BadRedisURL, client_from_url
 
@@ -76,24 +77,22 @@ def cluster_port() -> int:
 
 
 def wait_ping(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis(host="127.0.0.1", port=port).ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    node = redis.Redis(host="127.0.0.1", port=port)
+    wait_until(
+        node.ping,
+        f"cluster node {port} to answer PING",
+        timeout=timeout,
+        ignoring=(redis.ConnectionError,),
+    )
 
 
 def wait_cluster_ok(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
     node = redis.Redis(host="127.0.0.1", port=port)
-    while node.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-        if time.monotonic() > deadline:
-            raise AssertionError(f"cluster node {port} not ok in time")
-        time.sleep(0.1)
+    wait_until(
+        lambda: node.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
+        f"cluster node {port} to report cluster_state:ok",
+        timeout=timeout,
+    )
 
 
 def test_steps_spread_over_every_node_run_once_and_read_back(cluster_url: str) -> None:

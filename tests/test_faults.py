@@ -21,6 +21,7 @@ import redis
 
 from tests.proxy import LinkProxy
 from tests.servers import RedisServer
+from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import CacheUnavailable, RedisCache, Result, create_workflow
 from workflow_cache.cache.claims import Holder
@@ -83,14 +84,6 @@ def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet
             server.stop()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def run_through_outages(fleet: FaultFleet, flow: Callable[..., Any], deadline: float = 60.0):
     """What a producer does with ``CacheUnavailable``: run the workflow again.
 
@@ -98,14 +91,21 @@ def run_through_outages(fleet: FaultFleet, flow: Callable[..., Any], deadline: f
     step is waited on, never started twice.
     """
     workflow = fleet.workflow()
-    give_up = time.monotonic() + deadline
-    while True:
+    refused: list[CacheUnavailable] = []
+
+    def attempt() -> list[Result[Any, Any]]:
         try:
-            return workflow(flow)
-        except CacheUnavailable:
-            if time.monotonic() > give_up:
-                raise
-            time.sleep(0.2)
+            return [workflow(flow)]
+        except CacheUnavailable as exc:
+            refused.append(exc)
+            return []
+
+    return wait_until(
+        attempt,
+        lambda: f"the workflow to run through the outage; last error: {refused[-1]}",
+        timeout=deadline,
+        interval=0.2,
+    )[0]
 
 
 def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
@@ -134,7 +134,7 @@ def test_a_worker_with_a_task_in_flight_outlives_a_redis_restart(fault_fleet: Fa
     """
     tag = uuid.uuid4().hex[:10]
     fault_fleet.app_module.slow_first.apply_async((tag, 4.0), queue="steps")
-    wait_for(lambda: fault_fleet.started(tag))
+    wait_until(lambda: fault_fleet.started(tag), "the step to start")
     fault_fleet.server.restart(down_for=3.0)
     back_at = time.monotonic()
 
@@ -156,7 +156,7 @@ def test_a_short_restart_mid_step_loses_nothing_and_runs_nothing_twice(
     thread, box = in_background(
         lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
     )
-    wait_for(lambda: fault_fleet.started(tag))
+    wait_until(lambda: fault_fleet.started(tag), "the step to start")
     fault_fleet.server.restart(down_for=0.3)
     back_at = time.monotonic()
 
@@ -181,7 +181,7 @@ def test_a_restart_longer_than_the_lease_keeps_one_outcome(fault_fleet: FaultFle
     thread, box = in_background(
         lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 5.0), key=tag))
     )
-    wait_for(lambda: fault_fleet.started(tag))
+    wait_until(lambda: fault_fleet.started(tag), "the step to start")
     fault_fleet.server.restart(down_for=LEASE + 1.0)
     back_at = time.monotonic()
 
@@ -190,7 +190,10 @@ def test_a_restart_longer_than_the_lease_keeps_one_outcome(fault_fleet: FaultFle
     assert box and box[0].ok, box
     runs = fault_fleet.count(tag)
     # Wait until every execution has ended, then read the key again.
-    wait_for(lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs)
+    wait_until(
+        lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs,
+        "every execution to end",
+    )
     again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 5.0), key=tag))
     assert again.value == box[0].value
     assert fault_fleet.count(tag) == runs <= 2
@@ -204,10 +207,10 @@ def test_a_hung_redis_past_the_lease_hangs_nobody(fault_fleet: FaultFleet) -> No
     thread, box = in_background(
         lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
     )
-    wait_for(lambda: fault_fleet.started(tag))
+    wait_until(lambda: fault_fleet.started(tag), "the step to start")
     fault_fleet.server.pause()
     try:
-        time.sleep(LEASE + 1.0)
+        time.sleep(LEASE + 1.0)  # the fault itself: hung for longer than the lease
     finally:
         fault_fleet.server.resume()
     back_at = time.monotonic()
@@ -216,7 +219,10 @@ def test_a_hung_redis_past_the_lease_hangs_nobody(fault_fleet: FaultFleet) -> No
     report_recovery(f"SIGSTOP {LEASE + 1.0:g} s", back_at, box)
     assert box and box[0].ok, box
     runs = fault_fleet.count(tag)
-    wait_for(lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs)
+    wait_until(
+        lambda: fault_fleet.app_module.cache.client.llen(f"finished:{tag}") == runs,
+        "every execution to end",
+    )
     again = run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
     assert again.value == box[0].value
     assert runs <= 2
@@ -233,9 +239,9 @@ def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
     thread, box = in_background(
         lambda: run_through_outages(fault_fleet, lambda step: step(slow_first.s(tag, 3.0), key=tag))
     )
-    wait_for(lambda: fault_fleet.started(tag))
+    wait_until(lambda: fault_fleet.started(tag), "the step to start")
     fault_fleet.link.cut()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the fault itself: the link down for half a second
     fault_fleet.link.restore()
     back_at = time.monotonic()
 
@@ -289,7 +295,7 @@ def test_a_commit_refused_under_noeviction_is_an_err_and_frees_the_claim(
     result = workflow(lambda step: step(lambda: fill_until_refused(client, "junk"), key="k"))
 
     assert not result.ok
-    assert result.error.type == "workflow_cache.cache.base.CacheUnavailable"
+    assert result.error.type == "workflow_cache.store.CacheUnavailable"
     assert "out of memory" in result.error.message
     keys = cache.keyspace.for_step("k")
     # Nothing half-written: no outcome, and no claim left for waiters to sit out.

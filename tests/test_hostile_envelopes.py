@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.hostile import Sandbox, assert_clean, flow_yaml
+from tests.waiting import wait_until
 from workflow_cache import EnvelopeError, LocalCache, RedisCache, create_workflow
 from workflow_cache.duration import DurationError, to_timedelta
 from workflow_cache.envelope import MAX_BYTES, MAX_DEPTH, Envelope, NotStorableError
@@ -125,10 +126,8 @@ def test_local_cache_still_round_trips(tmp_path: Path) -> None:
     assert _run_step(cache) == ok(1)
     assert cache.get("k") == ok(1) and cache.has("k")
     cache.set("short", "v", ttl=0.05)
-    import time
-
-    time.sleep(0.1)
-    assert cache.get("short") is None and not cache.has("short")
+    wait_until(lambda: cache.get("short") is None, "the 0.05 s entry to expire")
+    assert not cache.has("short")
     assert cache.delete("k") and not cache.has("k")
 
 

@@ -10,19 +10,37 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from tests.hostile import KEY, Member, Sandbox, archive_bytes, assert_clean, flow_yaml, plant_entry
-from workflow_cache import LocalCache, RedisCache, create_workflow
+from workflow_cache import LocalCache, RedisCache, create_workflow, settings
+from workflow_cache.envelope import Envelope, UnsignedEnvelopeError
 from workflow_cache.result import ok
+from workflow_cache.settings import Settings
+from workflow_cache.signing import Signer, key_id
 
 OLD = "old-key-" + "a" * 24
 NEW = "new-key-" + "b" * 24
 OTHER = "other-key-" + "c" * 22
 VARIABLE = "WORKFLOW_CACHE_SIGNING_KEY"
+MORE = "WORKFLOW_CACHE_SIGNING_KEYS"
+
+
+def use_keys(monkeypatch: pytest.MonkeyPatch, key: str | None, more: str | None = None) -> None:
+    """Set the signing variables and read the settings again, as a restarted process would."""
+    for variable, value in ((VARIABLE, key), (MORE, more)):
+        if value is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, value)
+    settings.reload()
 
 
 class Counter:
@@ -43,8 +61,7 @@ def run_step(cache: Any, key: str, thunk: Counter) -> Any:
 
 @pytest.fixture(params=["redis", "local"])
 def store(request, tmp_path: Path, monkeypatch) -> Any:
-    monkeypatch.delenv(VARIABLE, raising=False)
-    monkeypatch.delenv("WORKFLOW_CACHE_SIGNING_KEYS", raising=False)
+    use_keys(monkeypatch, None)
     if request.param == "local":
         return _Store(LocalCache(tmp_path / "steps"), None, "")
     url = request.getfixturevalue("redis_url")
@@ -85,7 +102,7 @@ def warnings_about(caplog, key: str) -> list[str]:
 
 
 def test_signed_outcome_is_a_hit_for_the_same_key(store: _Store, monkeypatch) -> None:
-    monkeypatch.setenv(VARIABLE, NEW)
+    use_keys(monkeypatch, NEW)
     first = Counter({"n": 1})
     assert run_step(store.cache, "k", first) == ok({"n": 1})
     raw = store.raw("k")
@@ -98,22 +115,22 @@ def test_signed_outcome_is_a_hit_for_the_same_key(store: _Store, monkeypatch) ->
 def test_bad_signature_is_a_miss_with_one_warning_and_is_replaced(
     store: _Store, monkeypatch, caplog, attack: str
 ) -> None:
-    monkeypatch.setenv(VARIABLE, NEW)
+    use_keys(monkeypatch, NEW)
     run_step(store.cache, "donor", Counter("donor value"))
     signed = store.raw("donor")
     assert signed is not None
     if attack == "unsigned":
-        monkeypatch.delenv(VARIABLE)
+        use_keys(monkeypatch, None)
         run_step(store.cache, "k", Counter("planted"))
-        monkeypatch.setenv(VARIABLE, NEW)
+        use_keys(monkeypatch, NEW)
     elif attack == "forged":
         store.plant("k", signed.replace("donor value", "planted!!!!"))
     elif attack == "replayed":
         store.plant("k", signed)  # a valid signature, but for another key
     else:
-        monkeypatch.setenv(VARIABLE, OTHER)
+        use_keys(monkeypatch, OTHER)
         run_step(store.cache, "k", Counter("planted"))
-        monkeypatch.setenv(VARIABLE, NEW)
+        use_keys(monkeypatch, NEW)
     caplog.clear()
     honest = Counter("honest")
     with caplog.at_level(logging.WARNING, logger="workflow_cache"):
@@ -127,13 +144,13 @@ def test_bad_signature_is_a_miss_with_one_warning_and_is_replaced(
 def test_rotation_old_entries_verify_new_entries_use_the_first_key(
     store: _Store, monkeypatch
 ) -> None:
-    monkeypatch.setenv(VARIABLE, OLD)
+    use_keys(monkeypatch, OLD)
     run_step(store.cache, "old", Counter("from before"))
-    monkeypatch.setenv(VARIABLE, f"{NEW},{OLD}")
+    use_keys(monkeypatch, f"{NEW},{OLD}")
     reader = Counter("unused")
     assert run_step(store.cache, "old", reader) == ok("from before") and reader.calls == 0
     run_step(store.cache, "fresh", Counter("after rotation"))
-    monkeypatch.setenv(VARIABLE, NEW)  # the old key retired: only new entries still verify
+    use_keys(monkeypatch, NEW)  # the old key retired: only new entries still verify
     fresh = Counter("unused")
     assert run_step(store.cache, "fresh", fresh) == ok("after rotation") and fresh.calls == 0
     old = Counter("recomputed")
@@ -141,10 +158,9 @@ def test_rotation_old_entries_verify_new_entries_use_the_first_key(
 
 
 def test_keys_variable_adds_verify_only_keys(store: _Store, monkeypatch) -> None:
-    monkeypatch.setenv(VARIABLE, OLD)
+    use_keys(monkeypatch, OLD)
     run_step(store.cache, "k", Counter("signed with the old key"))
-    monkeypatch.setenv(VARIABLE, NEW)
-    monkeypatch.setenv("WORKFLOW_CACHE_SIGNING_KEYS", OLD)
+    use_keys(monkeypatch, NEW, OLD)
     reader = Counter("unused")
     assert run_step(store.cache, "k", reader) == ok("signed with the old key")
     assert reader.calls == 0
@@ -154,7 +170,7 @@ def test_forged_outcome_seen_while_claiming_is_replaced(
     redis_url: str, redis_client, namespace: str, monkeypatch
 ) -> None:
     """The single-flight claim finds a stored outcome: it too must be signed."""
-    monkeypatch.setenv(VARIABLE, NEW)
+    use_keys(monkeypatch, NEW)
     cache = RedisCache(redis_url, namespace=namespace)
     redis_client.set(f"wfc:{namespace}:{{k}}:out", json.dumps({"v": 1, "status": "ok", "value": 1}))
     claim = cache.acquire("k")
@@ -162,10 +178,78 @@ def test_forged_outcome_seen_while_claiming_is_replaced(
     claim.release()
 
 
-def test_short_signing_key_is_refused_at_once(redis_url: str, monkeypatch) -> None:
-    monkeypatch.setenv(VARIABLE, "short")
-    with pytest.raises(ValueError, match="at least 16 characters"):
-        RedisCache(redis_url)
+@pytest.mark.parametrize("field", ["signing_key", "signing_keys"])
+def test_short_signing_key_is_a_validation_error_naming_its_field(
+    monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """Refused when the settings are read, never printed: not a later refusal by a cache."""
+    secret = "short-secret"  # 12 characters
+    with pytest.raises(ValidationError) as given:
+        Settings(**{field: f"{NEW},{secret}"})
+    monkeypatch.setenv(f"WORKFLOW_CACHE_{field.upper()}", secret)
+    with pytest.raises(ValidationError) as read:
+        settings.reload()
+    for caught in (given, read):
+        (problem,) = caught.value.errors()
+        assert problem["loc"] == (field,)
+        assert "at least 16 characters" in problem["msg"]
+        assert secret not in str(caught.value) and NEW not in str(caught.value)
+        assert str(caught.value).splitlines()[1] == field
+
+
+def test_a_given_signer_signs_and_verifies_without_any_setting() -> None:
+    signer = Signer.from_text(NEW)
+    assert not settings.current().signing_key_list  # the process's settings sign nothing
+    text = Envelope("ok", value=1).sealed("k", signer=signer)
+    assert text.startswith('{"sig":"hmac-sha256:') and NEW not in repr(signer)
+    assert Envelope.loads("k", text, signer=signer).value == 1
+    with pytest.raises(UnsignedEnvelopeError):
+        Envelope.loads("k", Envelope("ok", value=1).sealed("k"), signer=signer)
+    with pytest.raises(UnsignedEnvelopeError):
+        Envelope.loads("k", text, signer=Signer.from_text(OTHER))
+
+
+_ONE_STEP = """
+import sys
+from workflow_cache import RedisCache, create_workflow
+
+url, namespace, key, value = sys.argv[1:]
+cache = RedisCache(url, namespace=namespace)
+print(create_workflow({}, cache=cache)(lambda step: step(lambda: value, key=key)).value)
+"""
+
+
+def test_a_key_set_only_in_the_env_file_signs_and_refuses(
+    redis_url: str, redis_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    """No signing variable in the environment: the key is in the file WORKFLOW_CACHE_ENV_FILE
+    names, and a fresh process signs what it writes and refuses an unsigned outcome."""
+    env_file = tmp_path / "workers.env"
+    env_file.write_text(f"WORKFLOW_CACHE_SIGNING_KEY={NEW}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_CACHE_")}
+    env["WORKFLOW_CACHE_ENV_FILE"] = str(env_file)
+
+    def run(key: str, value: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _ONE_STEP, redis_url, namespace, key, value],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+
+    def stored(key: str) -> bytes:
+        return redis_client.get(f"wfc:{namespace}:{{{key}}}:out")
+
+    assert run("k", "written").stdout.strip() == "written"
+    assert stored("k").startswith(f'{{"sig":"hmac-sha256:{key_id(NEW.encode())}:'.encode())
+    redis_client.set(f"wfc:{namespace}:{{planted}}:out", b'{"v":1,"status":"ok","value":"forged"}')
+    refused = run("planted", "honest")
+    assert refused.stdout.strip() == "honest"
+    assert [line for line in refused.stderr.splitlines() if "'planted'" in line], refused.stderr
+    assert stored("planted").startswith(b'{"sig":"hmac-sha256:')
+    assert run("k", "unused").stdout.strip() == "written"  # its own signed outcome: a hit
 
 
 # -- cached folders -----------------------------------------------------------------------
@@ -262,7 +346,7 @@ def test_async_workflows_sign_and_refuse_like_sync_ones(
     """The redis.asyncio path seals what it writes and refuses an unsigned outcome too."""
     import asyncio
 
-    monkeypatch.setenv(VARIABLE, NEW)
+    use_keys(monkeypatch, NEW)
     cache = RedisCache(redis_url, namespace=namespace)
     store = _Store(cache, redis_client, namespace)
     store.plant("planted", '{"v":1,"status":"ok","value":"forged"}')

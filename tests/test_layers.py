@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "workflow_cache"
 
 LAYERS = {
     "workflow_cache.cache": 1,
+    "workflow_cache.celery_app": 1,  # the one Celery app factory, shared by fleet and flows
     "workflow_cache.distributed": 2,
     "workflow_cache.workdir": 2,
     "workflow_cache.admin": 3,

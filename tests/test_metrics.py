@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import os
+import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -12,6 +14,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import free_port
+from tests.waiting import wait_until
 from tests.workers import CeleryWorker, wait_ready
 from workflow_cache import RedisCache, create_workflow, metrics
 from workflow_cache.distributed import CeleryDispatcher
@@ -73,25 +76,27 @@ def test_worker_serves_metrics_summed_over_its_prefork_processes(
         again = workflow(four_steps)  # all hits: nothing sent
         assert again.ok
 
-        deadline = time.monotonic() + 20
-        while True:  # the last commit may land a moment after the producer's wake-up
-            samples = scrape(port)
-            executed = value(
-                samples, "workflow_cache_step_executions_total", namespace=namespace, status="ok"
+        def executions(samples: dict, status: str) -> float:
+            return value(
+                samples, "workflow_cache_step_executions_total", namespace=namespace, status=status
             )
-            if executed >= 4 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+
+        def all_counted() -> dict | None:
+            """The last commit may land a moment after the producer's wake-up."""
+            samples = scrape(port)
+            return samples if executions(samples, "ok") + executions(samples, "err") >= 5 else None
+
+        samples = wait_until(
+            all_counted,
+            lambda: f"the worker's metrics to count 5 executions; its log:\n{log.read_text()}",
+            interval=0.2,
+        )
     finally:
         worker.stop()
         control.close()
         cache.clear()
         cache.close()
-    assert executed == 4, log.read_text()
-    assert (
-        value(samples, "workflow_cache_step_executions_total", namespace=namespace, status="err")
-        == 1
-    )
+    assert executions(samples, "ok") == 4 and executions(samples, "err") == 1
     assert value(samples, "workflow_cache_step_errors_total", namespace=namespace) == 1
     assert value(samples, "workflow_cache_claim_wait_seconds_count", namespace=namespace) == 5
     assert value(samples, "workflow_cache_step_seconds_count", namespace=namespace) == 5
@@ -178,10 +183,37 @@ def test_opentelemetry_spans_per_step_when_installed(redis_url: str, namespace: 
     assert hit.attributes["workflow_cache.namespace"] == namespace
 
 
-def test_importing_the_package_does_not_import_prometheus() -> None:
-    import subprocess
-    import sys
+def test_the_metrics_folder_comes_from_the_settings(redis_url: str, tmp_path: Path) -> None:
+    """``PROMETHEUS_MULTIPROC_DIR`` is prometheus_client's: set from ``metrics_dir``, not read."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    theirs.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_CACHE_")}
+    env.update(
+        {
+            "PROMETHEUS_MULTIPROC_DIR": str(theirs),
+            "WORKFLOW_CACHE_BROKER": redis_url,
+            "WORKFLOW_CACHE_METRICS_PORT": "0",
+            "WORKFLOW_CACHE_METRICS_DIR": str(ours),
+        }
+    )
+    code = (
+        "import os\n"
+        "from workflow_cache import metrics\n"
+        "from workflow_cache.distributed.fleet import fleet_app\n"
+        "app, cache = fleet_app('metrics-folder')\n"
+        "metrics.lookup('folder', 1, 0)\n"
+        "print(os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
+        "cache.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(ours)
+    assert list(ours.glob("*.db")) and not list(theirs.iterdir())
 
+
+def test_importing_the_package_does_not_import_prometheus() -> None:
     code = "import sys, workflow_cache; print('prometheus_client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # metrics are made on first use

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from tests.waiting import wait_until_async
 from workflow_cache import RedisCache, create_workflow, pacing
 from workflow_cache.pacing import Pacer
 
@@ -89,14 +90,20 @@ def test_a_cancelled_waiter_gives_its_place_up() -> None:
     async def main() -> list[int]:
         pacer = Pacer(0.001)
         done: list[int] = []
+        turns: dict[int, asyncio.Future[None] | None] = {}
 
         async def start(i: int) -> None:
-            await _through(pacer)
+            turn = turns[i] = pacer.enter()
+            if turn is not None:
+                await turn
             done.append(i)
             _busy(0.001)
 
         tasks = [asyncio.ensure_future(start(i)) for i in range(20)]
-        await asyncio.sleep(0)  # every task is at the gate now; most wait
+        await wait_until_async(
+            lambda: all((t := turns.get(i)) is not None and not t.done() for i in (5, 6)),
+            "tasks 5 and 6 to wait at the gate",
+        )
         tasks[5].cancel()
         tasks[6].cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -227,10 +234,9 @@ def test_a_workflow_cancelled_while_paced_after_its_claim_releases_it(
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-        for _ in range(100):  # the release runs on the loop
-            if not redis_client.exists(lock):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(  # the release runs on the loop
+            lambda: not redis_client.exists(lock), "the cancelled claim's lock to go", interval=0.01
+        )
         await cache.aclose()
 
     at_gate: asyncio.Future[None]

@@ -15,17 +15,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from tests.servers import RedisServer, free_port
+from tests.waiting import wait_until
 from workflow_cache import CacheUnavailable, RedisCache, create_workflow
 from workflow_cache.cache.claims import Holder, SingleFlight
 from workflow_cache.cache.clients import BadRedisURL, client_from_url
 
 SERVICE = "wfc-primary"
+ERRORS = (CacheUnavailable, redis.RedisError)  # what a failover in progress raises
 
 
 @dataclass
@@ -81,21 +82,6 @@ def start_sentinel(workdir: Path, primary_port: int) -> tuple[int, subprocess.Po
     return port, proc
 
 
-def eventually(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """``fn()`` once it returns something true without raising ``CacheUnavailable``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-        except (CacheUnavailable, redis.RedisError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
     for name in ("primary", "replica"):
@@ -110,7 +96,7 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
         procs.append(proc)
     group = SentinelSet(primary, replica, ports, procs)
     try:
-        eventually(group.sees_replica)
+        wait_until(group.sees_replica, "every sentinel to list the replica", ignoring=ERRORS)
         yield group
     finally:
         for proc in procs:
@@ -137,19 +123,31 @@ def test_a_failover_keeps_replicated_outcomes_and_fences_the_old_holder(
     primary = sentinels.primary.client()
     assert primary.execute_command("WAIT", 1, 5000) == 1  # both writes reached the replica
 
-    sentinels.primary._proc.kill()  # the primary dies without a word
+    sentinels.primary.kill()  # the primary dies without a word
     killed_at = time.monotonic()
-    eventually(lambda: sentinels.primary_port() == sentinels.replica.port)
+    wait_until(
+        lambda: sentinels.primary_port() == sentinels.replica.port,
+        "the sentinels to promote the replica",
+        ignoring=ERRORS,
+    )
 
     # The same cache follows the new primary: the replicated outcome is a hit.
-    again = eventually(lambda: workflow(lambda step: step(run("kept again"), key="kept")))
+    again = wait_until(
+        lambda: workflow(lambda step: step(run("kept again"), key="kept")),
+        "the cache to read from the new primary",
+        ignoring=ERRORS,
+    )
     took = time.monotonic() - killed_at
     print(f"\nfailover: the cache read the new primary {took:.2f} s after the kill")
     assert again.value == "kept" and runs == ["kept"]
 
     # The old holder's lease ran out during the failover; a new process takes the key over.
     other = SingleFlight(client_from_url(sentinels.url), cache.keyspace, lease=1.0)
-    successor = eventually(lambda: other.acquire("contested", timeout=10))
+    successor = wait_until(
+        lambda: other.acquire("contested", timeout=10),
+        "a new process to take the contested key over",
+        ignoring=ERRORS,
+    )
     assert isinstance(successor, Holder)
     assert successor.commit(b'"successor"') is True
     assert old_holder.commit(b'"old"') is False  # fenced: one outcome per key

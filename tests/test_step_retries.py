@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.waiting import wait_until, wait_until_async
 from workflow_cache import RedisCache, UnexpectedError, create_workflow, err
 from workflow_cache.retries import RetryPolicy
 
@@ -134,18 +135,27 @@ def test_bad_retry_options_name_the_option(options, message) -> None:  # type: i
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("kind", ["sync", "async"], ids=["sync-thunk", "async-thunk"])
 def test_a_timeout_ends_the_attempt_with_a_timeout_error(is_async, kind) -> None:  # type: ignore[no-untyped-def]
+    release = threading.Event()
+    returned: list[str] = []
+
     def slow():  # type: ignore[no-untyped-def]
-        time.sleep(5)
+        release.wait(60)
+        returned.append("sync")
 
     async def slow_async():  # type: ignore[no-untyped-def]
-        await asyncio.sleep(5)
+        await asyncio.sleep(60)
+        returned.append("async")
 
     thunk = slow if kind == "sync" else slow_async
     cache: dict = {}
     workflow = create_workflow(cache=cache)
-    started = time.monotonic()
-    result = run(workflow, lambda step: step(thunk, key="slow", timeout=0.2, retries=1), is_async)
-    assert time.monotonic() - started < 4  # both attempts gave up long before the 5 s sleep
+    try:
+        result = run(
+            workflow, lambda step: step(thunk, key="slow", timeout=0.2, retries=1), is_async
+        )
+        assert returned == []  # both attempts gave up while their thunks still ran
+    finally:
+        release.set()
     assert isinstance(result.error, UnexpectedError) and result.error.type == "TimeoutError"
     assert "'slow'" in result.error.message and "0.2 s" in result.error.message
     assert "attempt 2 of 2" in result.error.message
@@ -157,7 +167,7 @@ def test_a_timed_out_async_thunk_is_cancelled() -> None:
 
     async def slow():  # type: ignore[no-untyped-def]
         try:
-            await asyncio.sleep(5)
+            await asyncio.sleep(60)
         except asyncio.CancelledError:
             finished.append("cancelled")
             raise
@@ -167,7 +177,7 @@ def test_a_timed_out_async_thunk_is_cancelled() -> None:
             return await step(slow, key="k", timeout=0.1)
 
         result = await create_workflow(cache={})(body)
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: finished, "the thunk to see its cancellation")
         return result
 
     assert asyncio.run(main()).error.type == "TimeoutError"
@@ -175,6 +185,8 @@ def test_a_timed_out_async_thunk_is_cancelled() -> None:
 
 
 def test_a_loop_stays_responsive_while_a_sync_thunk_runs_under_a_timeout() -> None:
+    ticked = threading.Event()  # set by the loop: the thunk waits for it
+
     async def main():  # type: ignore[no-untyped-def]
         ticks = 0
 
@@ -183,24 +195,29 @@ def test_a_loop_stays_responsive_while_a_sync_thunk_runs_under_a_timeout() -> No
             while True:
                 await asyncio.sleep(0.01)
                 ticks += 1
+                if ticks == 5:
+                    ticked.set()
 
         tick = asyncio.ensure_future(ticker())
 
+        def thunk() -> str:  # blocks until the loop has ticked 5 times
+            return "ticked" if ticked.wait(30) else "the loop was blocked"
+
         async def body(step):  # type: ignore[no-untyped-def]
-            return await step(lambda: time.sleep(0.5) or "slept", key="k", timeout=5)
+            return await step(thunk, key="k", timeout=60)
 
         result = await create_workflow(cache={})(body)
         tick.cancel()
-        return result, ticks
+        return result
 
-    result, ticks = asyncio.run(main())
-    assert result.value == "slept" and ticks >= 5  # the sleep ran in a thread
+    assert asyncio.run(main()).value == "ticked"  # the thunk ran in a thread
 
 
 # ------------------------------------------------------------------ under a Redis claim
 
 WAITER = r"""
 import json, sys
+from tests.waiting import wait_until, wait_until_async
 from workflow_cache import RedisCache, create_workflow
 url, namespace = sys.argv[1], sys.argv[2]
 cache = RedisCache(url, namespace=namespace, lease=float(sys.argv[3]))
@@ -223,10 +240,10 @@ def test_retries_happen_inside_one_claim_while_waiters_wait(
     def thunk():  # type: ignore[no-untyped-def]
         attempts.append(1)
         if len(attempts) == 1:  # wait until the other process is waiting on our claim
-            deadline = time.monotonic() + 60
-            while redis_client.pubsub_numsub(channel)[0][1] == 0:
-                assert time.monotonic() < deadline, "the waiter never subscribed"
-                time.sleep(0.02)
+            wait_until(
+                lambda: redis_client.pubsub_numsub(channel)[0][1],
+                "the waiter process to subscribe to the key's channel",
+            )
             raise ConnectionError("first")
         if len(attempts) == 2:
             time.sleep(lease * 1.5)  # longer than the lease: only renewal keeps the claim
@@ -242,10 +259,7 @@ def test_retries_happen_inside_one_claim_while_waiters_wait(
         )
     )
     holder.start()
-    deadline = time.monotonic() + 30
-    while not attempts:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: attempts, "the holder's first attempt")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     waiter = subprocess.run(
         [sys.executable, "-c", WAITER, redis_url, namespace, str(lease)],

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from tests.waiting import wait_until_async
 from workflow_cache import (
     CachingSkippedWarning,
     Result,
@@ -451,7 +452,8 @@ def test_step_all_in_async_runs_misses_concurrently() -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await asyncio.sleep(0.02)
+        # each miss stays until all eight run at once: only concurrent misses get past
+        await wait_until_async(lambda: peak == 8, f"all 8 misses running (miss {i} is)")
         running -= 1
         return i
 

@@ -19,6 +19,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import UnexpectedError
 from workflow_cache.distributed import outcome_of, result_of, run_info, waiting_on
@@ -59,14 +60,13 @@ def kinds(module: ModuleType, run_id: str) -> list[str]:
     return [e.split("|")[0] for e in events(module, run_id)]
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+def handed_out_at(module: ModuleType, task_id: str) -> float | None:
+    """When the broker handed out the still unacknowledged message of ``task_id`` (the
+    Redis transport's ``unacked_index`` score, a Unix time), or None if it holds none."""
+    for tag, message in module._redis.hgetall("unacked").items():
+        if task_id.encode() in message:
+            return module._redis.zscore("unacked_index", tag)
+    return None
 
 
 @pytest.fixture(scope="class")
@@ -103,7 +103,7 @@ class TestOneSoloWorkerOnBothQueues:
         module, _ = solo
         tag = uuid.uuid4().hex[:10]
         r = module.three_steps.delay(tag, 1.0)  # each step takes a second: the run waits
-        wait_for(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id])
+        wait_until(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id], "the run to wait on a")
         info = run_info(module.cache, r.id)
         assert info is not None and info.state == "suspended" and info.waiting_on == (f"{tag}:a",)
         assert result_of(r, timeout=60).value == [1, 1, 1]
@@ -139,8 +139,7 @@ class TestOneSoloWorkerOnBothQueues:
         assert not outcome.ok and outcome.error.type.endswith("StepWaitTimeout")
         assert repr(tag) in outcome.error.message and "'nobody'" in outcome.error.message
         assert "no worker has started it" in outcome.error.message
-        assert 3.0 <= waited < 30.0, waited  # block_timeout=3 s, measured end to end
-        print(f"blocking deadline 3 s: failed after {waited:.2f} s end to end")
+        assert waited >= 3.0, waited  # not before its block_timeout of 3 s
 
     def test_a_worker_on_both_queues_warns_about_blocking_workflows(self, solo) -> None:
         _, log = solo
@@ -200,20 +199,33 @@ def test_kill_9_while_suspended_and_while_replaying(redis_url, tmp_path) -> None
             tag = uuid.uuid4().hex[:10]
             r = module.pausing.delay(tag, 3.0, 60.0)
             # suspended on a (3 s on the steps worker): kill the workflow worker
-            wait_for(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id])
+            wait_until(
+                lambda: waiting_on(module.cache, f"{tag}:a") == [r.id], "the run to wait on a"
+            )
             os.kill(first.pid, signal.SIGKILL)
             first.proc.wait(timeout=10)
             second = flows("flows-2")
             running.append(second)
             wait_ready(module.app, [second])
             # a commits and resumes the run on the new worker, which pauses in the replay
-            pid = int(wait_for(lambda: module._redis.lindex(f"pids:{tag}:pause", 0), 60))
+            pid = int(
+                wait_until(
+                    lambda: module._redis.lindex(f"pids:{tag}:pause", 0), "the replay to pause"
+                )
+            )
             assert pid == second.pid
             os.kill(second.pid, signal.SIGKILL)  # killed while it replays
             second.proc.wait(timeout=10)
             # the Redis broker hands an unacknowledged message out again once it is older
             # than the visibility timeout; a starting worker looks at once
-            time.sleep(VISIBILITY + 1)
+            since = wait_until(
+                lambda: handed_out_at(module, r.id), "the killed replay's message to stay unacked"
+            )
+            wait_until(
+                lambda: time.time() - since > VISIBILITY,
+                f"the unacked message to be older than the {VISIBILITY} s visibility timeout",
+                interval=0.1,
+            )
             third = flows("flows-3")
             running.append(third)
             wait_ready(module.app, [third])

@@ -7,14 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,17 +89,22 @@ class CeleryWorker:
 def wait_ready(app: Celery, workers: list[CeleryWorker], timeout: float = 60.0) -> None:
     """Block until every worker answers a broadcast ping."""
     wanted = {w.name for w in workers}
-    deadline = time.monotonic() + timeout
     seen: set[str] = set()
-    while time.monotonic() < deadline:
+
+    def all_answered() -> bool:
         for w in workers:
             if not w.alive():
                 raise RuntimeError(f"worker {w.name} exited with {w.proc.returncode}")
         replies = app.control.ping(timeout=0.5) or []
-        seen |= {name for reply in replies for name in reply}
-        if wanted <= seen:
-            return
-    raise RuntimeError(f"workers not ready after {timeout} s: {sorted(wanted - seen)}")
+        seen.update(name for reply in replies for name in reply)
+        return wanted <= seen
+
+    wait_until(
+        all_answered,
+        lambda: f"workers to answer a ping; silent: {sorted(wanted - seen)}",
+        timeout=timeout,
+        interval=0,  # the ping itself waits half a second for replies
+    )
 
 
 @contextmanager

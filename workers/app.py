@@ -16,22 +16,23 @@ This folder is deployed next to the package (see workers/Dockerfile), not instal
 from __future__ import annotations
 
 import workflow_cache.workdir.celery_tasks  # noqa: F401  (flows run on this fleet too)
+from workflow_cache import Step
 from workflow_cache.distributed import workflow_task
 from workflow_cache.distributed.fleet import fleet_app
-from workflow_cache.settings import load
+from workflow_cache.settings import current
 
-settings = load()
+settings = current()
 
 app, cache = fleet_app("workflow_cache_workers", settings)
 
 
-@app.task(name="workers.fetch_user", shared=False)
+@app.task(name="workers.fetch_user", shared=False)  # type: ignore[untyped-decorator]
 def fetch_user(user_id: str) -> dict[str, str]:
     """An ordinary Celery task; workflows may use it as a step."""
     return {"id": user_id, "name": f"user {user_id}"}
 
 
-@workflow_task(app, name="workers.greet", queue=settings.workflow_queue)
-def greet(step, user_id: str) -> str:
+@workflow_task(app, name="workers.greet", queue=settings.workflow_queue)  # type: ignore[untyped-decorator]
+def greet(step: Step, user_id: str) -> str:
     user = step(fetch_user.s(user_id), key=f"user:{user_id}")
     return f"Hello {user['name']}"

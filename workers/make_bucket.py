@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 import time
 
-import fsspec
+import fsspec  # type: ignore[import-untyped]
 
-from workflow_cache.settings import load
+from workflow_cache.settings import current
 
 
 def main() -> int:
-    storage = load().storage or ""
+    storage = current().storage or ""
     if not storage.startswith("s3://"):
         print(f"WORKFLOW_CACHE_STORAGE is {storage!r}, not s3://...: no bucket to make")
         return 0

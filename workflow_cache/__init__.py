@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from workflow_cache.cache.base import CacheUnavailable
 from workflow_cache.duration import DurationError
 from workflow_cache.envelope import EnvelopeError, NotStorableError, UnsignedEnvelopeError
 from workflow_cache.events import StepEvent
 from workflow_cache.result import Err, Ok, Result, ResultError, UnexpectedError, err, ok
 from workflow_cache.step import CachingSkippedWarning, Step
+from workflow_cache.store import CacheUnavailable
 from workflow_cache.workflow import Workflow, create_workflow
 
 if TYPE_CHECKING:  # what __getattr__ below imports on first use, spelled out for type checkers

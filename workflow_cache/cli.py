@@ -155,12 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _apply_settings(args: argparse.Namespace, err: Console) -> None:
-    """Fill options left out from the one settings model; misspelt variables warn here."""
-    from workflow_cache.settings import SettingsWarning, load
+    """Read the process's settings now and fill options left out from them; misspelt
+    variables warn here, and a bad value stops the command before it starts."""
+    from workflow_cache.settings import SettingsWarning, reload
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SettingsWarning)
-        settings = load()
+        settings = reload()
     for warning in caught:
         if issubclass(warning.category, SettingsWarning):
             err.print(f"[yellow]warning:[/] {warning.message}", markup=True)
@@ -183,16 +184,14 @@ def _user_message(exc: Exception) -> str | None:
 
     from workflow_cache.admin.commands import UsageError
     from workflow_cache.duration import DurationError
-    from workflow_cache.settings import PREFIX
+    from workflow_cache.settings import error_line
     from workflow_cache.workdir.patterns import PatternError
     from workflow_cache.workdir.spec import FlowError
 
     if isinstance(exc, FlowError | CliError | PatternError | DurationError | UsageError):
         return str(exc)
     if isinstance(exc, ValidationError):  # a WORKFLOW_CACHE_* variable with a bad value
-        first = exc.errors()[0]
-        where = PREFIX + "_".join(str(p) for p in first["loc"]).upper()
-        return f"setting {where}: {first['msg']} (got {first.get('input')!r})"
+        return error_line(exc)
     if isinstance(exc, OSError | ValueError | TimeoutError | ConnectionError):
         return f"{type(exc).__name__}: {exc}"
     module = type(exc).__module__
@@ -338,8 +337,9 @@ def _summary_table(summary: Any, out: Console) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("task", overflow="fold")
     for column in ("status", "cache", "files", "size", "restore", "run", "save"):
-        justify = "left" if column in {"status", "cache"} else "right"
-        table.add_column(column, justify=justify, no_wrap=True)
+        table.add_column(
+            column, justify="left" if column in {"status", "cache"} else "right", no_wrap=True
+        )
     for task in summary.tasks:
         name = f"  {task.task_id}" if task.parent else task.task_id
         cached = task.cache if task.kind == "WorkingDirectory" else ""
@@ -409,10 +409,10 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
         out.print(table)
         return EXIT_OK
     if args.action == "show":
-        entry = cache.show(args.name)
-        if entry is None:
+        shown = cache.show(args.name)
+        if shown is None:
             raise CliError(f"no cache entry named {args.name!r} (see 'workflow-cache cache list')")
-        data = _entry_dict(entry)
+        data = _entry_dict(shown)
         if args.json:
             out.print_json(json.dumps(data))
         else:

@@ -9,22 +9,20 @@ What is read back is untrusted: :meth:`Envelope.loads` is the one way in. It
 bounds the size (:data:`MAX_BYTES`) and nesting depth (:data:`MAX_DEPTH`),
 checks every field's type and range with one pydantic model, and raises
 :class:`EnvelopeError` naming the key for anything else. With signing keys
-configured (:mod:`workflow_cache.signing`), stores write :meth:`Envelope.sealed`
-text, which carries an HMAC-SHA256 ``"sig"`` over the rest of the document and
-the key, and :meth:`Envelope.loads` refuses a missing or wrong signature with
-:class:`UnsignedEnvelopeError` before parsing anything.
+(a :class:`~workflow_cache.signing.Signer` given, else the process's own), stores
+write :meth:`Envelope.sealed` text, which carries an HMAC-SHA256 ``"sig"`` over the
+rest of the document and the key, and :meth:`Envelope.loads` refuses a missing or
+wrong signature with :class:`UnsignedEnvelopeError` before parsing anything.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from typing import Any
 
 from workflow_cache import signing
 from workflow_cache.duration import MAX_DURATION
@@ -39,7 +37,7 @@ _BATCH_ROW_LIMIT = MAX_DEPTH
 """The deepest nesting of lists and objects in a stored value."""
 SIGNATURE_PURPOSE = "workflow-cache step outcome v1"
 _SIG_START = '{"sig":"'
-_LATEST = 32503680000.0  # the year 3000, as a Unix time
+_LATEST = 32503680000.0  # the year 3000, as a Unix time (envelope_schema.LATEST too)
 _MAX_TTL_SECONDS = MAX_DURATION.total_seconds()
 _NUMBERS = (int, float)
 
@@ -60,53 +58,14 @@ class UnsignedEnvelopeError(EnvelopeError):
     """
 
 
-class _UnexpectedFields(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    type: str
-    message: str
-    traceback: str = ""
-
-
-class _Stored(BaseModel):
-    """The shape every stored envelope must have; extra fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    v: Literal[1]
-    status: Literal["ok", "err"]
-    value: Any = None
-    error: Any = None
-    unexpected: bool = False
-    created_at: Annotated[float, Field(ge=0, le=_LATEST, allow_inf_nan=False)] = 0.0
-    ttl: (
-        Annotated[float, Field(gt=0, le=MAX_DURATION.total_seconds(), allow_inf_nan=False)] | None
-    ) = None
-
-    @model_validator(mode="after")
-    def _error_shape(self) -> _Stored:
-        if self.unexpected:
-            if self.status != "err":
-                raise ValueError('"unexpected" is only allowed on an err outcome')
-            try:
-                _UnexpectedFields.model_validate(self.error)
-            except ValidationError:
-                raise ValueError(
-                    'the "error" of an unexpected outcome needs "type" and "message" text'
-                ) from None
-        return self
-
-
-@lru_cache(maxsize=256)
-def _adapter(returns: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(returns)
-
-
 def to_json_data(value: Any, returns: Any = None) -> Any:
     """Turn a value into JSON-ready data (pydantic models become dicts)."""
     if returns is not None:
-        return _adapter(returns).dump_python(value, mode="json")
-    if isinstance(value, BaseModel):
+        from workflow_cache.envelope_schema import adapter
+
+        return adapter(returns).dump_python(value, mode="json")
+    pydantic = sys.modules.get("pydantic")  # not loaded: the value cannot be one of its models
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     return value
 
@@ -192,15 +151,17 @@ class Envelope:
             )
         return text
 
-    def sealed(self, key: str) -> str:
-        """The text a shared store writes: :meth:`dumps`, signed when signing keys are set."""
+    def sealed(self, key: str, *, signer: signing.Signer | None = None) -> str:
+        """The text a shared store writes: :meth:`dumps`, signed when the signer has keys
+        (default: the process's signer)."""
         text = self.dumps(key)
-        token = signing.sign(SIGNATURE_PURPOSE, key, text.encode())
+        token = (signer or signing.default()).sign(SIGNATURE_PURPOSE, key, text.encode())
         return text if token is None else f'{_SIG_START}{token}",{text[1:]}'
 
     def detached(self, key: str) -> dict[str, Any]:
         """JSON-ready data that shares nothing with the caller's objects."""
-        return json.loads(self.dumps(key))
+        data: dict[str, Any] = json.loads(self.dumps(key))
+        return data
 
     @classmethod
     def from_data(cls, key: str, data: Any) -> Envelope:
@@ -220,8 +181,8 @@ class Envelope:
     def _plain(cls, data: dict[str, Any]) -> Envelope | None:
         """The common shape checked by hand (the hot path of every hit), else None.
 
-        Accepts only what ``_Stored`` accepts; anything else (an unexpected error, a
-        value out of bounds, NaN) takes the full check and its message.
+        Accepts only what ``envelope_schema.StoredEnvelope`` accepts; anything else (an
+        unexpected error, a value out of bounds, NaN) takes the full check and its message.
         """
         status = data.get("status")
         created = data.get("created_at", 0.0)
@@ -253,10 +214,11 @@ class Envelope:
         fast = cls._plain(data)
         if fast is not None:
             return fast
-        try:
-            stored = _Stored.model_validate(data)
-        except ValidationError as exc:
-            raise EnvelopeError(f"cache entry for key {key!r} {_first_problem(exc)}") from None
+        from workflow_cache.envelope_schema import check_stored
+
+        stored = check_stored(data)
+        if isinstance(stored, str):
+            raise EnvelopeError(f"cache entry for key {key!r} {stored}")
         return cls(
             status=stored.status,
             value=stored.value,
@@ -267,11 +229,13 @@ class Envelope:
         )
 
     @classmethod
-    def loads(cls, key: str, text: str | bytes) -> Envelope:
+    def loads(
+        cls, key: str, text: str | bytes, *, signer: signing.Signer | None = None
+    ) -> Envelope:
         """Parse and check stored text: the one way an envelope comes back from a store.
 
-        With signing keys configured, the signature is checked first, and a
-        missing or wrong one raises :class:`UnsignedEnvelopeError`.
+        When the signer (default: the process's) has keys, the signature is checked
+        first, and a missing or wrong one raises :class:`UnsignedEnvelopeError`.
         """
         if len(text) > MAX_BYTES:
             raise EnvelopeError(
@@ -282,8 +246,9 @@ class Envelope:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
                 raise EnvelopeError(f"cache entry for key {key!r} is not UTF-8 text") from None
-        if signing.enabled():
-            text = _verified(key, text)
+        signer = signer or signing.default()
+        if signer.enabled:
+            text = _verified(key, text, signer)
         try:
             data = json.loads(text)
         except RecursionError:
@@ -303,30 +268,37 @@ class Envelope:
         return cls._checked(key, data)
 
     @classmethod
-    def loads_many(cls, keys: Sequence[str], rows: Sequence[bytes | None]) -> list[Envelope | None]:
+    def loads_many(
+        cls,
+        keys: Sequence[str],
+        rows: Sequence[bytes | None],
+        *,
+        signer: signing.Signer | None = None,
+    ) -> list[Envelope | None]:
         """:meth:`loads` of each row (``None`` stays ``None``), parsing the JSON in one call.
 
         One parse of ``[row, row, ...]`` costs a third of a thousand separate ones. It is
         only trusted when it yields exactly one document per row; otherwise each row is
         parsed on its own, so a bad row is reported as :meth:`loads` reports it.
         """
+        signer = signer or signing.default()
         pairs = list(zip(keys, rows, strict=True))
         short = [raw for raw in rows if type(raw) is bytes and len(raw) <= _BATCH_ROW_LIMIT]
-        if len(short) < 2 or signing.enabled():  # signatures are checked row by row
-            return [None if raw is None else cls.loads(k, raw) for k, raw in pairs]
+        if len(short) < 2 or signer.enabled:  # signatures are checked row by row
+            return [None if raw is None else cls.loads(k, raw, signer=signer) for k, raw in pairs]
         try:
             parsed = json.loads(b"[" + b",".join(short) + b"]")
         except (ValueError, RecursionError):
             parsed = None
         if type(parsed) is not list or len(parsed) != len(short):
-            return [None if raw is None else cls.loads(k, raw) for k, raw in pairs]
+            return [None if raw is None else cls.loads(k, raw, signer=signer) for k, raw in pairs]
         documents = iter(parsed)
         return [
             None
             if raw is None
             else cls._checked(k, next(documents))
             if type(raw) is bytes and len(raw) <= _BATCH_ROW_LIMIT
-            else cls.loads(k, raw)
+            else cls.loads(k, raw, signer=signer)
             for k, raw in pairs
         ]
 
@@ -334,22 +306,25 @@ class Envelope:
         if self.status == "err":
             if not self.unexpected:
                 return err(self.error)
-            try:
-                fields = _UnexpectedFields.model_validate(self.error)
-            except ValidationError as exc:
-                raise EnvelopeError(f"cache entry for key {key!r} {_first_problem(exc)}") from None
+            from workflow_cache.envelope_schema import check_unexpected
+
+            fields = check_unexpected(self.error)
+            if isinstance(fields, str):
+                raise EnvelopeError(f"cache entry for key {key!r} {fields}")
             return err(UnexpectedError(fields.type, fields.message, fields.traceback))
         if returns is None:
             return ok(self.value)
+        from workflow_cache.envelope_schema import adapter
+
         try:
-            return ok(_adapter(returns).validate_python(self.value))
-        except ValidationError as exc:
+            return ok(adapter(returns).validate_python(self.value))
+        except ValueError as exc:  # pydantic's ValidationError
             raise EnvelopeError(
                 f"cached value for key {key!r} does not match returns={returns!r}: {exc}"
             ) from None
 
 
-def _verified(key: str, text: str) -> str:
+def _verified(key: str, text: str, signer: signing.Signer) -> str:
     """The envelope text under a valid signature; :class:`UnsignedEnvelopeError` otherwise."""
     if not text.startswith(_SIG_START):
         raise UnsignedEnvelopeError(
@@ -360,19 +335,10 @@ def _verified(key: str, text: str) -> str:
         raise UnsignedEnvelopeError(f"cache entry for key {key!r} has a malformed signature")
     payload = "{" + text[end + 2 :]
     try:
-        signing.verify(SIGNATURE_PURPOSE, key, payload.encode(), text[len(_SIG_START) : end])
+        signer.verify(SIGNATURE_PURPOSE, key, payload.encode(), text[len(_SIG_START) : end])
     except signing.SignatureError as exc:
         raise UnsignedEnvelopeError(f"cache entry for key {key!r}: {exc}") from None
     return payload
-
-
-def _first_problem(exc: ValidationError) -> str:
-    """One line for the first thing wrong in stored data, naming the field."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    if not where:
-        return f"is malformed: {first['msg'].removeprefix('Value error, ')}"
-    return f"has a bad {where!r} field: {first['msg']}"
 
 
 def _too_deep_text(text: str) -> bool:

@@ -5,6 +5,12 @@ switch ``prometheus_client`` to its multi-process mode first: under Celery's pre
 pool every child process writes its samples to files in one folder, and the endpoint
 that the worker's main process serves adds them up. Recording is always on and costs
 a dictionary lookup and an addition; nothing is served unless a port is configured.
+
+This module reads no environment and knows no upper layer: the folder (the
+``metrics_dir`` setting), the port and the names of the messages and tasks to count
+are given by the fleet app. ``enable_multiprocess`` is the one place that sets
+``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's own variable, which its value
+classes read.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,8 @@ __all__ = [
     "enable_multiprocess",
     "lookup",
     "message_sent",
+    "remove_made_dirs",
     "serve",
-    "watch_celery",
 ]
 
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -53,6 +58,7 @@ METRIC_NAMES = {
 _lock = threading.Lock()
 _metrics: dict[str, Any] | None = None
 _made_dirs: list[Path] = []
+_multiprocess_dir: Path | None = None
 
 
 def _made() -> dict[str, Any]:
@@ -152,15 +158,15 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
     """Share samples between the processes of one worker through files in ``directory``.
 
     Must run before the first sample is recorded (fleet apps call it at import time,
-    before the pool forks). A fresh temporary folder when none is given; an explicit
-    folder loses its sample files (``*.db``), because samples of a previous run would be
-    added to this one.
+    before the pool forks). Without ``directory``: the folder already in use, else a
+    fresh temporary one; an explicit folder loses its sample files (``*.db``), because
+    samples of a previous run would be added to this one.
     """
+    global _multiprocess_dir
     import prometheus_client.values as values
 
-    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if current and directory is None:
-        return Path(current)
+    if directory is None and _multiprocess_dir is not None:
+        return _multiprocess_dir
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="workflow-cache-metrics-"))
         _made_dirs.append(directory)  # removed when the worker shuts down
@@ -168,8 +174,9 @@ def enable_multiprocess(directory: Path | None = None) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.db"):
             stale.unlink(missing_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    values.ValueClass = values.get_value_class()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # for prometheus_client only
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    _multiprocess_dir = directory
     return directory
 
 
@@ -179,77 +186,14 @@ def serve(port: int, addr: str = "0.0.0.0") -> int:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = REGISTRY
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
+    if _multiprocess_dir is not None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry, path=str(_multiprocess_dir))  # type: ignore[no-untyped-call]
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     return int(server.server_port)
 
 
-def watch_celery(app: Any, *, port: int | None, addr: str = "0.0.0.0") -> None:
-    """Count the app's step messages and flows' archive work; serve metrics on ``port``.
-
-    The endpoint is started once the worker is up (``worker_init``), in the main
-    process, so prefork children never bind the port themselves.
-    """
-    from celery import signals
-
-    from workflow_cache.distributed.header import HEADER
-    from workflow_cache.workdir.celery_tasks import RUN_FLOW
-
-    def sent(headers: Any = None, routing_key: str = "", **_: Any) -> None:
-        step = headers.get(HEADER) if isinstance(headers, dict) else None
-        if isinstance(step, dict):  # a step message: the user's task with the step header
-            message_sent(str(step.get("ns", "")), routing_key or "")
-
-    def flow_done(sender: Any = None, retval: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == RUN_FLOW:
-            for task in _summary_tasks(retval):
-                if task.get("restored_bytes"):
-                    archive_transfer(
-                        "restore",
-                        int(task["restored_bytes"]),
-                        float(task.get("restore_seconds", 0)),
-                    )
-                if task.get("saved"):
-                    archive_transfer(
-                        "save", int(task.get("saved_bytes", 0)), float(task.get("save_seconds", 0))
-                    )
-
-    def started(**_: Any) -> None:
-        if port is not None:
-            bound = serve(port, addr)
-            log.info("workflow-cache metrics on http://%s:%d/metrics", addr, bound)
-
-    # One receiver per process however many apps are made (the first app's port wins).
-    def stopped(**_: Any) -> None:
-        for directory in _made_dirs:  # main process only: children never get this signal
-            shutil.rmtree(directory, ignore_errors=True)
-
-    signals.before_task_publish.connect(sent, weak=False, dispatch_uid=f"{__name__}.sent")
-    signals.worker_shutdown.connect(stopped, weak=False, dispatch_uid=f"{__name__}.stop")
-    signals.task_postrun.connect(flow_done, weak=False, dispatch_uid=f"{__name__}.flow")
-    if port is not None:
-        signals.worker_init.connect(started, weak=False, dispatch_uid=f"{__name__}.serve")
-
-
-def _summary_tasks(retval: Any) -> list[Mapping[str, Any]]:
-    if not isinstance(retval, Mapping):
-        return []
-    summary = retval.get("summary")
-    tasks = summary.get("tasks") if isinstance(summary, Mapping) else None
-    if not isinstance(tasks, list):
-        return []
-    good = []
-    for task in tasks:
-        if isinstance(task, Mapping):
-            try:
-                float(task.get("restore_seconds", 0))
-                float(task.get("save_seconds", 0))
-                int(task.get("restored_bytes", 0))
-                int(task.get("saved_bytes", 0))
-            except (TypeError, ValueError):
-                continue
-            good.append(task)
-    return good
+def remove_made_dirs() -> None:
+    """Delete the folders :func:`enable_multiprocess` made (at worker shutdown)."""
+    for directory in _made_dirs:
+        shutil.rmtree(directory, ignore_errors=True)

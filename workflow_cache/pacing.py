@@ -10,21 +10,22 @@ iteration, each batch sized to the slice at the cost per start measured so far. 
 loop never idles while starts wait, so a burst takes about as long as before; other
 work just gets a turn every ``slice``.
 
-The slice is the ``WORKFLOW_CACHE_ASYNC_SLICE`` setting (seconds, default 0.001; 0
-turns pacing off), read once per process.
+The slice is the ``async_slice`` of the process's settings (``WORKFLOW_CACHE_ASYNC_SLICE``,
+seconds, default 0.001; 0 turns pacing off), asked when a loop gets its pacer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import weakref
 from collections import deque
 from time import perf_counter
 
+from workflow_cache.defaults import DEFAULT_ASYNC_SLICE
+
 __all__ = ["DEFAULT_SLICE", "Pacer", "pacer"]
 
-DEFAULT_SLICE = 0.001
+DEFAULT_SLICE = DEFAULT_ASYNC_SLICE
 
 
 class Pacer:
@@ -84,11 +85,10 @@ class Pacer:
         asyncio.get_running_loop().call_soon(self._next_iteration)  # after the batch it let through
 
 
-@functools.cache
 def _configured_slice() -> float:
-    from workflow_cache import settings
+    from workflow_cache.settings import current  # loads with the first async workflow
 
-    return settings.load().async_slice
+    return current().async_slice
 
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = weakref.WeakKeyDictionary()
@@ -105,7 +105,9 @@ def pacer() -> Pacer | None:
     if last is not None and last[0]() is loop:
         return last[1]
     found = _pacers.get(loop)
-    if found is None and _configured_slice() > 0:
-        found = _pacers[loop] = Pacer(_configured_slice())
+    if found is None:
+        seconds = _configured_slice()
+        if seconds > 0:
+            found = _pacers[loop] = Pacer(seconds)
     _last = (weakref.ref(loop), found)
     return found

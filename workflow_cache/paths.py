@@ -1,22 +1,15 @@
-"""Where the embedded defaults keep their data on one machine."""
+"""Where the embedded defaults keep their data on one machine: folders under the settings' home."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
 def home() -> Path:
-    """``$WORKFLOW_CACHE_HOME``, else ``$XDG_CACHE_HOME/workflow-cache``, else ``~/.cache/...``.
+    """The ``home`` of the process's settings (``WORKFLOW_CACHE_HOME``, else the XDG cache)."""
+    from workflow_cache.settings import current  # loads when a default is first made
 
-    Read straight from the environment (the ``home`` field of ``Settings``): this is
-    called by every default cache, and the full settings model is not needed for it.
-    """
-    explicit = os.environ.get("WORKFLOW_CACHE_HOME")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "workflow-cache"
+    return current().home
 
 
 def steps_dir() -> Path:

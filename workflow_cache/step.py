@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any, Literal, Protocol, cast
 
 from workflow_cache import pacing
-from workflow_cache.cache.base import CacheUnavailable, ClaimingStore, OutcomeStore, can_claim
 from workflow_cache.dispatch import Dispatcher, is_signature, member_keys, no_dispatcher
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
@@ -26,6 +25,7 @@ from workflow_cache.events import EventHook, EventKind, StepEvent
 from workflow_cache.options import UNSET, StepDefaults, StepOptions, check_key, keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
 from workflow_cache.retries import RETRY_OPTIONS, retry_policy
+from workflow_cache.store import CacheUnavailable, ClaimingStore, OutcomeStore, can_claim
 from workflow_cache.timeouts import call_with_timeout, call_with_timeout_async
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from types import CoroutineType, FunctionType
 from typing import Any, overload
 
 from workflow_cache import pacing
-from workflow_cache.cache.base import OutcomeStore, as_store
 from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.events import EventHook
@@ -18,12 +17,26 @@ from workflow_cache.options import StepDefaults
 from workflow_cache.result import Result, ok
 from workflow_cache.retries import NO_RETRIES, retry_policy
 from workflow_cache.step import CachingSkippedWarning, EarlyExit, Step
+from workflow_cache.store import OutcomeStore, as_store
 
 
 class Workflow:
     """Call it with a function ``fn(step)`` or ``fn(step, deps)``; get a :class:`Result`.
 
-    An ``async def`` function makes the call awaitable.
+    An ``async def`` function makes the call awaitable. Made by ``create_workflow(deps, ...)``,
+    whose keywords are these:
+
+    ``cache``: a ``dict``, ``RedisCache``, ``LocalCache``, any object with
+    get/set/has/delete methods (sync or async), or ``None`` for no caching.
+    ``ttl``: default lifetime of stored outcomes (seconds, ``timedelta`` or ``"PT1H"``).
+    ``cache_errors``: keep ``err`` outcomes (default True).
+    ``cache_exceptions``: keep exceptions that escaped a thunk (default False: a
+    dropped connection should be retried, not remembered).
+    ``on_event``: called with a :class:`StepEvent` as steps start, hit, miss and end.
+    ``dispatcher``: sends some steps elsewhere, e.g. ``CeleryDispatcher`` for signatures.
+    ``retries``, ``retry_delay``, ``retry_backoff``, ``retry_jitter``, ``timeout``:
+    defaults for local steps (see ``step(...)``); a Celery task keeps its own options.
+    Any other option is a ``TypeError`` naming it.
     """
 
     def __init__(
@@ -115,49 +128,8 @@ class Workflow:
         )
 
 
-def create_workflow(
-    deps: Any = None,
-    *,
-    cache: Any = None,
-    ttl: TTL | None = None,
-    cache_errors: bool = True,
-    cache_exceptions: bool = False,
-    on_event: EventHook | None = None,
-    dispatcher: Dispatcher | None = None,
-    retries: int = 0,
-    retry_delay: TTL | None = 0,
-    retry_backoff: float = 1.0,
-    retry_jitter: float = 0.0,
-    timeout: TTL | None = None,
-) -> Workflow:
-    """Make a workflow whose keyed steps are stored in ``cache``.
-
-    ``cache``: a ``dict``, ``RedisCache``, ``LocalCache``, any object with
-    get/set/has/delete methods (sync or async), or ``None`` for no caching.
-    ``ttl``: default lifetime of stored outcomes (seconds, ``timedelta`` or ``"PT1H"``).
-    ``cache_errors``: keep ``err`` outcomes (default True).
-    ``cache_exceptions``: keep exceptions that escaped a thunk (default False: a
-    dropped connection should be retried, not remembered).
-    ``on_event``: called with a :class:`StepEvent` as steps start, hit, miss and end.
-    ``dispatcher``: sends some steps elsewhere, e.g. ``CeleryDispatcher`` for signatures.
-    ``retries``, ``retry_delay``, ``retry_backoff``, ``retry_jitter``, ``timeout``:
-    defaults for local steps (see ``step(...)``); a Celery task keeps its own options.
-    Any other option is a ``TypeError`` naming it.
-    """
-    return Workflow(
-        deps,
-        cache=cache,
-        ttl=ttl,
-        cache_errors=cache_errors,
-        cache_exceptions=cache_exceptions,
-        on_event=on_event,
-        dispatcher=dispatcher,
-        retries=retries,
-        retry_delay=retry_delay,
-        retry_backoff=retry_backoff,
-        retry_jitter=retry_jitter,
-        timeout=timeout,
-    )
+create_workflow = Workflow
+"""``create_workflow(deps, cache=..., ...)`` makes a :class:`Workflow`; its keywords are there."""
 
 
 _MARKABLE = hasattr(inspect, "markcoroutinefunction")

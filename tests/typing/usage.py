@@ -1,4 +1,4 @@
-"""How the public API reads to a type checker; checked by tests/test_typing.py with mypy --strict."""
+"""The public API as a type checker reads it; tests/test_typing.py runs mypy --strict on it."""
 
 from typing import Any, assert_type
 

@@ -108,16 +108,12 @@ def register_prune(actions: Any, storage_option: Any) -> None:
 
 def _open(args: argparse.Namespace) -> Any:
     from workflow_cache.admin.outcomes import LocalOutcomes, RedisOutcomes
-    from workflow_cache.settings import load
+    from workflow_cache.settings import current
 
-    settings = load()
+    settings = current()
     url = args.redis
     if url is None and args.local is None:
-        url = settings.cache_url or (
-            settings.broker
-            if (settings.broker or "").startswith(("redis://", "rediss://"))
-            else None
-        )
+        url = settings.configured_cache
     if url is not None and args.local is None:
         from workflow_cache.cache.redis import RedisCache
 
@@ -257,13 +253,15 @@ def _duration(seconds: float | None) -> str:
 def run_prune(args: argparse.Namespace, out: Console) -> int:
     from workflow_cache.admin.archives import prune
     from workflow_cache.duration import to_timedelta
-    from workflow_cache.settings import load
+    from workflow_cache.settings import current
     from workflow_cache.workdir.filecache import FileCache
 
     max_age = to_timedelta(args.max_age, name="--max-age") if args.max_age else None
     grace = to_timedelta(args.grace, name="--grace")
     max_bytes = (
-        parse_size(args.max_size, name="--max-size") if args.max_size else load().max_storage_bytes
+        parse_size(args.max_size, name="--max-size")
+        if args.max_size
+        else current().max_storage_bytes
     )
     started = time.perf_counter()
     report = prune(

@@ -171,7 +171,7 @@ class RedisOutcomes(Outcomes):
     def page(self, prefix: str = "", cursor: str = "0", count: int = 100) -> Page:
         """One ``SCAN`` call's worth of step keys starting with ``prefix``."""
         pattern = f"{escape_glob(self._base)}{{{escape_glob(prefix)}*"
-        with self.cache._reaching:
+        with self.cache.reaching:
             next_cursor, names = self.client.scan(int(cursor), match=pattern, count=count)
             keys: dict[str, set[str]] = {}
             for name in names:
@@ -221,7 +221,7 @@ class RedisOutcomes(Outcomes):
         return infos
 
     def show(self, key: str) -> OutcomeInfo | None:
-        with self.cache._reaching:
+        with self.cache.reaching:
             return self._describe([key], [True])[0]
 
     def delete(self, key: str) -> bool:
@@ -231,7 +231,7 @@ class RedisOutcomes(Outcomes):
     def delete_prefix(self, prefix: str) -> int:
         pattern = f"{escape_glob(self._base)}{{{escape_glob(prefix)}*"
         removed = 0
-        with self.cache._reaching:
+        with self.cache.reaching:
             batch: list[Any] = []
             for name in self.client.scan_iter(match=pattern, count=500):
                 split = self._split(name)
@@ -249,7 +249,7 @@ class RedisOutcomes(Outcomes):
 
     def stats(self, prefix: str = "") -> Stats:
         stats = super().stats(prefix)
-        with self.cache._reaching:
+        with self.cache.reaching:
             memory = self.client.info("memory")
             try:
                 policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")

@@ -46,22 +46,21 @@ fencing then relies on the owner part of the token (hostname:pid:uuid), so a hol
 paused for more than a week could only be confused with a claim made by the very same
 ``SingleFlight`` instance.  Pass ``epoch_ttl_ms=None`` to ``Claims`` to keep epochs forever.
 
-Outcomes are opaque ``bytes`` here (the JSON envelope lives elsewhere); nothing is
-pickled.
+The protocol itself (which script, which keys, what each reply means, how long to
+wait) is written once, without I/O, in ``protocol.py``; this module is its blocking
+driver and ``aio.py`` its asyncio driver.  Outcomes are opaque ``bytes`` here (the
+JSON envelope lives elsewhere); nothing is pickled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-import socket
 import threading
-import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -69,12 +68,40 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from workflow_cache.cache.base import CacheUnavailable
-from workflow_cache.cache.clients import client_from_url, describe, pool_of, read_many
+from workflow_cache.cache.clients import (
+    client_from_url,
+    describe,
+    pool_of,
+    pubsub_connection,
+    read_many,
+)
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
-from workflow_cache.cache.lua import script
-from workflow_cache.cache.notices import NOTICE_OUTCOME, Listener, Notices, Watch
+from workflow_cache.cache.lua import register
+from workflow_cache.cache.notices import Listener, Notices, Watch
+from workflow_cache.cache.protocol import (
+    EPOCH_TTL_MS,
+    LAST_TTL_MS,
+    SCRIPTS,
+    Call,
+    Claimed,
+    ClaimState,
+    ClaimTimeout,
+    Done,
+    Effect,
+    Hold,
+    Plan,
+    Rules,
+    Running,
+    Subscribe,
+    as_bytes,
+    claim_state,
+    default_owner,
+    performed,
+)
+from workflow_cache.cache.reaching import Reaching
+from workflow_cache.drive import drive_sync
+from workflow_cache.store import CacheUnavailable
 
 __all__ = [
     "EPOCH_TTL_MS",
@@ -86,111 +113,17 @@ __all__ = [
     "Done",
     "Holder",
     "Notices",
+    "Reaching",
     "Running",
     "SingleFlight",
+    "claim_state",
     "connect",
+    "default_owner",
 ]
 
 log = logging.getLogger(__name__)
 
-EPOCH_TTL_MS = 7 * 24 * 3600 * 1000
-"""Expiry of a step's epoch key, refreshed at each claim (see the module docstring)."""
-
-LAST_TTL_MS = 60_000
-"""How long an outcome that is not kept stays readable by the callers that waited for it
-(``Keys.last``), in case its notice did not reach them."""
-
-
 _T = TypeVar("_T")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ClaimTimeout(TimeoutError):
-    """``acquire`` gave up: another holder kept the step running past the caller's timeout."""
-
-
-# --------------------------------------------------------------------------- states
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """The step has an outcome; nobody needs to run it."""
-
-    outcome: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Running:
-    """Another owner holds the claim; its lease runs out in ``remaining_ms`` unless renewed."""
-
-    owner: str
-    remaining_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """The caller holds the claim: ``token`` is ``"<owner>|<epoch>"``."""
-
-    token: str
-    epoch: int
-
-    @property
-    def owner(self) -> str:
-        return self.token.rpartition("|")[0]
-
-
-ClaimState = Done | Running | Claimed
-
-
-# --------------------------------------------------------------------------- scripts
-
-
-def _as_bytes(value: bytes | str | memoryview) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return bytes(value)
-
-
-def _as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def out_of_memory(where: str) -> str:
-    """The message for a write Redis refused because ``maxmemory`` is reached."""
-    return (
-        f"Redis at {where} refused a write: out of memory (maxmemory reached under a "
-        "noeviction policy); nothing was stored"
-    )
-
-
-class Reaching:
-    """``with reaching:`` turns a lost or full Redis into :class:`CacheUnavailable`.
-
-    A wrong password stays ``redis.AuthenticationError``: a configuration error, not an
-    outage to fall back from. One reusable object per client: a generator-based context
-    manager would cost about a microsecond on every read.
-    """
-
-    __slots__ = ("where",)
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, redis.AuthenticationError):
-            return False
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise CacheUnavailable(f"cannot reach Redis at {self.where}: {exc}") from exc
-        if isinstance(exc, redis.OutOfMemoryError):
-            raise CacheUnavailable(out_of_memory(self.where)) from exc
-        return False
 
 
 def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
@@ -206,40 +139,33 @@ def connect(url: str, *, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
 
 
 class Claims:
-    """The four protocol scripts bound to one client (registered once, run by EVALSHA)."""
+    """The protocol's scripts bound to one blocking client (registered once, run by
+    EVALSHA): what performs a plan's :class:`Call`."""
 
     def __init__(self, client: redis.Redis, *, epoch_ttl_ms: int | None = EPOCH_TTL_MS) -> None:
         self.client = client
         self.where = describe(client)
-        self._reaching = Reaching(self.where)
+        self.reaching = Reaching(self.where)
         self._epoch_ttl_ms = int(epoch_ttl_ms or 0)
-        self._claim = client.register_script(script("claim"))
-        self._renew = client.register_script(script("renew"))
-        self._commit = client.register_script(script("commit"))
-        self._release = client.register_script(script("release"))
+        self._scripts = register(client, SCRIPTS)
 
     def call(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn``; a connection failure is ``CacheUnavailable`` naming the server."""
-        with self._reaching:
+        with self.reaching:
             return fn()
+
+    def run(self, call: Call) -> Any:
+        """The reply of one script call."""
+        with self.reaching:
+            return self._scripts[call.script](keys=call.keys, args=call.args)
 
     def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
         """Done, Running or Claimed (one atomic script)."""
-        if lease_ms <= 0:
-            raise ValueError(f"lease_ms must be positive, got {lease_ms}")
-        reply = self.call(
-            lambda: self._claim(
-                keys=[keys.out, keys.lock, keys.epoch],
-                args=[owner, int(lease_ms), self._epoch_ttl_ms],
-            )
-        )
-        return claim_state(reply)
+        return claim_state(self.run(Rules.claim(keys, owner, lease_ms, self._epoch_ttl_ms)))
 
     def renew(self, keys: Keys, claim: Claimed, lease_ms: int) -> bool:
         """Extend the lease to ``lease_ms`` from now, if ``claim`` still holds the lock."""
-        return bool(
-            self.call(lambda: self._renew(keys=[keys.lock], args=[claim.token, int(lease_ms)]))
-        )
+        return bool(self.run(Rules.renew(keys, claim, lease_ms)))
 
     def commit(
         self,
@@ -249,96 +175,19 @@ class Claims:
         ttl_ms: int | None = None,
         keep: bool = True,
     ) -> bool:
-        """Fenced: store (if ``keep``) and announce ``outcome``, drop the lock; False if refused."""
-        return self.commit_reply(keys, claim, outcome, ttl_ms, keep) > 0
-
-    def commit_reply(
-        self,
-        keys: Keys,
-        claim: Claimed,
-        outcome: bytes | str,
-        ttl_ms: int | None = None,
-        keep: bool = True,
-    ) -> int:
-        """As :meth:`commit`: 0 refused, 1 committed, 2 committed with workflows to resume."""
-        args = commit_args(keys, claim, outcome, ttl_ms, keep)
-        return int(
-            self.call(
-                lambda: self._commit(
-                    keys=[keys.out, keys.lock, keys.epoch, keys.last, keys.waiters, keys.handoff],
-                    args=args,
-                )
-            )
-            or 0
-        )
+        """Fenced: store (if ``keep``) and announce ``outcome``, drop the lock; False if refused
+        (2 from the script: committed, with workflows to resume)."""
+        return int(self.run(Rules.commit(keys, claim, outcome, ttl_ms, keep)) or 0) > 0
 
     def release(self, keys: Keys, claim: Claimed) -> bool:
         """Give the claim up without an outcome; waiters are told to claim again at once."""
-        return bool(
-            self.call(lambda: self._release(keys=[keys.lock], args=[claim.token, keys.channel]))
-        )
-
-
-def wait_for_holder(
-    state: Running,
-    lease_ms: int,
-    margin_s: float,
-    deadline: float | None,
-    key: str,
-    keyspace: KeySpace,
-    timeout: float | None,
-) -> float:
-    """Seconds to wait for ``state``'s holder: its lease left plus a margin, within the
-    caller's deadline; past the deadline, ``ClaimTimeout`` naming the key and holder."""
-    remaining = state.remaining_ms if state.remaining_ms >= 0 else lease_ms
-    wait = remaining / 1000 + margin_s
-    if deadline is None:
-        return wait
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise ClaimTimeout(
-            f"step {key!r} in namespace {keyspace.namespace!r} is still "
-            f"running under {state.owner!r} after {timeout:g} s"
-        )
-    return min(wait, left)
-
-
-def claim_state(reply: Any) -> ClaimState:
-    """The reply of the ``claim`` script as Done, Running or Claimed."""
-    kind = _as_str(reply[0])
-    if kind == "done":
-        return Done(_as_bytes(reply[1]))
-    if kind == "running":
-        return Running(owner=_as_str(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
-    return Claimed(token=_as_str(reply[1]), epoch=int(reply[2]))
-
-
-def commit_args(
-    keys: Keys, claim: Claimed, outcome: bytes | str, ttl_ms: int | None, keep: bool
-) -> list[Any]:
-    """ARGV of the ``commit`` script (shared by the blocking and the asyncio clients)."""
-    if ttl_ms is not None and ttl_ms <= 0:
-        raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
-    return [
-        claim.token,
-        claim.epoch,
-        _as_bytes(outcome),
-        int(ttl_ms or 0),
-        1 if keep else 0,
-        keys.channel,
-        LAST_TTL_MS,
-    ]
+        return bool(self.run(Rules.release(keys, claim)))
 
 
 # --------------------------------------------------------------------------- single flight
 
 
-def default_owner() -> str:
-    """``hostname:pid:uuid``: unique per instance, readable in ``Running.owner``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-class Holder:
+class Holder(Hold):
     """The caller runs the step: commit its outcome, or release (leaving the block releases).
 
     The flight's renewer thread renews the lease every lease/3 while the holder is open.
@@ -348,79 +197,30 @@ class Holder:
     """
 
     def __init__(self, flight: SingleFlight, key: str, keys: Keys, claim: Claimed) -> None:
-        self.key = key
-        self.keys = keys
-        self.claim = claim
+        super().__init__(flight.rules, key, keys, claim)
         self._flight = flight
-        self._lost = False
-        self._finished = False
-        self.handed_over = False
-        """True once a commit found workflows waiting to be resumed (``hand_over``)."""
-        self._last_renewed = time.monotonic()
-        flight._renewer().add(self)
+        flight.renewer().add(self)
 
-    @property
-    def token(self) -> str:
-        return self.claim.token
+    def _run(self, plan: Plan[_T]) -> _T:
+        return drive_sync(performed(plan, self._flight.perform))
 
-    @property
-    def epoch(self) -> int:
-        return self.claim.epoch
-
-    @property
-    def lost(self) -> bool:
-        """True once the lease is known to be gone (renewal refused or Redis silent a lease)."""
-        return self._lost
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def __repr__(self) -> str:
-        return f"Holder(key={self.key!r}, token={self.token!r}, lost={self._lost})"
-
-    def _renew(self) -> None:
+    def renew(self) -> None:
         """One renewal, called by the flight's renewer thread every lease/3."""
-        flight = self._flight
-        try:
-            ok = flight.claims.renew(self.keys, self.claim, flight.lease_ms)
-        except CacheUnavailable as exc:
-            if time.monotonic() - self._last_renewed < flight.lease:
-                return
-            log.warning("lease of %r lost: %s", self.key, exc)
-            ok = False
-        if self._finished:
-            return
-        if not ok:
-            self._lost = True
-            flight._renewer().discard(self)
-            return
-        self._last_renewed = time.monotonic()
+        if not self._run(self.renewing()):
+            self._flight.renewer().discard(self)
 
-    def _finish(self) -> None:
-        if self._finished:
-            raise RuntimeError(f"the claim on {self.key!r} was already committed or released")
-        self._finished = True
-        self._flight._renewer().discard(self)
+    def finish(self) -> None:
+        super().finish()
+        self._flight.renewer().discard(self)
 
     def commit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
-        """Store (if ``keep``) and announce ``outcome``; False if a successor took over.
+        """Store (if ``keep``) and announce ``outcome``; False if a successor took over
+        (see :meth:`Hold.committing`)."""
+        return self._run(self.committing(outcome, ttl_ms, keep))
 
-        A commit Redis refuses (out of memory) or cannot take raises ``CacheUnavailable``
-        after releasing the claim where it can: a refused write is no outcome, and
-        waiters are told now rather than when the lease runs out.
-        """
-        self._finish()
-        try:
-            reply = self._flight.claims.commit_reply(self.keys, self.claim, outcome, ttl_ms, keep)
-        except CacheUnavailable:
-            with contextlib.suppress(CacheUnavailable):
-                self._flight.claims.release(self.keys, self.claim)
-            raise
-        self.handed_over = reply == 2
-        if not reply:
-            self._lost = True
-        return reply > 0
+    def release(self) -> bool:
+        """Give up without an outcome so a waiter runs the step now; False if already lost."""
+        return self._run(self.releasing())
 
     def abandon(self) -> None:
         """Stop renewing without releasing: the claim ends when its lease runs out.
@@ -428,15 +228,7 @@ class Holder:
         For a process being torn down (terminated, shutting down): whoever ends it may
         still record an outcome for the claim, and waiters take over after the lease.
         """
-        self._finish()
-
-    def release(self) -> bool:
-        """Give up without an outcome so a waiter runs the step now; False if already lost."""
-        self._finish()
-        ok = self._flight.claims.release(self.keys, self.claim)
-        if not ok:
-            self._lost = True
-        return ok
+        self.finish()
 
     def __enter__(self) -> Self:
         return self
@@ -447,7 +239,7 @@ class Holder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._finished:
+        if not self.finished:
             try:
                 self.release()
             except CacheUnavailable:
@@ -465,10 +257,8 @@ class SingleFlight:
     thread-safe); after ``fork`` the child transparently opens its own pub/sub connection.
     """
 
-    #: Added to a holder's remaining lease before a waiter re-checks the claim.
-    MARGIN_S = 0.025
-    #: Longest wait for the server to confirm a subscription before claiming anyway.
-    CONFIRM_S = 2.0
+    MARGIN_S = Rules.MARGIN_S
+    CONFIRM_S = Rules.CONFIRM_S
 
     def __init__(
         self,
@@ -478,18 +268,17 @@ class SingleFlight:
         lease: float = 5.0,
         owner: str | None = None,
     ) -> None:
-        if lease <= 0:
-            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.client = client
         self.keyspace = keyspace if isinstance(keyspace, KeySpace) else KeySpace(keyspace)
-        self.lease = float(lease)
-        self.lease_ms = max(1, round(lease * 1000))
-        self.owner = owner or default_owner()
+        self.rules = Rules(self.keyspace.namespace, lease=lease, owner=owner)
+        self.lease = self.rules.lease
+        self.lease_ms = self.rules.lease_ms
+        self.owner = self.rules.owner
         self.claims = Claims(client)
         self._listener_lock = threading.Lock()
         self._listener: Listener | None = None
         self._listener_pid = os.getpid()
-        self._renewer_obj: Renewer | None = None
+        self._renewer: Renewer | None = None
         self._renewer_pid = os.getpid()
 
     @classmethod
@@ -509,29 +298,15 @@ class SingleFlight:
     def where(self) -> str:
         return self.claims.where
 
-    # -- pub/sub
-
-    def _make_pubsub_connection(self) -> Any:
-        pool = pool_of(self.client)
-        kwargs = dict(pool.connection_kwargs)
-        if "maint_notifications_config" in kwargs:  # redis-py >= 6.3, RESP3-only feature
-            kwargs.pop("maint_notifications_pool_handler", None)
-            kwargs["maint_notifications_config"] = None
-        kwargs.update(
-            decode_responses=False,
-            protocol=2,  # messages as plain replies, not RESP3 pushes
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 0),  # the listener retries
-            health_check_interval=0,
-        )
-        return pool.connection_class(**kwargs)
-
-    def _renewer(self) -> Renewer:
+    def renewer(self) -> Renewer:
+        """The thread renewing this flight's open holders (this process's own)."""
         with self._listener_lock:
-            if self._renewer_pid != os.getpid() or self._renewer_obj is None:
-                self._renewer_obj, self._renewer_pid = Renewer(self.lease / 3), os.getpid()
-            return self._renewer_obj
+            if self._renewer_pid != os.getpid() or self._renewer is None:
+                self._renewer, self._renewer_pid = Renewer(self.lease / 3), os.getpid()
+            return self._renewer
 
-    def _notifier(self) -> Listener:
+    def notifier(self) -> Listener:
+        """The listener of this flight's notices (this process's own)."""
         with self._listener_lock:
             if self._listener_pid != os.getpid():  # forked: the parent's thread is not here
                 self._listener, self._listener_pid = None, os.getpid()
@@ -541,43 +316,41 @@ class SingleFlight:
                 weakref.finalize(self, self._listener.close)
             return self._listener
 
-    # -- the protocol
+    def _make_pubsub_connection(self) -> Any:
+        return pubsub_connection(
+            pool_of(self.client), Retry(ExponentialBackoff(cap=0.05, base=0.01), 0)
+        )
+
+    # -- the driver
+
+    def perform(self, effect: Effect, watching: list[tuple[Listener, Watch]] | None = None) -> Any:
+        """Do what ``effect`` says, blocking; ``watching`` keeps one acquire's watch."""
+        if isinstance(effect, Call):
+            return self.claims.run(effect)
+        assert watching is not None, "only acquire subscribes or listens"
+        if isinstance(effect, Subscribe):
+            listener = self.notifier()
+            watch = listener.watch(effect.channel)
+            watching.append((listener, watch))
+            listener.wait_live(watch, effect.confirm_s)
+            return None
+        return watching[-1][1].get(effect.seconds)
 
     def acquire(self, key: str, *, timeout: float | None = None) -> Done | Holder:
         """``Done(outcome)`` if the step has (or gets) an outcome, else a ``Holder`` to run it.
 
-        Waits while another owner holds the claim: woken by its commit (returning its
-        outcome, kept or not) or release (claiming at once), or by its lease running out
-        (claiming in its place).  ``timeout`` seconds (None = no limit, 0 = do not wait)
-        bound the wait; past it ``ClaimTimeout`` is raised.
+        Waits while another owner holds the claim (see ``Rules.acquire``); ``timeout``
+        seconds (None = no limit, 0 = do not wait) bound the wait; past it
+        ``ClaimTimeout`` is raised.
         """
         keys = self.keyspace.for_step(key)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        state = self.claims.claim(keys, self.owner, self.lease_ms)
-        if not isinstance(state, Running):  # the common cases need no subscription
-            return self._wrap(key, keys, state)
-        listener = self._notifier()
-        watch = listener.watch(keys.channel)
+        watching: list[tuple[Listener, Watch]] = []
+        perform = functools.partial(self.perform, watching=watching)
         try:
-            # Subscribed (and confirmed) *before* the claim we wait on: a commit landing
-            # between that claim and the wait is still delivered to our mailbox.
-            confirm = self.CONFIRM_S if deadline is None else max(0.0, deadline - time.monotonic())
-            listener.wait_live(watch, min(confirm, self.CONFIRM_S))
-            while True:
-                state = self.claims.claim(keys, self.owner, self.lease_ms)
-                if not isinstance(state, Running):
-                    return self._wrap(key, keys, state)
-                wait = wait_for_holder(
-                    state, self.lease_ms, self.MARGIN_S, deadline, key, self.keyspace, timeout
-                )
-                notice = watch.get(wait)
-                if notice is not None and notice[:1] == NOTICE_OUTCOME:
-                    return Done(notice[1:])
-                # released, lease ran out, or deadline: claim again (or time out)
+            state = drive_sync(performed(self.rules.acquire(key, keys, timeout), perform))
         finally:
-            listener.unwatch(watch)
-
-    def _wrap(self, key: str, keys: Keys, state: Done | Claimed) -> Done | Holder:
+            for listener, watch in watching:
+                listener.unwatch(watch)
         if isinstance(state, Done):
             return state
         return Holder(self, key, keys, state)
@@ -586,7 +359,7 @@ class SingleFlight:
         """The stored outcome of ``key``, or None."""
         out = self.keyspace.for_step(key).out
         value = self.claims.call(lambda: self.client.get(out))
-        return None if value is None else _as_bytes(value)
+        return None if value is None else as_bytes(value)
 
     def read_many(self, keys: Iterable[str]) -> list[bytes | None]:
         """Stored outcomes of ``keys`` in order (one MGET)."""
@@ -594,14 +367,14 @@ class SingleFlight:
         if not outs:
             return []
         values: Sequence[Any] = self.claims.call(lambda: read_many(self.client, outs))
-        return [None if v is None else _as_bytes(v) for v in values]
+        return [None if v is None else as_bytes(v) for v in values]
 
     @contextlib.contextmanager
     def watch_many(self, keys: Iterable[str]) -> Iterator[Notices]:
         """Subscribe to the channels of ``keys`` (confirmed) for a caller that waits without
         claiming, e.g. a producer that sent the work to a worker: subscribe, send, then wait.
         """
-        listener = self._notifier()
+        listener = self.notifier()
         watches: dict[str, Watch] = {}
         try:
             for key in keys:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -57,7 +57,8 @@ def _hosts(url: str, what: str) -> list[tuple[str, int]]:
 
 def _cluster_client(url: str, **kwargs: Any) -> redis.Redis:
     parts = urlsplit(url)
-    nodes = [ClusterNode(host, port) for host, port in _hosts(url, "cluster nodes")]
+    hosts = _hosts(url, "cluster nodes")
+    nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call]
     if parts.path.strip("/") not in ("", "0"):
         raise BadRedisURL(f"{redact(url)}: a Redis Cluster has only database 0")
     password = unquote(parts.password) if parts.password else None
@@ -80,10 +81,13 @@ def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     }
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"][0]
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username else None
-    return manager.master_for(service, db=db, password=password, username=username, **kwargs)
+    primary = manager.master_for(  # type: ignore[no-untyped-call]
+        service, db=db, password=password, username=username, **kwargs
+    )
+    return cast(redis.Redis, primary)
 
 
 def is_cluster(client: Any) -> bool:
@@ -118,12 +122,24 @@ def pool_of(client: Any) -> Any:
     return client.connection_pool
 
 
+def pubsub_connection(pool: Any, retry: Any) -> Any:
+    """A connection of ``pool``'s kind and address, for notices only, outside the pool:
+    RESP2 (messages as plain replies, not RESP3 pushes), raw bytes, no health checks,
+    and ``retry`` (the listener reconnects by itself)."""
+    kwargs = dict(pool.connection_kwargs)
+    if "maint_notifications_config" in kwargs:  # redis-py >= 6.3, RESP3-only feature
+        kwargs.pop("maint_notifications_pool_handler", None)
+        kwargs["maint_notifications_config"] = None
+    kwargs.update(decode_responses=False, protocol=2, retry=retry, health_check_interval=0)
+    return pool.connection_class(**kwargs)
+
+
 def describe(client: redis.Redis) -> str:
     """Where ``client`` points, for messages, without credentials."""
     if is_cluster(client):
         nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_primaries())  # type: ignore[attr-defined]
         return f"{CLUSTER_SCHEME}://{nodes}"
-    pool = client.connection_pool
+    pool: Any = client.connection_pool  # a SentinelConnectionPool has more than its type says
     service = getattr(pool, "service_name", None)
     kwargs = pool.connection_kwargs
     db = kwargs.get("db", 0)

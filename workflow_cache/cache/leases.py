@@ -13,7 +13,7 @@ __all__ = ["Renewer"]
 
 
 class Renewable(Protocol):
-    def _renew(self) -> None: ...
+    def renew(self) -> None: ...
 
 
 class Renewer:
@@ -51,7 +51,7 @@ class Renewer:
                         return
                 for holder in holders:
                     try:
-                        holder._renew()
+                        holder.renew()
                     except Exception as exc:  # one odd reply must not end every renewal
                         log.warning("lease renewal of %r failed: %s", holder, exc)
         finally:

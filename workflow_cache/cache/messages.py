@@ -38,19 +38,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workflow_cache.cache.claims import (
-    EPOCH_TTL_MS,
-    LAST_TTL_MS,
-    Claimed,
-    Done,
-    Holder,
-    Running,
-    SingleFlight,
-    default_owner,
-)
+from workflow_cache.cache.claims import Holder, SingleFlight
 from workflow_cache.cache.clients import in_one_trip
 from workflow_cache.cache.keys import Keys
-from workflow_cache.cache.lua import script
+from workflow_cache.cache.lua import register
+from workflow_cache.cache.protocol import (
+    EPOCH_TTL_MS,
+    LAST_TTL_MS,
+    Done,
+    Running,
+    as_bytes,
+    as_text,
+    claim_state,
+    default_owner,
+)
 
 __all__ = ["Busy", "Send", "StepMessages", "parked_value"]
 
@@ -87,11 +88,11 @@ class StepMessages:
 
     def __init__(self, flight: SingleFlight) -> None:
         self.flight = flight
-        client = flight.client
-        self._enqueue = client.register_script(script("enqueue"))
-        self._start = client.register_script(script("start"))
-        self._park = client.register_script(script("park"))
-        self._fail = client.register_script(script("fail_task"))
+        scripts = register(flight.client, ("enqueue", "start", "park", "fail_task"))
+        self._enqueue = scripts["enqueue"]
+        self._start = scripts["start"]
+        self._park = scripts["park"]
+        self._fail = scripts["fail_task"]
 
     def keys(self, key: str) -> Keys:
         return self.flight.keyspace.for_step(key)
@@ -144,16 +145,15 @@ class StepMessages:
                 args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id],
             )
         )
-        kind = _text(reply[0])
-        if kind == "done":
-            return Done(b"")
-        if kind == "running":
-            return Running(owner=_text(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
-        return Holder(flight, key, k, Claimed(token=_text(reply[1]), epoch=int(reply[2])))
+        if as_text(reply[0]) == "done":
+            return Done(b"")  # the script does not read the outcome back
+        state = claim_state(reply)
+        assert not isinstance(state, Done)
+        return state if isinstance(state, Running) else Holder(flight, key, k, state)
 
     def park(self, holder: Holder, task_id: str, seconds: float) -> bool:
         """Keep ``holder``'s claim for the retry of ``task_id`` for ``seconds``; False if lost."""
-        holder._finish()
+        holder.finish()
         px = max(1, round(seconds * 1000))
         value = parked_value(task_id, holder.epoch)
         return bool(
@@ -186,15 +186,10 @@ class StepMessages:
         )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _enqueued(reply: Any) -> Done | Busy | Send:
-    kind = _text(reply[0])
+    kind = as_text(reply[0])
     if kind == "done":
-        raw = reply[1]
-        return Done(raw if isinstance(raw, bytes) else str(raw).encode())
+        return Done(as_bytes(reply[1]))
     if kind == "busy":
-        return Busy(_text(reply[1]), int(reply[2]))
-    return Send(_text(reply[1]), int(reply[2]))
+        return Busy(as_text(reply[1]), int(reply[2]))
+    return Send(as_text(reply[1]), int(reply[2]))

@@ -19,52 +19,28 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from workflow_cache.cache.protocol import NOTICE_OUTCOME, NOTICE_RELEASED
+from workflow_cache.cache.subscriptions import Mailbox, Subscriptions
+
 __all__ = ["NOTICE_OUTCOME", "NOTICE_RELEASED", "Listener", "Notices", "Watch"]
 
 log = logging.getLogger(__name__)
 
-NOTICE_OUTCOME = b"o"
-NOTICE_RELEASED = b"r"
 
-
-def _as_bytes(value: bytes | str | memoryview) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return bytes(value)
-
-
-class Watch:
+class Watch(Mailbox):
     """One waiting thread's mailbox for the notices of one channel."""
 
-    __slots__ = ("channel", "inbox")
+    __slots__ = ("inbox",)
 
     def __init__(self, channel: bytes) -> None:
-        self.channel = channel
         self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        super().__init__(channel, self.inbox.put)
 
     def get(self, timeout: float) -> bytes | None:
         try:
             return self.inbox.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return None
-
-
-class _Channel:
-    """Subscription state of one channel on the shared connection."""
-
-    __slots__ = ("acked", "sent", "subscribed", "watches")
-
-    def __init__(self) -> None:
-        self.watches: set[Watch] = set()
-        self.subscribed = False  # the last command sent for it was SUBSCRIBE
-        self.sent = 0  # SUBSCRIBE commands sent since connecting
-        self.acked = 0  # subscribe confirmations received since connecting
-
-    @property
-    def live(self) -> bool:
-        return self.subscribed and self.acked == self.sent
 
 
 class Listener:
@@ -84,33 +60,24 @@ class Listener:
         self._make_connection = make_connection
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._channels: dict[bytes, _Channel] = {}
-        self._dirty: set[bytes] = set()
+        self._subs: Subscriptions[Watch] = Subscriptions()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._conn: Any = None
 
     # -- called by waiting threads
 
     def watch(self, channel: str) -> Watch:
-        name = channel.encode()
-        w = Watch(name)
+        w = Watch(channel.encode())
         with self._lock:
             if self._closed:
                 raise RuntimeError("SingleFlight is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wfc-listener", daemon=True)
                 self._thread.start()
-            ch = self._channels.get(name)
-            if ch is None:
-                ch = self._channels[name] = _Channel()
-            ch.watches.add(w)
-            wake = not ch.subscribed
-            if wake:
-                self._dirty.add(name)
+            wake = self._subs.add(w)
         if wake:
             self._wake()
         return w
@@ -118,25 +85,18 @@ class Listener:
     def wait_live(self, w: Watch, timeout: float) -> bool:
         """Wait until the server has confirmed the subscription ``w`` relies on."""
         with self._lock:
-            ch = self._channels.get(w.channel)
-            return ch is not None and self._changed.wait_for(lambda: ch.live, timeout)
+            return self._changed.wait_for(lambda: self._subs.live(w.channel), timeout)
 
     def unwatch(self, w: Watch) -> None:
         with self._lock:
-            ch = self._channels.get(w.channel)
-            if ch is None:
-                return
-            ch.watches.discard(w)
-            wake = not ch.watches
-            if wake:
-                self._dirty.add(w.channel)
+            wake = self._subs.remove(w)
         if wake:
             self._wake()
 
     def subscriptions(self) -> int:
         """Channels currently subscribed (for tests and benchmarks)."""
         with self._lock:
-            return sum(1 for ch in self._channels.values() if ch.subscribed)
+            return self._subs.subscribed()
 
     def close(self) -> None:
         with self._lock:
@@ -168,11 +128,9 @@ class Listener:
                 if self._closed:
                     break
                 with self._lock:
-                    self._conn = None
-                    for ch in self._channels.values():  # confirmations died with it
-                        ch.subscribed, ch.sent, ch.acked = False, 0, 0
+                    self._subs.reset()  # confirmations died with it
                     self._changed.notify_all()
-                    if not any(ch.watches for ch in self._channels.values()):
+                    if not self._subs.watched():
                         self._thread = None  # nobody waits: the next watch() starts again
                         return
                 log.warning("workflow-cache pub/sub connection lost (%s); reconnecting", exc)
@@ -182,20 +140,13 @@ class Listener:
                 if conn is not None:
                     conn.disconnect()
         with self._lock:
-            self._conn = None
             self._changed.notify_all()
 
     def _connect(self) -> Any:
         conn = self._make_connection()
         conn.connect()
         with self._lock:
-            self._conn = conn
-            for name, ch in list(self._channels.items()):
-                ch.subscribed, ch.sent, ch.acked = False, 0, 0
-                if ch.watches:
-                    self._dirty.add(name)
-                else:
-                    del self._channels[name]
+            self._subs.reset()
         return conn
 
     def _pump(self, conn: Any) -> None:
@@ -204,9 +155,14 @@ class Listener:
         ping_sent = False
         while not self._closed:
             with self._lock:
-                self._sync_subscriptions(conn)
+                commands = self._subs.due()
+            if commands:
+                conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             while conn.can_read(timeout=0):
-                self._dispatch(conn.read_response())
+                reply = conn.read_response()
+                with self._lock:
+                    if self._subs.received(reply):
+                        self._changed.notify_all()
                 last_rx, ping_sent = time.monotonic(), False
             if getattr(sock, "pending", None) and sock.pending():
                 continue  # TLS bytes already decrypted but not yet parsed
@@ -220,45 +176,6 @@ class Listener:
                     raise TimeoutError("no answer to PING on the pub/sub connection")
                 conn.send_command("PING", check_health=False)
                 ping_sent = True
-
-    def _sync_subscriptions(self, conn: Any) -> None:
-        """Bring the server's subscriptions in line with the watchers (lock held)."""
-        if not self._dirty:
-            return
-        commands: list[tuple[str, bytes]] = []
-        for name in self._dirty:
-            ch = self._channels.get(name)
-            if ch is None:
-                continue
-            if ch.watches and not ch.subscribed:
-                ch.subscribed = True
-                ch.sent += 1
-                commands.append(("SUBSCRIBE", name))
-            elif not ch.watches and ch.subscribed:
-                ch.subscribed = False
-                commands.append(("UNSUBSCRIBE", name))
-            if not ch.watches and not ch.subscribed and ch.acked == ch.sent:
-                del self._channels[name]
-        self._dirty.clear()
-        if commands:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-    def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or len(reply) < 3:
-            return  # PONG
-        kind, name, data = reply[0], _as_bytes(reply[1]), reply[2]
-        with self._lock:
-            ch = self._channels.get(name)
-            if ch is None:
-                return
-            if kind == b"message":
-                for w in ch.watches:
-                    w.inbox.put(_as_bytes(data))
-            elif kind == b"subscribe":
-                ch.acked += 1
-                if not ch.watches and not ch.subscribed and ch.acked == ch.sent:
-                    del self._channels[name]
-                self._changed.notify_all()
 
 
 class Notices:

@@ -13,37 +13,34 @@ it is still the same bytes) so the step runs and stores a signed outcome.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workflow_cache import metrics, signing, tracing
+from workflow_cache import signing
 from workflow_cache.cache.base import NativeCache
-from workflow_cache.cache.claims import (
-    Done,
-    Holder,
-    Reaching,
-    SingleFlight,
-)
+from workflow_cache.cache.claims import Holder, SingleFlight
 from workflow_cache.cache.clients import client_from_url, read_many, redact
+from workflow_cache.cache.envelopes import REFUSED_RETRIES, acquiring, refusal
 from workflow_cache.cache.keys import KeySpace
-from workflow_cache.cache.lua import script
+from workflow_cache.cache.reaching import Reaching
+from workflow_cache.cache.records import ClaimRecord, record_lookup
+from workflow_cache.drive import drive_sync
 from workflow_cache.duration import TTL, to_seconds
-from workflow_cache.envelope import Envelope, EnvelopeError, UnsignedEnvelopeError
+from workflow_cache.envelope import Envelope, UnsignedEnvelopeError
 from workflow_cache.options import check_key
 
 if TYPE_CHECKING:
     from workflow_cache.cache.redis_async import AsyncRedisCache
 
-_SCAN_BATCH = 500
-REFUSED_RETRIES = 3
-"""How many refused (unsigned or forged) outcomes ``acquire`` removes before giving up."""
+__all__ = ["ASYNC_CONNECTIONS", "REFUSED_RETRIES", "RedisCache", "RedisClaim"]
 
+_SCAN_BATCH = 500
 
 ASYNC_CONNECTIONS = 100
 """Connections of one event loop's pool; more concurrent steps queue for a free one."""
@@ -79,7 +76,7 @@ class RedisCache(NativeCache):
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
         }
-        self._reaching = Reaching(redact(url))
+        self.reaching = Reaching(redact(url))
         self._async_ok = client is None and url.startswith(("redis://", "rediss://", "unix://"))
         self._views: weakref.WeakKeyDictionary[Any, AsyncRedisCache] = weakref.WeakKeyDictionary()
         self._last_view: tuple[weakref.ref[Any], AsyncRedisCache] | None = None
@@ -95,17 +92,17 @@ class RedisCache(NativeCache):
     # -- what workflows use -------------------------------------------------------------
 
     def load(self, key: str) -> Envelope | None:
-        with self._reaching:
+        with self.reaching:
             raw = self.client.get(self._out(key))
-        self._looked_up([key], [raw])
+        record_lookup(self.namespace, [key], [raw])
         return None if raw is None else self._decode(key, raw)
 
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
             return []
-        with self._reaching:
+        with self.reaching:
             rows = read_many(self.client, [self._out(key) for key in keys])
-        self._looked_up(keys, rows)
+        record_lookup(self.namespace, keys, rows)
         if signing.enabled():  # each row's signature checked, a refused one removed
             return [
                 None if raw is None else self._decode(k, raw)
@@ -113,36 +110,18 @@ class RedisCache(NativeCache):
             ]
         return Envelope.loads_many(keys, rows)
 
-    def _looked_up(self, keys: Sequence[str], rows: Sequence[Any]) -> None:
-        hits = sum(raw is not None for raw in rows)
-        metrics.lookup(self.namespace, hits, len(rows) - hits)
-        debug = log.isEnabledFor(logging.DEBUG)
-        traced = hits and tracing.recording()
-        if debug or traced:
-            for key, raw in zip(keys, rows, strict=True):
-                if traced and raw is not None:
-                    tracing.hit(key, self.namespace)
-                if debug:
-                    found = "hit" if raw is not None else "miss"
-                    log.debug("step %s: %s in namespace %s", found, key, self.namespace)
-
-    def _decode(self, key: str, raw: bytes) -> Envelope | None:
+    def _decode(self, key: str, raw: bytes | str) -> Envelope | None:
         """The stored envelope; None (a miss, removed, one warning) if its signature is bad."""
         try:
             return Envelope.loads(key, raw)
         except UnsignedEnvelopeError as exc:
-            self._refuse(key, raw, exc)
+            self.flight.perform(refusal(self._out(key), raw, exc))
             return None
-
-    def _refuse(self, key: str, raw: bytes, problem: EnvelopeError) -> None:
-        log.warning("%s; treating it as a miss and removing it", problem)
-        with self._reaching:
-            self.client.eval(script("delete_if_same"), 1, self._out(key), raw)
 
     def save(self, key: str, envelope: Envelope) -> None:
         text = envelope.sealed(key)
         ttl_ms = envelope.ttl_ms
-        with self._reaching:
+        with self.reaching:
             self.client.set(self._out(key), text, px=ttl_ms)
 
     @property
@@ -155,19 +134,10 @@ class RedisCache(NativeCache):
 
     def acquire(self, key: str) -> Envelope | RedisClaim:
         """The key's outcome once known (waiting while another process runs it), or its claim."""
-        for _ in range(REFUSED_RETRIES):
-            started = time.perf_counter()
-            got = self.flight.acquire(check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
-            record_acquire(self.namespace, started, got)
-            if not isinstance(got, Done):
-                return RedisClaim(key, got, self.namespace)
-            try:
-                return Envelope.loads(key, got.outcome)
-            except UnsignedEnvelopeError as exc:
-                self._refuse(key, got.outcome, exc)
-        raise EnvelopeError(
-            f"cache entry for key {key!r} keeps being replaced by unsigned or forged outcomes"
-        )
+        flight = self.flight
+        wait = functools.partial(flight.acquire, check_key(key), timeout=self.wait_timeout)  # type: ignore[arg-type]
+        got = drive_sync(acquiring(self.keyspace, key, wait, flight.perform))
+        return got if isinstance(got, Envelope) else RedisClaim(key, got, self.namespace)
 
     def for_async(self) -> AsyncRedisCache | None:
         """This cache on ``redis.asyncio`` for the running event loop (one pool per loop),
@@ -194,7 +164,13 @@ class RedisCache(NativeCache):
                     self.url, max_connections=ASYNC_CONNECTIONS, **self._timeouts
                 )
                 client = redis.asyncio.Redis.from_pool(pool)
-                view = self._views[loop] = AsyncRedisCache(self, client, redact(self.url))
+                view = self._views[loop] = AsyncRedisCache(
+                    client,
+                    redact(self.url),
+                    keyspace=self.keyspace,
+                    lease=self.lease,
+                    wait_timeout=self.wait_timeout,
+                )
             return view
 
     async def aclose(self) -> None:
@@ -208,17 +184,17 @@ class RedisCache(NativeCache):
     # -- Map-like management --------------------------------------------------------------
 
     def has(self, key: str) -> bool:
-        with self._reaching:
+        with self.reaching:
             return bool(self.client.exists(self._out(key)))
 
     def delete(self, key: str) -> bool:
-        with self._reaching:
+        with self.reaching:
             return bool(self.client.delete(self._out(key)))
 
     def clear(self) -> int:
         """Delete this namespace's keys (SCAN + UNLINK in batches); other namespaces stay."""
         removed = 0
-        with self._reaching:
+        with self.reaching:
             batch: list[Any] = []
             for name in self.client.scan_iter(match=self.keyspace.pattern, count=_SCAN_BATCH):
                 batch.append(name)
@@ -238,40 +214,6 @@ class RedisCache(NativeCache):
         return f"RedisCache({redact(self.url)!r}, namespace={self.namespace!r})"
 
 
-def record_acquire(namespace: str, started: float, got: Any) -> None:
-    """The metrics of one ``acquire`` that began at ``started`` and returned ``got``."""
-    waited = time.perf_counter() - started
-    done = isinstance(got, Done)
-    # Epoch keys are deleted at commit, so a claim with epoch > 1 follows one that
-    # ended without an outcome: its holder crashed or gave the key back.
-    takeover = not done and got.epoch > 1
-    metrics.claim_acquired(namespace, waited, waited=done, takeover=takeover)
-
-
-class ClaimRecord:
-    """What a claim records, blocking or async: a span from claim to commit or release,
-    and the commit's metrics."""
-
-    def __init__(self, key: str, epoch: int, namespace: str) -> None:
-        self.key = key
-        self.namespace = namespace
-        self._started = time.perf_counter()
-        self._span = tracing.start(
-            key, namespace, **{"workflow_cache.epoch": epoch, "workflow_cache.hit": False}
-        )
-
-    def _committed(self, envelope: Envelope, *, accepted: bool, keep: bool) -> bool:
-        seconds = time.perf_counter() - self._started
-        metrics.commit(self.namespace, envelope.status, seconds, accepted=accepted)
-        tracing.end(self._span, status=envelope.status, committed=accepted, stored=keep)
-        self._span = None
-        return accepted
-
-    def _released(self) -> None:
-        tracing.end(self._span, released=True)
-        self._span = None
-
-
 class RedisClaim(ClaimRecord):
     """This process runs the key: commit its outcome (fenced) or release the claim."""
 
@@ -282,9 +224,9 @@ class RedisClaim(ClaimRecord):
     def commit(self, envelope: Envelope, *, keep: bool) -> bool:
         text = envelope.sealed(self.key)
         accepted = self.holder.commit(text, ttl_ms=envelope.ttl_ms, keep=keep)
-        return self._committed(envelope, accepted=accepted, keep=keep)
+        return self.committed(envelope, accepted=accepted, keep=keep)
 
     def release(self) -> None:
         if not self.holder.finished:
             self.holder.release()
-        self._released()
+        self.released()

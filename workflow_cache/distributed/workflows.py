@@ -80,7 +80,7 @@ def workflow_task(
             **workflow_options,
         )
     if block_timeout is None:
-        block_timeout = settings.load().block_timeout
+        block_timeout = settings.current().block_timeout
     if block_timeout <= 0:
         raise ValueError(f"block_timeout must be a positive number of seconds, got {block_timeout}")
     task_name = name or f"{fn.__module__}.{fn.__qualname__}"

@@ -16,26 +16,24 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 
-from workflow_cache import settings
+from workflow_cache.celery_app import RUN_FLOW, celery_app
+from workflow_cache.settings import current, redis_backend
 from workflow_cache.workdir.flow import FlowSummary, run_flow
 from workflow_cache.workdir.inputs import InputError, resolve_inputs
 from workflow_cache.workdir.loader import parse_flow
 from workflow_cache.workdir.rendering import FlowRenderer
 from workflow_cache.workdir.spec import FlowError
 
-RUN_FLOW = "workflow_cache.workdir.run_flow"
-"""The registered task name; producers only need this name, not this module."""
-
 log = logging.getLogger("workflow_cache.workdir.celery")
 
 
 def _setting(app: Celery, name: str) -> str | None:
     """An app setting ``workflow_cache_<name>``, else the ``WORKFLOW_CACHE_<NAME>`` setting."""
-    value = app.conf.get(f"workflow_cache_{name}") or getattr(settings.load(), name)
+    value = app.conf.get(f"workflow_cache_{name}") or getattr(current(), name)
     return None if value is None else str(value) or None
 
 
-@shared_task(bind=True, name=RUN_FLOW, acks_late=True)
+@shared_task(bind=True, name=RUN_FLOW, acks_late=True)  # type: ignore[untyped-decorator]
 def run_flow_task(
     self: Task,
     flow_yaml: str,
@@ -76,15 +74,17 @@ def make_app(
     backend: str | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> Celery:
-    """A Celery app that knows the flow task; the result backend defaults to a Redis broker."""
-    if backend is None and broker.startswith(("redis://", "rediss://")):
-        backend = broker
-    app = Celery("workflow_cache", broker=broker, backend=backend, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
+    """A Celery app that knows the flow task; the result backend defaults to a Redis broker.
+
+    It has the reliability settings of every app of the library
+    (:mod:`workflow_cache.celery_app`); ``settings`` adds app settings.
+    """
+    app = celery_app(
+        "workflow_cache",
+        broker=broker,
+        backend=redis_backend(broker, backend),
+        visibility_timeout=current().visibility_timeout,
+        set_as_current=False,
         **(settings or {}),
     )
     return app  # shared tasks such as run_flow_task join every app when it is finalised
@@ -125,9 +125,10 @@ def submit_flow(
 def _as_json(values: dict[str, Any]) -> dict[str, Any]:
     """Input values as JSON the message can carry (a Path as its text)."""
     try:
-        return json.loads(json.dumps(values, default=str))
+        copied: dict[str, Any] = json.loads(json.dumps(values, default=str))
     except (TypeError, ValueError) as exc:
         raise InputError(f"input values cannot be sent as JSON: {exc}") from None
+    return copied
 
 
 _env_app: Celery | None = None
@@ -143,7 +144,7 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(name)
     if _env_app is None:
-        configured = settings.load()
+        configured = current()
         if not configured.broker:
             raise RuntimeError(
                 "set WORKFLOW_CACHE_BROKER to the broker URL, e.g. redis://host:6379/0"

@@ -43,8 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
-from workflow_cache import paths, signing
-from workflow_cache.trust_config import max_restore_bytes as default_max_restore_bytes
+from workflow_cache import paths, settings, signing
 from workflow_cache.workdir import entrydoc
 from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, Limits, pack, unpack
 from workflow_cache.workdir.patterns import match_files, validate_patterns
@@ -170,7 +169,7 @@ class FileCache:
         )
         self._clock = clock or (lambda: datetime.now(UTC))
         self._progress_factory = progress_factory
-        self.max_restore_bytes = max_restore_bytes or default_max_restore_bytes()
+        self.max_restore_bytes = max_restore_bytes or settings.current().max_restore_bytes
         signing.signing_keys()  # a bad key setting is an error now, not a corrupt entry later
 
     def now(self) -> datetime:

@@ -1,0 +1,390 @@
+"""The claim protocol once, without I/O: which script to run on which keys, what each
+reply means, and how long to wait next.
+
+A plan here is a generator that yields *effects* as data (:class:`Call` a Lua script,
+:class:`Subscribe` to a step's notices, :class:`Listen` for the next one) and receives
+what performing them gave.  The blocking driver (``claims.py``) and the asyncio driver
+(``aio.py``) only perform effects, so they run the same scripts on the same keys and
+wait the same times; ``performed`` turns a plan into what ``drive.py`` runs.
+
+The scripts and the keys they touch are described in ``claims.py``; outcomes are
+opaque ``bytes`` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from workflow_cache.cache.keys import Keys
+from workflow_cache.store import CacheUnavailable
+
+__all__ = [
+    "EPOCH_TTL_MS",
+    "LAST_TTL_MS",
+    "NOTICE_OUTCOME",
+    "NOTICE_RELEASED",
+    "SCRIPTS",
+    "Call",
+    "ClaimTimeout",
+    "Claimed",
+    "Done",
+    "Effect",
+    "Hold",
+    "Listen",
+    "Rules",
+    "Running",
+    "Subscribe",
+    "claim_state",
+    "default_owner",
+    "performed",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EPOCH_TTL_MS = 7 * 24 * 3600 * 1000
+"""Expiry of a step's epoch key, refreshed at each claim (see ``claims.py``)."""
+
+LAST_TTL_MS = 60_000
+"""How long an outcome that is not kept stays readable by the callers that waited for it
+(``Keys.last``), in case its notice did not reach them."""
+
+NOTICE_OUTCOME = b"o"
+"""First byte of a commit's notice; the outcome follows."""
+NOTICE_RELEASED = b"r"
+"""The whole notice of a release: claim again now."""
+
+
+class ClaimTimeout(TimeoutError):
+    """``acquire`` gave up: another holder kept the step running past the caller's timeout."""
+
+
+# --------------------------------------------------------------------------- states
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The step has an outcome; nobody needs to run it."""
+
+    outcome: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """Another owner holds the claim; its lease runs out in ``remaining_ms`` unless renewed."""
+
+    owner: str
+    remaining_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The caller holds the claim: ``token`` is ``"<owner>|<epoch>"``."""
+
+    token: str
+    epoch: int
+
+    @property
+    def owner(self) -> str:
+        return self.token.rpartition("|")[0]
+
+
+ClaimState = Done | Running | Claimed
+
+
+def as_bytes(value: bytes | str | memoryview) -> bytes:
+    """A reply (or argument) as bytes, whichever form the client gave it in."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def claim_state(reply: Any) -> ClaimState:
+    """The reply of the ``claim`` (or ``start``) script as Done, Running or Claimed."""
+    kind = as_text(reply[0])
+    if kind == "done":
+        return Done(as_bytes(reply[1]))
+    if kind == "running":
+        return Running(owner=as_text(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
+    return Claimed(token=as_text(reply[1]), epoch=int(reply[2]))
+
+
+def default_owner() -> str:
+    """``hostname:pid:uuid``: unique per instance, readable in ``Running.owner``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+# --------------------------------------------------------------------------- effects
+
+SCRIPTS = ("claim", "renew", "commit", "release", "delete_if_same")
+"""The scripts a plan here (or in ``envelopes.py``) may call; a driver registers them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run ``lua/<script>.lua`` with these KEYS and ARGV; the plan gets the raw reply."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Watch ``channel`` for this acquire, and wait up to ``confirm_s`` for the server to
+    confirm it: a notice published after the confirmation cannot be missed."""
+
+    channel: str
+    confirm_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Wait up to ``seconds`` for the next notice on the watched channel (None if none)."""
+
+    seconds: float
+
+
+Effect = Call | Subscribe | Listen
+Plan = Generator[Effect, Any, T]
+
+
+def performed(plan: Plan[T], perform: Callable[[Effect], Any]) -> Generator[Any, Any, T]:
+    """``plan`` with each effect handed to ``perform``: a plan of thunks for ``drive.py``.
+
+    What ``perform`` raises goes back into the plan, which decides what it means.
+    """
+    try:
+        effect = next(plan)
+        while True:
+            try:
+                reply = yield functools.partial(perform, effect)
+            except Exception as exc:
+                effect = plan.throw(exc)
+            else:
+                effect = plan.send(reply)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        plan.close()
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+class Rules:
+    """One flight's side of the protocol: its owner string, lease and margins."""
+
+    #: Added to a holder's remaining lease before a waiter re-checks the claim.
+    MARGIN_S = 0.025
+    #: Longest wait for the server to confirm a subscription before claiming anyway.
+    CONFIRM_S = 2.0
+
+    __slots__ = ("clock", "epoch_ttl_ms", "lease", "lease_ms", "namespace", "owner")
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        lease: float,
+        owner: str | None = None,
+        epoch_ttl_ms: int | None = EPOCH_TTL_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
+        self.namespace = namespace
+        self.lease = float(lease)
+        self.lease_ms = max(1, round(lease * 1000))
+        self.owner = owner or default_owner()
+        self.epoch_ttl_ms = int(epoch_ttl_ms or 0)
+        self.clock = clock
+
+    # -- the four scripts
+
+    @staticmethod
+    def claim(keys: Keys, owner: str, lease_ms: int, epoch_ttl_ms: int) -> Call:
+        if lease_ms <= 0:
+            raise ValueError(f"lease_ms must be positive, got {lease_ms}")
+        return Call(
+            "claim", (keys.out, keys.lock, keys.epoch), (owner, int(lease_ms), epoch_ttl_ms)
+        )
+
+    @staticmethod
+    def renew(keys: Keys, claim: Claimed, lease_ms: int) -> Call:
+        return Call("renew", (keys.lock,), (claim.token, int(lease_ms)))
+
+    @staticmethod
+    def commit(
+        keys: Keys, claim: Claimed, outcome: bytes | str, ttl_ms: int | None, keep: bool
+    ) -> Call:
+        """The fenced commit; with the waiters and handoff keys, so workflow runs
+        suspended on the key are handed over in the same step."""
+        if ttl_ms is not None and ttl_ms <= 0:
+            raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
+        return Call(
+            "commit",
+            (keys.out, keys.lock, keys.epoch, keys.last, keys.waiters, keys.handoff),
+            (
+                claim.token,
+                claim.epoch,
+                as_bytes(outcome),
+                int(ttl_ms or 0),
+                1 if keep else 0,
+                keys.channel,
+                LAST_TTL_MS,
+            ),
+        )
+
+    @staticmethod
+    def release(keys: Keys, claim: Claimed) -> Call:
+        return Call("release", (keys.lock,), (claim.token, keys.channel))
+
+    # -- acquiring
+
+    def acquire(self, key: str, keys: Keys, timeout: float | None) -> Plan[Done | Claimed]:
+        """``Done`` or ``Claimed``, waiting while another owner holds the claim: woken by
+        its commit (its outcome) or release (claim again), or by its lease running out
+        (claim in its place).  Past ``timeout`` seconds (None: no limit, 0: do not
+        wait at all, not even for a subscription) ``ClaimTimeout``."""
+        clock = self.clock
+        deadline = None if timeout is None else clock() + timeout
+        claim = self.claim(keys, self.owner, self.lease_ms, self.epoch_ttl_ms)
+        state = claim_state((yield claim))
+        if not isinstance(state, Running):  # the common cases need no subscription
+            return state
+        left = self._left(deadline, state, key, timeout)
+        # Subscribed (and confirmed) *before* the claim we wait on: a commit landing
+        # between that claim and the wait is still delivered to our mailbox.
+        yield Subscribe(keys.channel, self.CONFIRM_S if left is None else min(left, self.CONFIRM_S))
+        while True:
+            state = claim_state((yield claim))
+            if not isinstance(state, Running):
+                return state
+            left = self._left(deadline, state, key, timeout)
+            notice = yield Listen(self.wait_for(state, left))
+            if notice is not None and notice[:1] == NOTICE_OUTCOME:
+                return Done(notice[1:])
+            # released, lease ran out, or deadline: claim again (or time out)
+
+    def wait_for(self, state: Running, left: float | None) -> float:
+        """Seconds to wait for ``state``'s holder: its lease left plus a margin, within
+        the ``left`` seconds of the caller's deadline."""
+        remaining = state.remaining_ms if state.remaining_ms >= 0 else self.lease_ms
+        wait = remaining / 1000 + self.MARGIN_S
+        return wait if left is None else min(wait, left)
+
+    def _left(
+        self, deadline: float | None, state: Running, key: str, timeout: float | None
+    ) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - self.clock()
+        if left <= 0:
+            raise ClaimTimeout(
+                f"step {key!r} in namespace {self.namespace!r} is still "
+                f"running under {state.owner!r} after {timeout:g} s"
+            )
+        return left
+
+
+# --------------------------------------------------------------------------- holding
+
+
+class Hold:
+    """What the caller that runs a step knows about its claim, and the plans to end it.
+
+    ``lost`` turns True once the lease is known gone (renewal refused, Redis silent for
+    a whole lease, a commit or release refused); ``commit`` stays fenced, so a lost
+    holder's commit is refused unless nobody took over.
+    """
+
+    def __init__(self, rules: Rules, key: str, keys: Keys, claim: Claimed) -> None:
+        self.rules = rules
+        self.key = key
+        self.keys = keys
+        self.claim = claim
+        self.lost = False
+        self.finished = False
+        self.handed_over = False
+        """True once a commit found workflows waiting to be resumed (``hand_over``)."""
+        self.last_renewed = rules.clock()
+
+    @property
+    def token(self) -> str:
+        return self.claim.token
+
+    @property
+    def epoch(self) -> int:
+        return self.claim.epoch
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key!r}, token={self.token!r}, lost={self.lost})"
+
+    def finish(self) -> None:
+        """Mark the claim ended here (commit, release, park or abandon): once only."""
+        if self.finished:
+            raise RuntimeError(f"the claim on {self.key!r} was already committed or released")
+        self.finished = True
+
+    def renewing(self) -> Plan[bool]:
+        """One renewal; True while the holder should be renewed again."""
+        rules = self.rules
+        try:
+            ok = bool((yield Rules.renew(self.keys, self.claim, rules.lease_ms)))
+        except CacheUnavailable as exc:
+            if rules.clock() - self.last_renewed < rules.lease:
+                return True
+            log.warning("lease of %r lost: %s", self.key, exc)
+            ok = False
+        if self.finished:
+            return False
+        if not ok:
+            self.lost = True
+            return False
+        self.last_renewed = rules.clock()
+        return True
+
+    def committing(self, outcome: bytes | str, ttl_ms: int | None, keep: bool) -> Plan[bool]:
+        """Store (if ``keep``) and announce ``outcome``; False if a successor took over.
+
+        A commit Redis refuses (out of memory) or cannot take raises ``CacheUnavailable``
+        after releasing the claim where it can: a refused write is no outcome, and
+        waiters are told now rather than when the lease runs out.
+        """
+        self.finish()
+        call = Rules.commit(self.keys, self.claim, outcome, ttl_ms, keep)
+        try:
+            reply = int((yield call) or 0)
+        except CacheUnavailable:
+            with contextlib.suppress(CacheUnavailable):
+                yield Rules.release(self.keys, self.claim)
+            raise
+        self.handed_over = reply == 2
+        if not reply:
+            self.lost = True
+        return reply > 0
+
+    def releasing(self) -> Plan[bool]:
+        """Give up without an outcome so a waiter claims now; False if already lost."""
+        self.finish()
+        ok = bool((yield Rules.release(self.keys, self.claim)))
+        if not ok:
+            self.lost = True
+        return ok
