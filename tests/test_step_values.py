@@ -113,6 +113,23 @@ def test_a_forgotten_await_is_a_type_error_naming_await() -> None:
             assert "coroutine" in str(caught.value)
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_keyed_step_returning_a_coroutine_is_a_type_error_naming_await(cache, is_async) -> None:  # type: ignore[no-untyped-def]
+    workflow = create_workflow(cache=cache)
+
+    async def one():  # type: ignore[no-untyped-def]
+        return 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the coroutines are closed, not leaked
+        for thunk in (lambda: [one()], lambda: {"a": one()}):
+            with pytest.raises(TypeError, match="await") as caught:
+                run(workflow, lambda step, thunk=thunk: step(thunk, key="co"), is_async)
+            assert not isinstance(caught.value, NotStorableError)
+            assert "step 'co' returned <coroutine" in str(caught.value)
+    assert (not cache.has("co")) if hasattr(cache, "has") else ("co" not in cache)
+
+
 def test_steps_without_a_cache_keep_their_value_as_returned() -> None:
     workflow = create_workflow()
     assert workflow(lambda step: step(lambda: (1, 2), key="k")).value == (1, 2)

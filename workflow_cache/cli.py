@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--queue", help="Celery queue to send the flow to")
     run.add_argument("--timeout", type=float, help="seconds to wait for a worker's answer")
+    run.add_argument(
+        "--secrets-file",
+        type=Path,
+        metavar="FILE",
+        help="SECRET_<NAME>=<base64> lines for secret('NAME') "
+        "($WORKFLOW_CACHE_SECRETS_FILE; the SECRET_* variables are read too)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     cache = commands.add_parser("cache", help="list, show or delete cached folders")
@@ -241,6 +249,7 @@ def _run_local(args: argparse.Namespace, flow: Any, out: Console, err: Console) 
             outputs_dir=args.outputs,
             sink=sink,
             inputs=args.inputs,
+            secrets_file=args.secrets_file,
         )
     finally:
         progress.stop()
@@ -302,6 +311,11 @@ class _SlowProgress:
 def _run_remote(args: argparse.Namespace, flow: Any, out: Console, err: Console) -> Any:
     from workflow_cache.workdir.celery_tasks import make_app, submit_flow
 
+    if args.secrets_file is not None:
+        raise CliError(
+            "--secrets-file is read where the flow runs: give the workers "
+            "$WORKFLOW_CACHE_SECRETS_FILE (or SECRET_<NAME> variables) instead"
+        )
     app = make_app(args.broker, args.result_backend)
     if app.conf.result_backend is None:
         raise CliError(
@@ -335,13 +349,13 @@ def _summary_table(summary: Any, out: Console) -> None:
     if summary.worker:
         title += f" on {summary.worker}"
     table = Table(title=title, title_justify="left")
-    table.add_column("task", overflow="fold")
+    names = [f"  {task.task_id}" if task.parent else task.task_id for task in summary.tasks]
+    table.add_column("task", no_wrap=True, min_width=max(map(len, names), default=4))
     for column in ("status", "cache", "files", "size", "restore", "run", "save"):
         table.add_column(
             column, justify="left" if column in {"status", "cache"} else "right", no_wrap=True
         )
-    for task in summary.tasks:
-        name = f"  {task.task_id}" if task.parent else task.task_id
+    for task, name in zip(summary.tasks, names, strict=True):
         cached = task.cache if task.kind == "WorkingDirectory" else ""
         files = task.restored_files or task.saved_files
         size = task.restored_bytes or task.saved_bytes
@@ -358,6 +372,9 @@ def _summary_table(summary: Any, out: Console) -> None:
             _seconds(task.run_seconds),
             _seconds(task.save_seconds) if task.saved else "",
         )
+    if not out.is_terminal:  # a file or a pipe: the table at its full width, nothing cut
+        needed = Measurement.get(out, out.options.update(width=1 << 12), table).maximum
+        out.width = max(out.width, needed)
     out.print(table)
     for task in summary.tasks:
         for warning in task.warnings:

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     work_root: Path | None = Field(
         default=None, description="Where flows make fresh task folders; default: a temp folder."
     )
+    secrets_file: Path | None = Field(
+        default=None,
+        description="File of SECRET_<NAME>=<base64> lines that secret('NAME') in flows reads, "
+        "besides the SECRET_<NAME> variables of the environment.",
+    )
     step_queue: str = Field(default="steps", description="Celery queue of dispatched steps.")
     workflow_queue: str = Field(
         default="workflows", description="Celery queue of enqueued workflows and flows."

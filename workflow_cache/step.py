@@ -12,7 +12,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal, Protocol, cast
 
@@ -545,9 +545,36 @@ def _stored(result: Result[Any, Any], options: StepOptions) -> tuple[Envelope, R
     """
     key = options.key
     assert key is not None
-    stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
-    back = Envelope.from_data(key, json.loads(stored.dumps(key)))
+    try:
+        stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
+        text = stored.dumps(key)
+    except NotStorableError:
+        _refuse_awaitables(key, result)
+        raise
+    back = Envelope.from_data(key, json.loads(text))
     return stored, back.to_result(key, options.returns)
+
+
+def _refuse_awaitables(key: str, result: Result[Any, Any]) -> None:
+    """An awaitable where a value belongs is a missing ``await``: a ``TypeError`` naming
+    it, as an unkeyed step gives, rather than an error about JSON."""
+    value = result.value if result.ok else result.error
+    inner: Iterable[Any] = ()
+    if isinstance(value, dict):
+        inner = value.values()
+    elif isinstance(value, list | tuple):
+        inner = value
+    found = [item for item in (value, *inner) if inspect.isawaitable(item)]
+    if not found:
+        return
+    for item in found:
+        if inspect.iscoroutine(item):
+            item.close()  # closed, so Python does not also warn that it was never awaited
+    raise TypeError(
+        f"step {key!r} returned {found[0]!r} where a value was expected: a step in an "
+        "async workflow must be awaited (`value = await step(...)`, "
+        "`values = await step.all(...)`)"
+    ) from None
 
 
 def _unwrap(result: Result[Any, Any]) -> Any:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workflow_cache import settings
 from workflow_cache.workdir import safefs
 from workflow_cache.workdir.fallback import restore_fallback
 from workflow_cache.workdir.filecache import EntryKey, FileCache
@@ -130,12 +131,14 @@ def run_flow(
     ``inputs`` gives values to the flow's declared inputs. ``env`` is the
     environment scripts start from (default this process's), where ``envs`` and
     ``secret('NAME')`` (``SECRET_NAME``, base64) are read too; ``secrets_file``
-    holds more ``SECRET_NAME=<base64>`` lines.
+    (default: the ``secrets_file`` setting) holds more ``SECRET_NAME=<base64>`` lines.
     Bad input (an input value, an unknown variable or filter in an expression, a
     missing secret) raises :class:`FlowError` before any script runs; a failing
     script only marks the summary as failed.
     """
     environ = dict(os.environ if env is None else env)
+    if secrets_file is None:
+        secrets_file = settings.current().secrets_file
     secrets = FlowSecrets(environ, secrets_file)
     try:
         values = resolve_inputs(flow.inputs, inputs)
