@@ -268,7 +268,7 @@ def _describe(exc: BaseException) -> str:
         return f"unknown test {name}"
     if isinstance(exc, TemplateSyntaxError):
         return f"expression syntax error: {message}"
-    if isinstance(exc, UndefinedError | FilterError):
+    if isinstance(exc, UndefinedError | FilterError | FlowError):
         return message
     if isinstance(exc, SecurityError | ShellPlacementError):
         return message

@@ -139,12 +139,11 @@ def run_script(
     base_env.setdefault("PYTHONUNBUFFERED", "1")
     if task.runner is Runner.DOCKER:
         command = _docker_command(task, folder, script_path)
-        run_env = base_env
     else:
         bash = shutil.which("bash", path=base_env.get("PATH"))
         shell = [bash, "-c"] if bash else ["/bin/sh", "-c"]
         command = [*shell, shell_program(task, script_path, bash=bash is not None)]
-        run_env = {**base_env, **task.env}
+    run_env = {**base_env, **task.env}
     timeout = task.timeout.total_seconds() if task.timeout else None
     return _execute(task, command, folder, run_env, sink, timeout)
 
@@ -155,8 +154,8 @@ def _docker_command(task: ScriptLike, folder: Path, script_path: str | None) -> 
     command = ["docker", "run", "--rm", "-v", f"{folder.resolve()}:/workdir", "-w", "/workdir"]
     if hasattr(os, "getuid"):
         command += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
-    for name, value in task.env.items():
-        command += ["-e", f"{name}={value}"]
+    for name in task.env:  # the value comes from docker's own environment, not its arguments
+        command += ["-e", name]
     program = shell_program(task, script_path, bash=False)
     return [*command, image, "/bin/sh", "-c", program]
 
