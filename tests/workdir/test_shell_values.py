@@ -231,6 +231,10 @@ inputs:
         ("echo `echo {{ inputs.value }}`", "inside backticks cannot be placed safely"),
         ("echo ${X:-{{ inputs.value }}}", "inside ${...} cannot be placed safely"),
         ("echo \\{{ inputs.value }}", "a backslash right before {{ }}"),
+        (
+            "{% filter upper %}echo {{ inputs.value }}{% endfilter %}",
+            "a value went through a {% filter %} block",
+        ),
     ],
 )
 def test_a_context_that_cannot_be_placed_safely_stops_the_flow_before_it_runs(

@@ -372,14 +372,19 @@ class MultiSelectInput(SelectInput):
     type: Literal["MULTISELECT"]  # type: ignore[assignment]
 
     def convert(self, value: Any, *, check_files: bool = True) -> list[str]:  # type: ignore[override]
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"expected a JSON list of choices, got {value!r}: {exc}") from None
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a list of choices, got {value!r}")
-        return [self._one(item) for item in value]
+        return [self._one(item) for item in _as_list(value, " of choices")]
+
+
+def _as_list(value: Any, of: str = "") -> list[Any] | tuple[Any, ...]:
+    """A list given as itself, as JSON text (``["a","b"]``) or as ``a,b`` on a command line."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON list{of}, got {value!r}: {exc}") from None
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list{of}, got {value!r}")
+    return value
 
 
 ARRAY_ITEM_TYPES = (
@@ -413,16 +418,9 @@ class ArrayInput(_Input):
         return value
 
     def convert(self, value: Any, *, check_files: bool = True) -> list[Any]:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"expected a JSON list, got {value!r}: {exc.msg}") from None
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a list, got {value!r}")
         item = _CLASSES[self.item_type](id=self.id, type=self.item_type)
         converted = []
-        for index, element in enumerate(value):
+        for index, element in enumerate(_as_list(value)):
             try:
                 converted.append(item.convert(element, check_files=check_files))
             except ValueError as exc:

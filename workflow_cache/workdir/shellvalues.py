@@ -108,6 +108,7 @@ class Markers:
 # --- the lexer ---------------------------------------------------------------------------
 
 PLAIN, DOUBLE, SINGLE, ANSI, BACKTICK, PARAM, ARITH, HEREDOC = range(8)
+_QUOTES = {"'": SINGLE, '"': DOUBLE, "`": BACKTICK}
 
 
 @dataclass
@@ -141,14 +142,22 @@ class _Heredoc:
 
 def place(text: str, markers: Markers, values: ShellValues) -> str:
     """``text`` with every marker replaced by a reference to its value's variable."""
-    if not markers.found_in(text):
-        return text
-    lexer = _Lexer(text, markers, values, _Frame(PLAIN))
-    try:
-        return lexer.run()
-    except ShellPlacementError as exc:
-        exc.position = lexer.i
-        raise
+    placed = text
+    if markers.found_in(text):
+        lexer = _Lexer(text, markers, values, _Frame(PLAIN))
+        try:
+            placed = lexer.run()
+        except ShellPlacementError as exc:
+            exc.position = lexer.i
+            raise
+    if "\x00" in placed:  # a marker that a filter block changed: its value has no place
+        error = ShellPlacementError(
+            "a value went through a {% filter %} block, where it cannot be placed safely; "
+            "apply the filter inside {{ }} instead"
+        )
+        error.position = text.find("\x00")
+        raise error
+    return placed
 
 
 class _Lexer:
@@ -265,23 +274,11 @@ class _Lexer:
             self.out.append(self.markers.pattern.sub("", text[i:end]))  # a comment runs nothing
             self.i = end
             return
-        if char == "'":
+        if char in _QUOTES:
             self._start_word(frame)
             self.out.append(char)
             self.i += 1
-            self._push(SINGLE)
-            return
-        if char == '"':
-            self._start_word(frame)
-            self.out.append(char)
-            self.i += 1
-            self._push(DOUBLE)
-            return
-        if char == "`":
-            self._start_word(frame)
-            self.out.append(char)
-            self.i += 1
-            self._push(BACKTICK)
+            self._push(_QUOTES[char])
             return
         if char == "$" and self._dollar(frame):
             self._start_word(frame)
