@@ -289,6 +289,16 @@ def test_comments_and_assignments_take_values_as_data(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_value_where_a_command_name_goes_names_one_program(tmp_path: Path) -> None:
+    marker = tmp_path / MARKER
+    flow = one_command('{{ inputs.value }} 2>/dev/null || echo "no program named that"')
+    summary, lines = run_text(flow, tmp_path, inputs={"value": f"touch {marker}"})
+    assert summary.ok and lines.of("run") == ["started", "no program named that"]
+    assert not marker.exists()
+    summary, lines = run_text(flow, tmp_path, inputs={"value": "true"})
+    assert summary.ok and lines.of("run") == ["started"]
+
+
 def test_values_from_outputs_and_loops_are_data_too(tmp_path: Path) -> None:
     marker = tmp_path / MARKER
     text = """id: chain

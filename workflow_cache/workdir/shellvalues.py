@@ -16,7 +16,8 @@ unquoted ``{{ x }}``               ``"${V1}" "${V2}"``: one word per run of
                                    and nothing more (no globbing, no ``$( )``)
 ``NAME={{ x }}``, ``> {{ x }}``,   ``"${V}"``: one word, as the shell itself keeps
 ``<<< {{ x }}``, ``[[ ]]``,        these (a split value there would run its second
-``case {{ x }} in``                word as a command or make a bad redirection)
+``case {{ x }} in``, a command's   word as a command or make a bad redirection); a
+name: ``{{ x }} --version``        value names a program, it does not write a command
 ``'...{{ x }}...'``, ``$'...'``    ``'..'"${V}"'..'``: the literal value
 here-document                      ``${V}``; a quoted one (``<<'EOF'``) holding a
                                    value is rewritten with its text escaped
@@ -26,7 +27,7 @@ a comment                          nothing
 =================================  ==============================================
 
 The value never becomes part of the text the shell parses, so however the
-lexer reads the text, a value cannot run as a command. A marker whose context
+lexer reads the text, the shell never parses a value as code. A marker whose context
 cannot be placed safely (inside backticks, inside ``${...}``, right after a
 backslash) is a :class:`ShellPlacementError` rather than a guess.
 """
@@ -407,8 +408,9 @@ class _Lexer:
             self._integer(value, known)
             self.out.append('"' + self._ref(value) + '"')
             return
-        if frame.one_word or _ASSIGNMENT.match(word):  # NAME=..., export NAME=...: one word
-            self.out.append('"' + self._ref(value) + '"')
+        command_name = frame.command_start and not word
+        if frame.one_word or command_name or _ASSIGNMENT.match(word):
+            self.out.append('"' + self._ref(value) + '"')  # NAME=..., a command's name: one word
             return
         words = split_words(value)
         placed = " ".join('"' + self._ref(part) + '"' for part in words)
