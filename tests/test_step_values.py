@@ -117,7 +117,7 @@ def test_a_forgotten_await_is_a_type_error_naming_await() -> None:
 def test_a_keyed_step_returning_a_coroutine_is_a_type_error_naming_await(cache, is_async) -> None:  # type: ignore[no-untyped-def]
     workflow = create_workflow(cache=cache)
 
-    async def one():  # type: ignore[no-untyped-def]
+    async def one() -> int:
         return 1
 
     with warnings.catch_warnings():
