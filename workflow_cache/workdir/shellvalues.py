@@ -83,33 +83,48 @@ class ShellValues:
         return known
 
 
+_OPEN = f"\x00{secrets.token_hex(8)}:"
+_MARKER = re.compile(re.escape(_OPEN) + r"(\d+)\x00")
+"""Markers carry a random number of this process, which no flow or value can know."""
+
+
 class Markers:
-    """Stand-ins for the values of one rendering, unforgeable by the text around them."""
+    """Stand-ins for the values of one rendering, told apart from the text around them."""
 
     def __init__(self) -> None:
         self.values: list[str] = []
         self.unknown: set[int] = set()
-        nonce = secrets.token_hex(8)
-        self._open = f"\x00{nonce}:"
-        self.pattern = re.compile(re.escape(self._open) + r"(\d+)\x00")
 
     def found_in(self, text: str) -> bool:
-        return self._open in text
+        return _OPEN in text
+
+    def index(self, found: re.Match[str]) -> int | None:
+        """The value a marker stands for; ``None`` for one this rendering did not make."""
+        index = int(found[1])
+        return index if index < len(self.values) else None
 
     def mark(self, value: str, *, known: bool = True) -> str:
         """A marker for ``value``; a value holding markers (a captured block) is plain data."""
-        if self._open in value:
-            value = self.pattern.sub(lambda found: self.values[int(found[1])], value)
+        if _OPEN in value:
+            value = _MARKER.sub(self._expand, value)
         if not known:
             self.unknown.add(len(self.values))
         self.values.append(value)
-        return f"{self._open}{len(self.values) - 1}\x00"
+        return f"{_OPEN}{len(self.values) - 1}\x00"
+
+    def _expand(self, found: re.Match[str]) -> str:
+        index = self.index(found)
+        return found.group() if index is None else self.values[index]
 
 
 # --- the lexer ---------------------------------------------------------------------------
 
 PLAIN, DOUBLE, SINGLE, ANSI, BACKTICK, PARAM, ARITH, HEREDOC = range(8)
 _QUOTES = {"'": SINGLE, '"': DOUBLE, "`": BACKTICK}
+_PLAIN_RUN = re.compile(r"[^ \t\n;&|()<>'\"`$\\\x00#]+")
+_DOUBLE_RUN = re.compile(r"[^\"`$\\\x00]+")
+_SINGLE_RUN = re.compile(r"[^'\x00]+")
+"""Runs of characters without meaning in a state, copied in one step."""
 
 
 @dataclass
@@ -175,7 +190,9 @@ class _Lexer:
 
     def _marker_at(self, i: int) -> re.Match[str] | None:
         if self.text.startswith("\x00", i):
-            return self.markers.pattern.match(self.text, i)
+            found = _MARKER.match(self.text, i)
+            if found is not None and self.markers.index(found) is not None:
+                return found
         return None
 
     def _value(self, found: re.Match[str]) -> tuple[str, bool]:
@@ -272,7 +289,7 @@ class _Lexer:
         if char == "#" and not frame.word:
             end = text.find("\n", i)
             end = len(text) if end < 0 else end
-            self.out.append(self.markers.pattern.sub("", text[i:end]))  # a comment runs nothing
+            self.out.append(_MARKER.sub("", text[i:end]))  # a comment runs nothing
             self.i = end
             return
         if char in _QUOTES:
@@ -293,9 +310,11 @@ class _Lexer:
             self._operator(frame, char)
             return
         self._start_word(frame)
-        frame.word += char
-        self.out.append(char)
-        self.i += 1
+        run = _PLAIN_RUN.match(text, i)
+        chunk = run.group() if run else char
+        frame.word += chunk
+        self.out.append(chunk)
+        self.i += len(chunk)
 
     def _start_word(self, frame: _Frame) -> None:
         """The first character of a word: decide whether a value in it stays one word."""
@@ -397,7 +416,7 @@ class _Lexer:
         """Whether the ``[[ ]]`` starting here compares numbers (its operands are arithmetic)."""
         end = self.text.find("]]", self.i)
         inside = self.text[self.i : len(self.text) if end < 0 else end]
-        return _ARITHMETIC_TESTS.search(self.markers.pattern.sub(" x ", inside)) is not None
+        return _ARITHMETIC_TESTS.search(_MARKER.sub(" x ", inside)) is not None
 
     def _plain_value(self, frame: _Frame, found: re.Match[str]) -> None:
         value, known = self._value(found)
@@ -438,6 +457,11 @@ class _Lexer:
             self.out.append(self._ref(value))
             self.i = found.end()
             return
+        run = _DOUBLE_RUN.match(text, i)
+        if run is not None:
+            self.out.append(run.group())
+            self.i = run.end()
+            return
         char = text[i]
         if char == "\\":
             self._escaped_marker(i + 1)
@@ -470,6 +494,11 @@ class _Lexer:
                 self._integer(value, known)
             self.out.append("'\"" + self._ref(value) + "\"'")
             self.i = found.end()
+            return
+        run = _SINGLE_RUN.match(self.text, self.i)
+        if run is not None:
+            self.out.append(run.group())
+            self.i = run.end()
             return
         char = self.text[self.i]
         self.out.append(char)
@@ -646,7 +675,9 @@ class _Lexer:
             self.out[doc.slot] = doc.delimiter  # unquoted, with the text escaped instead
             pieces = []
             last = 0
-            for found in self.markers.pattern.finditer(body):
+            for found in _MARKER.finditer(body):
+                if self.markers.index(found) is None:
+                    continue
                 pieces.append(re.sub(r"([\\$`])", r"\\\1", body[last : found.start()]))
                 pieces.append(self._ref(self._value(found)[0]))
                 last = found.end()
