@@ -197,3 +197,17 @@ def test_producers_leave_secrets_to_the_worker(tmp_path: Path) -> None:
 
     flow = parse_flow(FLOW)
     FlowRenderer(flow, {"password": "x"}).check()  # no secrets, no environment here: fine
+
+
+def test_the_example_flow_of_inputs_and_secrets(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "flows" / "inputs_and_secrets.yaml"
+    cli = Cli(tmp_path)
+    cli.env["SECRET_API_TOKEN"] = encoded(TOKEN)
+    done = cli("run", example, "--input", "greeting=hi $(whoami)")
+    assert done.returncode == 0, done.stderr
+    assert "[notify] hi $(whoami)\n" in done.stderr
+    assert "[notify] to ada@example.com via https://example.com/notify\n" in done.stderr
+    assert "[notify] to grace@example.com via https://example.com/notify\n" in done.stderr
+    assert "[notify] authorised with ******\n" in done.stderr
+    assert "[notify] debug off\n" in done.stderr
+    assert TOKEN not in done.stderr + done.stdout
