@@ -5,7 +5,9 @@ archives (:mod:`.archive`), fsspec storage (:mod:`.storage`) and cache entries
 with a time-to-live (:mod:`.filecache`).
 """
 
-from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, pack, unpack
+from workflow_cache.workdir.archive import ArchiveError, ArchiveStats
+from workflow_cache.workdir.archive_extract import unpack
+from workflow_cache.workdir.archive_write import pack
 from workflow_cache.workdir.filecache import (
     CacheRestoreWarning,
     EntryInfo,

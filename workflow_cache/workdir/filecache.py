@@ -46,7 +46,9 @@ from urllib.parse import quote, unquote
 from workflow_cache import paths, signing
 from workflow_cache.trust_config import max_restore_bytes as default_max_restore_bytes
 from workflow_cache.workdir import entrydoc
-from workflow_cache.workdir.archive import ArchiveError, ArchiveStats, Limits, pack, unpack
+from workflow_cache.workdir.archive import ArchiveError, ArchiveStats
+from workflow_cache.workdir.archive_extract import Limits, unpack
+from workflow_cache.workdir.archive_write import pack
 from workflow_cache.workdir.patterns import match_files, validate_patterns
 from workflow_cache.workdir.safefs import UnsafePathError
 from workflow_cache.workdir.storage import Storage
