@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.flocks import wait_for_waiters
-from workflow_cache import LocalCache, create_workflow, err
+from workflow_cache import LocalCache, create_workflow, err, ok
 from workflow_cache.cache.filelocks import KeyLocks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_a_killed_holder_is_taken_over_at_once(tmp_path: Path) -> None:
     finally:
         kill_all([holder, waiter])
     assert f"ran in {waiter.pid}" in outcome
-    assert LocalCache(tmp_path / "cache").get("k").value == f"ran in {waiter.pid}"
+    assert LocalCache(tmp_path / "cache").get("k") == ok(f"ran in {waiter.pid}")
     assert not lock.exists()  # the new holder removed the file the killed one left
 
 
