@@ -116,7 +116,8 @@ class KeyLocks:
         waited_since = None
         while True:
             fd = os.open(path, _OPEN | os.O_CREAT, 0o600)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a planted FIFO or device: never use it
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):  # a planted FIFO or device: never use it
                 os.close(fd)
                 raise EnvelopeError(f"the lock file of step {key!r} is not a regular file")
             holder = False
@@ -126,7 +127,7 @@ class KeyLocks:
                 except BlockingIOError:
                     waited_since = waited_since or time.time()
                     fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel wakes us when the holder is done
-                holder = _names(path, fd)
+                holder = _names(path, opened)
                 stored = load(key)
                 if stored is None and waited_since is not None:
                     stored = _read_notice(fd, key, waited_since)
@@ -154,14 +155,14 @@ class KeyLocks:
         return removed
 
 
-def _names(path: str, fd: int) -> bool:
-    """Whether ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
+def _names(path: str, opened: os.stat_result) -> bool:
+    """Whether ``path`` still names the file ``opened`` (its ``fstat``): not removed or
+    replaced since it was opened."""
     try:
         linked = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    mine = os.fstat(fd)
-    return (linked.st_ino, linked.st_dev) == (mine.st_ino, mine.st_dev)
+    return (linked.st_ino, linked.st_dev) == (opened.st_ino, opened.st_dev)
 
 
 def _remove_if_free(path: str) -> bool:
@@ -178,12 +179,13 @@ def _remove_if_free(path: str) -> bool:
             os.unlink(path)  # a symlink (O_NOFOLLOW refused it): never a lock
         return True
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        opened = os.fstat(fd)
+        if stat.S_ISREG(opened.st_mode):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # its holder removes it when it is done
-            if not _names(path, fd):
+            if not _names(path, opened):
                 return False
         os.unlink(path)
         return True
@@ -202,8 +204,9 @@ def _remove_and_unlock(path: str, fd: int) -> None:
     """Remove the lock file, then unlock: we hold the lock of the file the path names, so
     no other process can, and whoever wakes on it sees it removed and starts again."""
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     finally:
         _unlock(fd)
 
