@@ -131,17 +131,17 @@ time.sleep(120)
 """
 
 
+def child(script: str, *args: str) -> subprocess.Popen[str]:
+    """``script`` run by a Python process of its own, importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+
+
 def hold(directory: Path, *keys: str) -> subprocess.Popen[str]:
     """A process holding the locks of ``keys`` until it is killed."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(directory), *keys],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "HELD"
+    proc = child(HOLDER, str(directory), *keys)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "HELD"
     return proc
 
 
@@ -191,12 +191,7 @@ def test_a_waiter_on_a_removed_file_runs_the_key_once(tmp_path: Path) -> None:
     lock = KeyLocks(tmp_path).path("k")
     claim = cache.acquire("k")
     assert isinstance(claim, KeyLock) and lock.exists()
-    waiter = subprocess.Popen(
-        [sys.executable, "-c", WAITER, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    waiter = child(WAITER, str(tmp_path))
     try:
         assert waiter.pid in wait_for_waiters(lock, 1)
         claim.release()  # no outcome: the file goes, and the waiter must run the key
