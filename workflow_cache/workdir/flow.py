@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from workflow_cache.workdir import safefs
+from workflow_cache.workdir.entrykey import EntryKey
 from workflow_cache.workdir.fallback import restore_fallback
-from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.filecache import FileCache
 from workflow_cache.workdir.inputs import resolve_inputs
 from workflow_cache.workdir.outputs import copy_file_inputs, split_file_inputs
 from workflow_cache.workdir.patterns import match_files
