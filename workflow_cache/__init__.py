@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # what __getattr__ below imports on first use, spelled out fo
     from workflow_cache.distributed.signature_key import signature_key
     from workflow_cache.settings import Settings, SettingsWarning
     from workflow_cache.trust_config import TrustConfigError
-    from workflow_cache.workdir.expressions import ExpressionError
     from workflow_cache.workdir.entrykey import EntryKey
+    from workflow_cache.workdir.expressions import ExpressionError
     from workflow_cache.workdir.filecache import FileCache
     from workflow_cache.workdir.flow import FlowSummary, run_flow
     from workflow_cache.workdir.inputs import InputError
