@@ -10,7 +10,7 @@ few large ones, hex text that compresses about 2:1, some symlinks and exec
 bits), then times pack + unpack three ways in the same run, on the same warm
 page cache:
 
-* ours: ``match_files`` + ``archive.pack`` / ``archive.unpack`` (tar + zstd);
+* ours: ``match_files`` + ``archive_write.pack`` / ``archive_extract.unpack`` (tar + zstd);
 * the command line: ``tar -I 'zstd -T0' -cf`` / ``tar -I 'zstd -d -T0' -xf``;
 * Python's ``zipfile`` with ``ZIP_DEFLATED``.
 
@@ -41,7 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workflow_cache import settings
-from workflow_cache.workdir.archive import pack, unpack
+from workflow_cache.workdir.archive_extract import unpack
+from workflow_cache.workdir.archive_write import pack
 from workflow_cache.workdir.filecache import EntryKey, FileCache
 from workflow_cache.workdir.patterns import match_files
 

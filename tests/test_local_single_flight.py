@@ -1,4 +1,8 @@
-"""LocalCache runs a key once across the processes of one machine, with real processes."""
+"""LocalCache runs a key once across the processes of one machine, with real processes.
+
+Nothing here sleeps to let another process get somewhere: a process blocked on a
+key's lock is seen in the kernel's lock table (:mod:`tests.flocks`).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,19 @@ import threading
 import time
 from pathlib import Path
 
-from workflow_cache import LocalCache, create_workflow, err
+from tests.flocks import wait_for_waiters
+from workflow_cache import LocalCache, create_workflow, err, ok
+from workflow_cache.cache.filelocks import KeyLocks
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, os, sys, time
+from pathlib import Path
+from tests.flocks import wait_for_waiters
 from workflow_cache import LocalCache, create_workflow, err
-directory, key, mode, log = sys.argv[1:5]
+from workflow_cache.cache.filelocks import KeyLocks
+directory, key, mode, log, waiters = sys.argv[1:6]
 cache = LocalCache(directory)
 
 def work():
@@ -26,7 +35,8 @@ def work():
     print("STARTED", flush=True)
     if mode == "hang":
         time.sleep(120)
-    time.sleep(0.3)
+    # The outcome is made once the others wait for it: they must all receive it.
+    wait_for_waiters(KeyLocks(Path(directory)).path(key), int(waiters))
     if mode == "fail":
         return err(f"failed in {os.getpid()}")
     return f"ran in {os.getpid()}"
@@ -39,10 +49,14 @@ print("RESULT", json.dumps([result.ok, result.value if result.ok else result.err
 """
 
 
-def spawn(directory: Path, key: str, mode: str, log: Path) -> subprocess.Popen[str]:
+def spawn(
+    directory: Path, key: str, mode: str, log: Path, waiters: int = 0
+) -> subprocess.Popen[str]:
+    """A process that runs ``key`` when told ``go``; as holder, it finishes the step once
+    ``waiters`` other processes wait on the key's lock."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(directory), key, mode, str(log)],
+        [sys.executable, "-c", CHILD, str(directory), key, mode, str(log), str(waiters)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -81,9 +95,10 @@ def kill_all(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def race(tmp_path: Path, key: str, mode: str, count: int) -> tuple[int, list[str]]:
-    """``count`` processes released together on ``key``: executions and outcomes."""
+    """``count`` processes released together on ``key``, the one that runs it waiting for
+    the others to wait on its lock: executions and outcomes."""
     log = tmp_path / "executions"
-    procs = [spawn(tmp_path / "cache", key, mode, log) for _ in range(count)]
+    procs = [spawn(tmp_path / "cache", key, mode, log, count - 1) for _ in range(count)]
     try:
         for proc in procs:
             expect(proc, "READY")
@@ -109,6 +124,7 @@ def test_an_error_that_is_not_kept_still_reaches_the_waiters(tmp_path: Path) -> 
 
 def test_a_killed_holder_is_taken_over_at_once(tmp_path: Path) -> None:
     log = tmp_path / "executions"
+    lock = KeyLocks(tmp_path / "cache").path("k")
     holder = spawn(tmp_path / "cache", "k", "hang", log)
     waiter = spawn(tmp_path / "cache", "k", "ok", log)
     try:
@@ -117,20 +133,18 @@ def test_a_killed_holder_is_taken_over_at_once(tmp_path: Path) -> None:
         expect(holder, "STARTED")
         expect(waiter, "READY")
         go(waiter)
-        time.sleep(1.0)
-        assert waiter.poll() is None and len(log.read_text().split()) == 1  # blocked on the lock
-        killed = time.monotonic()
+        assert waiter.pid in wait_for_waiters(lock, 1)  # blocked on the holder's lock
+        assert len(log.read_text().split()) == 1
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
-        expect(waiter, "STARTED")
-        took_over = time.monotonic() - killed
+        expect(waiter, "STARTED")  # the kernel dropped the lock: no timer, no lease
         outcome = expect(waiter, "RESULT")
         assert waiter.wait(30) == 0
     finally:
         kill_all([holder, waiter])
     assert f"ran in {waiter.pid}" in outcome
-    assert took_over < 30  # generous: the lock is dropped by the kernel, not by a timer
-    assert LocalCache(tmp_path / "cache").get("k").value == f"ran in {waiter.pid}"
+    assert LocalCache(tmp_path / "cache").get("k") == ok(f"ran in {waiter.pid}")
+    assert not lock.exists()  # the new holder removed the file the killed one left
 
 
 def test_threads_of_one_process_share_one_execution(tmp_path: Path) -> None:
@@ -166,6 +180,6 @@ def test_a_stale_notice_is_not_taken_by_a_later_run(tmp_path: Path) -> None:
 
 def test_a_garbled_lock_file_is_ignored(tmp_path: Path) -> None:
     cache = LocalCache(tmp_path / "cache")
-    lock = cache._locks.path("g")
+    lock = KeyLocks(tmp_path / "cache").path("g")
     lock.write_bytes(b"\x00not json")
     assert create_workflow(cache=cache)(lambda step: step(lambda: 1, key="g")).value == 1

@@ -26,8 +26,9 @@ if TYPE_CHECKING:  # what __getattr__ below imports on first use, spelled out fo
     from workflow_cache.distributed.signature_key import signature_key
     from workflow_cache.settings import Settings, SettingsWarning
     from workflow_cache.trust_config import TrustConfigError
+    from workflow_cache.workdir.entrykey import EntryKey
     from workflow_cache.workdir.expressions import ExpressionError
-    from workflow_cache.workdir.filecache import EntryKey, FileCache
+    from workflow_cache.workdir.filecache import FileCache
     from workflow_cache.workdir.flow import FlowSummary, run_flow
     from workflow_cache.workdir.inputs import InputError
     from workflow_cache.workdir.loader import load_flow, parse_flow
@@ -42,7 +43,7 @@ _LAZY = {
     "result_of": "workflow_cache.distributed",
     "signature_key": "workflow_cache.distributed",
     "workflow_task": "workflow_cache.distributed",
-    "EntryKey": "workflow_cache.workdir.filecache",
+    "EntryKey": "workflow_cache.workdir.entrykey",
     "FileCache": "workflow_cache.workdir.filecache",
     "Flow": "workflow_cache.workdir.spec",
     "FlowError": "workflow_cache.workdir.spec",

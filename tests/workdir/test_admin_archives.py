@@ -12,7 +12,8 @@ import pytest
 
 from workflow_cache.admin.archives import prune
 from workflow_cache.cli import main
-from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.entrykey import EntryKey
+from workflow_cache.workdir.filecache import FileCache
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

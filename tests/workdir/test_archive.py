@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from workflow_cache.workdir.archive import ArchiveError, _gnu_header, pack, unpack
+from workflow_cache.workdir.archive import ArchiveError
+from workflow_cache.workdir.archive_extract import unpack
+from workflow_cache.workdir.archive_read import TarHeader
+from workflow_cache.workdir.archive_write import gnu_header, pack
 from workflow_cache.workdir.patterns import PatternError, match_files, validate_patterns
 
 MTIME = 1_700_000_000
@@ -353,14 +356,12 @@ def test_fast_headers_match_tarfile(
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.mtime, info.size, info.linkname = kind, mode, mtime, size, linkname
     expected = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-    assert _gnu_header(name, kind, mode, mtime, size, linkname) == expected
+    assert gnu_header(name, kind, mode, mtime, size, linkname) == expected
 
 
 def test_fast_header_parser_agrees_with_tarfile_on_valid_and_damaged_headers() -> None:
     """The struct-based header parser must read (or refuse) exactly what tarfile does."""
     import random
-
-    from workflow_cache.workdir.archive import _Header
 
     rnd = random.Random(1234)
     kinds = [
@@ -414,7 +415,7 @@ def test_fast_header_parser_agrees_with_tarfile_on_valid_and_damaged_headers() -
         return [getattr(info, f) for f in fields]
 
     for block in [*blocks, *damaged, bytes(512), b"", bytes(100)]:
-        assert parse(_Header, block) == parse(tarfile.TarInfo, block)
+        assert parse(TarHeader, block) == parse(tarfile.TarInfo, block)
 
 
 def test_pax_archives_are_refused_and_leave_the_folder_alone(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.workdir.flowkit import Cli, run_text, task_of
-from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.entrykey import EntryKey
+from workflow_cache.workdir.filecache import FileCache
 
 FLOW = """id: locked
 namespace: dev

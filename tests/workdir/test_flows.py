@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.entrykey import EntryKey
+from workflow_cache.workdir.filecache import FileCache
 from workflow_cache.workdir.flow import FlowSummary, relocate, run_flow
 from workflow_cache.workdir.loader import load_flow, parse_flow
 from workflow_cache.workdir.spec import FlowError

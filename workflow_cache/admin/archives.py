@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from workflow_cache.workdir.filecache import POINTER, EntryInfo, FileCache
+from workflow_cache.workdir.catalog import EntryInfo
+from workflow_cache.workdir.entrykey import POINTER
+from workflow_cache.workdir.filecache import FileCache
 from workflow_cache.workdir.usage import marker_time
 
 __all__ = ["PruneReport", "prune"]

@@ -123,7 +123,8 @@ class LocalCache(NativeCache):
 
     def acquire(self, key: str) -> Envelope | KeyLock:
         """Single flight across the processes of this machine (see ``filelocks.py``)."""
-        return self._locks.acquire(check_key(key), self.load, self.save)  # type: ignore[arg-type]
+        check_key(key)
+        return self._locks.acquire(key, self.load, self.save)
 
     def has(self, key: str) -> bool:
         check_key(key)
@@ -131,11 +132,17 @@ class LocalCache(NativeCache):
         return self._query(key, sql, (key, time.time())).fetchone() is not None
 
     def delete(self, key: str) -> bool:
+        """Remove the outcome of ``key``, and its lock file unless a process runs the key."""
         check_key(key)
-        return self._query(key, "DELETE FROM outcomes WHERE key = ?", (key,)).rowcount > 0
+        deleted = self._query(key, "DELETE FROM outcomes WHERE key = ?", (key,)).rowcount > 0
+        self._locks.discard(key)
+        return deleted
 
     def clear(self) -> int:
-        return self._query("*", "DELETE FROM outcomes", ()).rowcount
+        """Remove every outcome, and every lock file no process holds; return how many outcomes."""
+        count = self._query("*", "DELETE FROM outcomes", ()).rowcount
+        self._locks.sweep()
+        return count
 
     # -- for operators (workflow-cache steps ...): rows as stored, not decoded
 

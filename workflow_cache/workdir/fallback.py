@@ -13,7 +13,8 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from workflow_cache.workdir.filecache import EntryKey, FileCache, RestoreResult
+from workflow_cache.workdir.entrykey import EntryKey
+from workflow_cache.workdir.filecache import FileCache, RestoreResult
 
 log = logging.getLogger(__name__)
 

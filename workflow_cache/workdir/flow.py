@@ -29,8 +29,9 @@ from typing import Any
 
 from workflow_cache import settings
 from workflow_cache.workdir import safefs
+from workflow_cache.workdir.entrykey import EntryKey
 from workflow_cache.workdir.fallback import restore_fallback
-from workflow_cache.workdir.filecache import EntryKey, FileCache
+from workflow_cache.workdir.filecache import FileCache
 from workflow_cache.workdir.flowsecrets import FlowSecrets, without_secrets
 from workflow_cache.workdir.inputs import SecretInput, resolve_inputs
 from workflow_cache.workdir.outputs import copy_file_inputs, split_file_inputs
