@@ -36,6 +36,7 @@ from workflow_cache.admin.reach import reachable
 from workflow_cache.units import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_MOMENT = "%Y-%m-%d %H:%M:%S"
 
 
 class CliError(Exception):
@@ -413,12 +414,15 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
         table = Table(title=f"{len(entries)} cached folder(s)", title_justify="left")
         table.add_column("name", overflow="fold")
         table.add_column("created (UTC)", no_wrap=True)
+        table.add_column("expires (UTC)", no_wrap=True)
         for column in ("files", "size", "archive"):
             table.add_column(column, justify="right", no_wrap=True)
         for entry in entries:
+            expires = entry.expires_at
             table.add_row(
                 entry.name,
-                entry.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                entry.created_at.astimezone(UTC).strftime(_MOMENT),
+                "no ttl" if expires is None else expires.astimezone(UTC).strftime(_MOMENT),
                 str(entry.files),
                 _size(entry.bytes),
                 _size(entry.size),
@@ -434,6 +438,8 @@ def _cache(args: argparse.Namespace, out: Console) -> int:
             out.print_json(json.dumps(data))
         else:
             for name, value in data.items():
+                if name == "expires_at" and value is None:
+                    value = "no ttl was recorded when it was saved"
                 if value is None:
                     continue  # e.g. no content key
                 if isinstance(value, list):
@@ -470,6 +476,9 @@ def _confirm_all(args: argparse.Namespace, where: str) -> None:
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:
+    from workflow_cache.workdir.filters import iso_duration
+
+    expires = entry.expires_at
     return {
         "name": entry.name,
         "namespace": entry.key.namespace,
@@ -477,6 +486,8 @@ def _entry_dict(entry: Any) -> dict[str, Any]:
         "task": entry.key.task,
         "content": entry.key.content,
         "created_at": entry.created_at.isoformat(),
+        "ttl": None if entry.ttl is None else iso_duration(entry.ttl),
+        "expires_at": None if expires is None else expires.isoformat(),
         "files": entry.files,
         "bytes": entry.bytes,
         "archive_size": entry.size,

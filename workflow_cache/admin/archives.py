@@ -2,7 +2,8 @@
 
 Run as often as you like (a cron job, a CI step): it only removes
 
-* entries older than ``max_age`` (their flows would find them expired anyway),
+* entries whose ``ttl`` (the flow's, recorded when they were saved) has passed, and
+  entries older than ``max_age`` (their flows would find them expired anyway),
 * archives that no ``entry.json`` names and that are older than ``grace`` (what a
   crashed or losing saver left behind; younger ones may belong to a save in flight),
 * restore markers that are stale or whose entry is gone, and
@@ -114,7 +115,8 @@ def prune(
         remove(stale + old_markers)
         if entry is None:
             continue
-        if max_age is not None and now - entry.created_at >= max_age:
+        outlived = entry.expires_at is not None and now >= entry.expires_at
+        if outlived or (max_age is not None and now - entry.created_at >= max_age):
             report.expired.append(folder)
             report.freed_bytes += entry.size
             remove([f"{folder}/{POINTER}", f"{folder}/{entry.archive}", *times])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from workflow_cache.workdir import entrydoc
 from workflow_cache.workdir.entrykey import POINTER, EntryKey, entry_file, storage_prefix
@@ -32,6 +32,16 @@ class EntryInfo:
     archive: str = ""
     patterns: list[str] = field(default_factory=list)
     digest: str | None = None  # "sha256:<hex>" of the archive's bytes
+    ttl: timedelta | None = None  # the flow's ttl when the entry was saved
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the ttl recorded at save time runs out (``None``: saved without a ttl).
+
+        A flow decides with its own current ``ttl`` when it restores; this is what
+        ``cache prune`` and ``cache list`` go by.
+        """
+        return None if self.ttl is None else self.created_at + self.ttl
 
 
 class EntryCatalog:
@@ -154,6 +164,7 @@ class EntryCatalog:
             archive=document.archive,
             patterns=list(document.patterns),
             digest=document.digest,
+            ttl=None if document.ttl is None else timedelta(seconds=document.ttl),
         )
 
     def remove_entry(self, entry: EntryInfo) -> None:

@@ -23,6 +23,7 @@ FORMAT = 1
 MAX_DOCUMENT_BYTES = 1 << 20
 PURPOSE = "workflow-cache entry v1"
 _MAX_COUNT = 1 << 50  # a petabyte, or a quadrillion files: beyond any real folder
+_MAX_TTL = 1000 * 366 * 86400.0  # a thousand years, in seconds
 
 Segment = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
@@ -57,11 +58,15 @@ class EntryDocument(BaseModel):
         list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=4096)
     ] = []
     digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    ttl: Annotated[float, Field(gt=0, le=_MAX_TTL)] | None = None
+    """Seconds the flow's ``ttl`` was when the entry was saved (what ``cache prune`` goes by)."""
     sig: Annotated[str, StringConstraints(max_length=200)] | None = None
 
     def signed_fields(self) -> builtins.bytes:
-        """The canonical bytes a signature covers: every field but ``sig``."""
-        data = self.model_dump(mode="json", exclude={"sig"})
+        """The canonical bytes a signature covers: every field but ``sig`` (and an absent
+        ``ttl``, so entries saved before it existed keep their signatures)."""
+        excluded = {"sig"} if self.ttl is not None else {"sig", "ttl"}
+        data = self.model_dump(mode="json", exclude=excluded)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -187,11 +187,14 @@ class FileCache(EntryCatalog):
             created_at=entry.created_at,
         )
 
-    def save(self, key: EntryKey, root: Path, patterns: list[str]) -> SaveResult:
+    def save(
+        self, key: EntryKey, root: Path, patterns: list[str], ttl: timedelta | None = None
+    ) -> SaveResult:
         """Archive the files of ``root`` matching ``patterns`` as the entry of ``key``.
 
         An entry that already exists is kept ("already saved"): restore removes
         expired ones first, so a save after an expired restore does write.
+        ``ttl``, the flow's at save time, is recorded for ``cache prune``.
         """
         start = time.perf_counter()
         patterns = validate_patterns(patterns)
@@ -233,6 +236,7 @@ class FileCache(EntryCatalog):
             "bytes": stats.bytes,
             "patterns": patterns,
             "digest": f"sha256:{digest}",
+            "ttl": None if ttl is None else ttl.total_seconds(),
         }
         try:
             payload = entrydoc.build(key.name, document)

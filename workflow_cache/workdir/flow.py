@@ -408,7 +408,7 @@ class _FlowRun:
             return
         safefs.write_file(folder, ORIGIN_FILE, str(folder).encode())
         try:
-            result = self.cache.save(key, folder, [*spec.patterns, ORIGIN_FILE])
+            result = self.cache.save(key, folder, [*spec.patterns, ORIGIN_FILE], ttl=spec.ttl)
         except Exception as exc:  # the work is done; a failed save only costs the next run
             summary.save_reason = f"save failed: {exc}"
             summary.warnings.append(f"cache save failed: {exc}")
