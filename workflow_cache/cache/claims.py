@@ -79,6 +79,7 @@ from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.notices import Listener, Notices, Watch
+from workflow_cache.cache.presence import Presence, presence_of
 from workflow_cache.cache.protocol import (
     EPOCH_TTL_MS,
     LAST_TTL_MS,
@@ -91,6 +92,7 @@ from workflow_cache.cache.protocol import (
     Effect,
     Hold,
     Plan,
+    Present,
     Rules,
     Running,
     Subscribe,
@@ -159,13 +161,28 @@ class Claims:
         with self.reaching:
             return self._scripts[call.script](keys=call.keys, args=call.args)
 
-    def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
+    def present(self, presence: int) -> bool:
+        """Whether the client ``presence`` is connected now (True if Redis cannot say)."""
+        with self.reaching:
+            try:
+                return bool(self.client.client_list(client_id=[presence]))
+            except redis.ResponseError:  # before Redis 6.2: no ID filter, no takeover
+                return True
+
+    def claim(
+        self, keys: Keys, owner: str, lease_ms: int, presence: int | None = None
+    ) -> ClaimState:
         """Done, Running or Claimed (one atomic script)."""
-        return claim_state(self.run(Rules.claim(keys, owner, lease_ms, self._epoch_ttl_ms)))
+        call = Rules.claim(keys, owner, lease_ms, self._epoch_ttl_ms, presence)
+        return claim_state(self.run(call))
 
     def renew(self, keys: Keys, claim: Claimed, lease_ms: int) -> bool:
         """Extend the lease to ``lease_ms`` from now, if ``claim`` still holds the lock."""
         return bool(self.run(Rules.renew(keys, claim, lease_ms)))
+
+    def take_over(self, keys: Keys, state: Running) -> bool:
+        """End ``state``'s claim if it still holds the lock under the same presence."""
+        return bool(self.run(Rules.take_over(keys, state)))
 
     def commit(
         self,
@@ -182,6 +199,12 @@ class Claims:
     def release(self, keys: Keys, claim: Claimed) -> bool:
         """Give the claim up without an outcome; waiters are told to claim again at once."""
         return bool(self.run(Rules.release(keys, claim)))
+
+
+def _call_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    found = method()
+    if found is not None:
+        found()
 
 
 # --------------------------------------------------------------------------- single flight
@@ -270,7 +293,11 @@ class SingleFlight:
     ) -> None:
         self.client = client
         self.keyspace = keyspace if isinstance(keyspace, KeySpace) else KeySpace(keyspace)
-        self.rules = Rules(self.keyspace.namespace, lease=lease, owner=owner)
+        self._presence: Presence | None = None
+        self._presence_pid = 0
+        self.rules = Rules(
+            self.keyspace.namespace, lease=lease, owner=owner, presence=self.presence_id
+        )
         self.lease = self.rules.lease
         self.lease_ms = self.rules.lease_ms
         self.owner = self.rules.owner
@@ -297,6 +324,32 @@ class SingleFlight:
     @property
     def where(self) -> str:
         return self.claims.where
+
+    def presence_id(self) -> int | None:
+        """This process's presence id on the flight's server (None on a Cluster, or while
+        its presence connection is down: claims then rely on the lease alone)."""
+        presence = self._presence
+        if presence is None or self._presence_pid != os.getpid():
+            with self._listener_lock:
+                if self._presence is None or self._presence_pid != os.getpid():
+                    self._presence = presence_of(self.client)
+                    self._presence_pid = os.getpid()
+                    if self._presence is not None:
+                        changed = weakref.WeakMethod(self._presence_changed)
+                        forget = self._presence.on_change(lambda: _call_alive(changed))
+                        weakref.finalize(self, forget)
+                presence = self._presence
+            if presence is None:
+                return None
+            return presence.wait_ready(self.CONFIRM_S)
+        return presence.cid
+
+    def _presence_changed(self) -> None:
+        """Reconnected with a new id: renew every open holder now, recording it."""
+        with self._listener_lock:
+            renewer = self._renewer if self._renewer_pid == os.getpid() else None
+        if renewer is not None:
+            renewer.renew_now()
 
     def renewer(self) -> Renewer:
         """The thread renewing this flight's open holders (this process's own)."""
@@ -327,6 +380,8 @@ class SingleFlight:
         """Do what ``effect`` says, blocking; ``watching`` keeps one acquire's watch."""
         if isinstance(effect, Call):
             return self.claims.run(effect)
+        if isinstance(effect, Present):
+            return self.claims.present(effect.presence)
         assert watching is not None, "only acquire subscribes or listens"
         if isinstance(effect, Subscribe):
             listener = self.notifier()

@@ -51,6 +51,7 @@ from workflow_cache.cache.protocol import (
     as_text,
     claim_state,
     default_owner,
+    presence_key,
 )
 
 __all__ = ["Busy", "Send", "StepMessages", "parked_value"]
@@ -139,10 +140,11 @@ class StepMessages:
         flight = self.flight
         k = self.keys(key)
         owner = task_owner(task_id)
+        presence = flight.presence_id()
         reply = flight.claims.call(
             lambda: self._start(
-                keys=[k.out, k.lock, k.epoch, k.queued],
-                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id],
+                keys=[k.out, k.lock, k.epoch, k.queued, presence_key(k)],
+                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id, presence or ""],
             )
         )
         if as_text(reply[0]) == "done":
@@ -158,7 +160,10 @@ class StepMessages:
         value = parked_value(task_id, holder.epoch)
         return bool(
             self.flight.claims.call(
-                lambda: self._park(keys=[holder.keys.lock], args=[holder.token, value, px])
+                lambda: self._park(
+                    keys=[holder.keys.lock, presence_key(holder.keys)],
+                    args=[holder.token, value, px],
+                )
             )
         )
 
@@ -179,7 +184,16 @@ class StepMessages:
         return bool(
             self.flight.claims.call(
                 lambda: self._fail(
-                    keys=[k.out, k.lock, k.queued, k.epoch, k.last, k.waiters, k.handoff],
+                    keys=[
+                        k.out,
+                        k.lock,
+                        k.queued,
+                        k.epoch,
+                        k.last,
+                        k.waiters,
+                        k.handoff,
+                        presence_key(k),
+                    ],
                     args=args,
                 )
             )

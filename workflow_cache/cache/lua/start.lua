@@ -1,4 +1,5 @@
--- KEYS: out, lock, epoch, queued   ARGV: owner, lease_ms, epoch_ttl_ms, task_id
+-- KEYS: out, lock, epoch, queued[, by]
+-- ARGV: owner, lease_ms, epoch_ttl_ms, task_id[, presence ('' = none)]
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'done'}
 end
@@ -6,7 +7,8 @@ local holder = redis.call('GET', KEYS[2])
 if holder then
   local mine = 'parked:' .. ARGV[4] .. '|'
   if string.sub(holder, 1, #mine) ~= mine then
-    return {'running', holder, redis.call('PTTL', KEYS[2])}
+    local by = KEYS[5] and redis.call('GET', KEYS[5]) or ''
+    return {'running', holder, redis.call('PTTL', KEYS[2]), by or ''}
   end
 end
 local epoch = redis.call('INCR', KEYS[3])
@@ -15,5 +17,12 @@ if tonumber(ARGV[3]) > 0 then
 end
 local token = ARGV[1] .. '|' .. epoch
 redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+if KEYS[5] then
+  if ARGV[5] and ARGV[5] ~= '' then
+    redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[2])
+  else
+    redis.call('DEL', KEYS[5])
+  end
+end
 redis.call('DEL', KEYS[4])
 return {'claimed', token, epoch}

@@ -1,0 +1,155 @@
+"""A process's presence in Redis: one idle connection whose ``CLIENT ID`` names it.
+
+A claim records the holder's presence id beside its lock (``protocol.py``). When the
+holder's process dies, even by ``kill -9``, the kernel closes its sockets and Redis
+drops the client at once, so a waiter that finds the id gone from ``CLIENT LIST``
+knows the holder is dead without waiting out the lease. A paused (SIGSTOP) or
+partitioned holder keeps its connection open on the server side, so it stays present
+and is taken over only when its lease runs out, as before.
+
+A connection can also be dropped while its process lives (a network blip, a Redis
+restart). A thread blocks on reading the connection, so it sees the drop at once,
+reconnects and calls ``on_change`` with the new id: the holders of the process renew
+at once, writing the new id beside their locks. Waiters give a gone id a grace period
+(``protocol.PRESENCE_GRACE_S``) before taking over, and take over only if the id
+beside the lock is still the one they saw gone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from workflow_cache.cache.clients import is_cluster, pool_of, pubsub_connection
+
+__all__ = ["Presence", "presence_of"]
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    """One process's presence connection to one server, kept open by a daemon thread."""
+
+    RETRY_S = 0.05
+
+    def __init__(self, make_connection: Callable[[], Any]) -> None:
+        self._make_connection = make_connection
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self.cid: int | None = None
+        """The presence id now, None while disconnected."""
+        self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        """Done once the first connection answered ``CLIENT ID`` (or failed to)."""
+        self._thread = threading.Thread(target=self._run, name="wfc-presence", daemon=True)
+        self._thread.start()
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from the presence thread) each time the id changes; returns
+        what stops it."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def forget() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(callback)
+
+        return forget
+
+    def wait_ready(self, timeout: float) -> int | None:
+        """The id, waiting up to ``timeout`` seconds for the first connection."""
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            self.ready.result(timeout)
+        return self.cid
+
+    def _run(self) -> None:
+        delay = self.RETRY_S
+        while True:
+            conn = None
+            try:
+                conn = self._make_connection()
+                conn.connect()
+                conn.send_command("CLIENT", "ID")
+                self.cid = int(conn.read_response())
+                delay = self.RETRY_S
+                self._changed()
+                # Nothing is ever sent on it: readable means closed (or an error line).
+                select.select([conn._sock], [], [])
+                raise ConnectionError("presence connection closed")
+            except Exception as exc:
+                self.cid = None
+                log.debug("presence connection lost (%s); reconnecting", exc)
+                self._changed()
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.disconnect()
+
+    def _changed(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback()
+            except Exception as exc:  # one listener's failure must not end the presence
+                log.warning("presence listener failed: %s", exc)
+
+
+_PRESENCES: dict[tuple[int, tuple[Any, ...]], Presence] = {}
+_PRESENCES_LOCK = threading.Lock()
+
+
+def presence_of(client: Any) -> Presence | None:
+    """This process's presence on the server of ``client`` (blocking or asyncio), made
+    on first use; None on a Cluster, where a claim's node is not one connection's."""
+    if is_cluster(client):
+        return None
+    pool = pool_of(client)
+    kwargs = pool.connection_kwargs
+    where = (
+        getattr(pool, "service_name", None),
+        kwargs.get("host"),
+        kwargs.get("port"),
+        kwargs.get("path"),
+        kwargs.get("db", 0),
+    )
+    key = (os.getpid(), where)  # a forked child has its own connections and id
+    with _PRESENCES_LOCK:
+        found = _PRESENCES.get(key)
+        if found is None:
+            found = _PRESENCES[key] = Presence(lambda: _blocking_connection(pool))
+        return found
+
+
+def _blocking_connection(pool: Any) -> Any:
+    """A blocking connection to ``pool``'s server (an asyncio pool's kwargs fit it too)."""
+    kwargs = dict(pool.connection_kwargs)
+    cls = pool.connection_class
+    if cls.__module__.startswith("redis.asyncio"):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("retry", "connection_class")}
+        ssl = "ssl" in cls.__name__.lower()
+        unix = "path" in kwargs and kwargs.get("path")
+        cls = (
+            redis.UnixDomainSocketConnection
+            if unix
+            else (redis.SSLConnection if ssl else redis.Connection)
+        )
+
+        class _Pool:
+            connection_kwargs = kwargs
+            connection_class = cls
+
+        pool = _Pool
+    return pubsub_connection(pool, None)
