@@ -36,6 +36,7 @@ from workflow_cache.cache.protocol import (
     Done,
     Effect,
     Hold,
+    Pause,
     Plan,
     Present,
     Rules,
@@ -157,6 +158,9 @@ class AsyncFlight:
                     return bool(await self.client.client_list(client_id=[effect.presence]))
                 except redis.ResponseError:  # before Redis 6.2: no ID filter, no takeover
                     return True
+        if isinstance(effect, Pause):
+            await asyncio.sleep(effect.seconds)
+            return None
         assert watching is not None, "only acquire subscribes or listens"
         if isinstance(effect, Subscribe):
             watch = await self.listener.watch(effect.channel)

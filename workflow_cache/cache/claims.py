@@ -59,6 +59,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -91,6 +92,7 @@ from workflow_cache.cache.protocol import (
     Done,
     Effect,
     Hold,
+    Pause,
     Plan,
     Present,
     Rules,
@@ -382,6 +384,9 @@ class SingleFlight:
             return self.claims.run(effect)
         if isinstance(effect, Present):
             return self.claims.present(effect.presence)
+        if isinstance(effect, Pause):
+            time.sleep(effect.seconds)
+            return None
         assert watching is not None, "only acquire subscribes or listens"
         if isinstance(effect, Subscribe):
             listener = self.notifier()
@@ -390,6 +395,12 @@ class SingleFlight:
             listener.wait_live(watch, effect.confirm_s)
             return None
         return watching[-1][1].get(effect.seconds)
+
+    def take_over_if_gone(self, key: str, state: Running) -> bool:
+        """End ``state``'s claim if its holder's presence stays gone for the grace (see
+        ``Rules.taking_over``); True if the caller may claim now."""
+        keys = self.keyspace.for_step(key)
+        return drive_sync(performed(self.rules.taking_over(keys, state), self.perform))
 
     def acquire(self, key: str, *, timeout: float | None = None) -> Done | Holder:
         """``Done(outcome)`` if the step has (or gets) an outcome, else a ``Holder`` to run it.

@@ -35,7 +35,7 @@ the lock says which message runs the step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_cache.cache.claims import Holder, SingleFlight
@@ -69,10 +69,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Busy:
-    """A message is queued (``holder`` is its task id) or a worker holds the claim."""
+    """A message is queued (``holder`` is its task id) or a worker holds the claim
+    (``holder`` is ``"claimed"``, ``running`` the claim as a waiter sees it)."""
 
     holder: str
     since: int
+    running: Running | None = field(default=None, compare=False)
 
 
 def parked_value(task_id: str, epoch: int) -> str:
@@ -89,8 +91,9 @@ class StepMessages:
 
     def __init__(self, flight: SingleFlight) -> None:
         self.flight = flight
-        scripts = register(flight.client, ("enqueue", "start", "park", "fail_task"))
+        scripts = register(flight.client, ("enqueue", "sent", "start", "park", "fail_task"))
         self._enqueue = scripts["enqueue"]
+        self._sent = scripts["sent"]
         self._start = scripts["start"]
         self._park = scripts["park"]
         self._fail = scripts["fail_task"]
@@ -120,6 +123,25 @@ class StepMessages:
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 
+    def sent_many(
+        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: Sequence[float]
+    ) -> None:
+        """The messages of ``task_ids`` were handed to the broker: their markers, set
+        short-lived by ``enqueue``, now last ``queued_ttl`` seconds; one round trip."""
+        if not keys:
+            return
+        client = self.flight.client
+
+        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+            args = [task_id, max(1, round(ttl * 1000))]
+            return lambda target: self._sent(keys=[self.keys(key).queued], args=args, client=target)
+
+        def run() -> list[Any]:
+            calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
+            return in_one_trip(client, calls)
+
+        self.flight.claims.call(run)
+
     def enqueue(
         self, key: str, task_id: str, queued_ttl: float, *, since: int
     ) -> Done | Busy | Send:
@@ -133,7 +155,11 @@ class StepMessages:
 
     def _enqueue_keys(self, key: str) -> list[str]:
         k = self.keys(key)
-        return [k.out, k.lock, k.queued, k.epoch, k.last]
+        return [k.out, k.lock, k.queued, k.epoch, k.last, presence_key(k)]
+
+    def take_over(self, key: str, running: Running) -> bool:
+        """End ``running``'s claim if it is still the lock's under the same presence."""
+        return self.flight.claims.take_over(self.keys(key), running)
 
     def start(self, key: str, task_id: str) -> Done | Running | Holder:
         """Claim ``key`` for the message ``task_id`` without waiting (see the module doc)."""
@@ -205,5 +231,10 @@ def _enqueued(reply: Any) -> Done | Busy | Send:
     if kind == "done":
         return Done(as_bytes(reply[1]))
     if kind == "busy":
-        return Busy(as_text(reply[1]), int(reply[2]))
+        running: Running | None = None
+        if len(reply) > 4:  # claimed: the lock's token and its holder's presence
+            state = claim_state([b"running", reply[3], -1, reply[4]])
+            assert isinstance(state, Running)
+            running = state
+        return Busy(as_text(reply[1]), int(reply[2]), running)
     return Send(as_text(reply[1]), int(reply[2]))

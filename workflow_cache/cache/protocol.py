@@ -42,6 +42,7 @@ __all__ = [
     "Effect",
     "Hold",
     "Listen",
+    "Pause",
     "Present",
     "Rules",
     "Running",
@@ -196,7 +197,14 @@ class Present:
     presence: int
 
 
-Effect = Call | Subscribe | Listen | Present
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``seconds`` (a caller with no notice to wait on)."""
+
+    seconds: float
+
+
+Effect = Call | Subscribe | Listen | Present | Pause
 Plan = Generator[Effect, Any, T]
 
 
@@ -363,6 +371,18 @@ class Rules:
                     log.info("step %r: holder %s is gone; taking over", key, state.owner)
                     yield self.take_over(keys, state)
                     break  # claim again (a refused takeover: the holder came back)
+
+    def taking_over(self, keys: Keys, state: Running) -> Plan[bool]:
+        """For a caller that does not wait (a worker given a step another process holds):
+        True once the claim of a holder whose presence stays gone for the grace is ended,
+        so the caller may claim now; False while the holder is (or may be) alive."""
+        if state.presence is None or (yield Present(state.presence)):
+            return False
+        yield Pause(PRESENCE_GRACE_S)
+        if (yield Present(state.presence)):
+            return False
+        log.info("step holder %s is gone; taking over", state.owner)
+        return bool((yield self.take_over(keys, state)))
 
     def _claim(self, keys: Keys) -> Call:
         return self.claim(keys, self.owner, self.lease_ms, self.epoch_ttl_ms, self.presence())
