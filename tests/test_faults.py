@@ -256,6 +256,38 @@ def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
     assert fault_fleet.dead_workers() == []
 
 
+def test_a_step_delivered_while_redis_restarts_is_retried_not_acknowledged(
+    fault_fleet: FaultFleet,
+) -> None:
+    """Redis goes down as the step's message starts: taking the claim is refused, so the
+    delivery tries again until Redis is back (or gives its message back to the queue);
+    it is never acknowledged as done without an outcome."""
+    tag = uuid.uuid4().hex[:10]
+    client = fault_fleet.app_module.cache.client
+    work = fault_fleet.app_module.work.s(tag).set(countdown=1.0)
+    marker = fault_fleet.app_module.cache.keyspace.for_step(tag).queued
+    thread, box = in_background(
+        lambda: run_through_outages(fault_fleet, lambda step: step(work, key=tag))
+    )
+
+    def held_by_a_worker() -> bool:  # sent, and taken by a worker to wait for its countdown
+        task_id = client.get(marker)
+        return bool(task_id) and any(task_id in v for v in client.hvals("unacked"))
+
+    wait_until(held_by_a_worker, "a worker to hold the step's message")
+    fault_fleet.server.restart(down_for=1.5)  # the countdown ends while Redis is down
+    back_at = time.monotonic()
+
+    thread.join(90)
+    report_recovery("restart 1.5 s as the step starts", back_at, box)
+    assert box and box[0].ok, box
+    assert fault_fleet.count(tag) == 1
+    assert fault_fleet.app_module.cache.get(tag) == box[0]
+    logs = "".join(w.log.read_text(errors="replace") for w in fault_fleet.workers if w.log)
+    assert f"step {tag!r}: Redis unreachable taking its claim" in logs
+    assert fault_fleet.dead_workers() == []
+
+
 # -- memory pressure ------------------------------------------------------------------
 
 

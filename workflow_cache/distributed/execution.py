@@ -59,6 +59,7 @@ T = TypeVar("T")
 PATIENCE_LEASES = 2.0
 """A step delivery that cannot reach Redis keeps trying for this many leases, then gives
 its message back to the queue: a restart or a blip never acknowledges a step away."""
+FIRST_RETRY_S = 0.05
 PARK_SLACK_MIN = 10.0
 """A parked claim lives for the retry's countdown plus max(2 leases, this many seconds):
 time for a busy worker to start the retried message before waiters give up on it."""
@@ -100,7 +101,7 @@ def patiently(runner: StepRunner, key: str, doing: str, call: Callable[[], T]) -
     dropped link), for up to ``runner.patience()`` seconds; then the message is rejected
     back to its queue (``Reject(requeue=True)``), never acknowledged as done."""
     deadline = time.monotonic() + runner.patience()
-    delay = 0.05
+    delay = FIRST_RETRY_S
     while True:
         try:
             return call()
@@ -110,7 +111,8 @@ def patiently(runner: StepRunner, key: str, doing: str, call: Callable[[], T]) -
             if time.monotonic() + delay > deadline:
                 log.warning("step %r: Redis unreachable %s (%s); message requeued", key, doing, exc)
                 raise Reject(str(exc), requeue=True) from exc
-            log.info("step %r: Redis unreachable %s (%s); trying again", key, doing, exc)
+            level = logging.WARNING if delay == FIRST_RETRY_S else logging.DEBUG
+            log.log(level, "step %r: Redis unreachable %s (%s); trying again", key, doing, exc)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
