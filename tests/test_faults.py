@@ -26,6 +26,8 @@ from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import CacheUnavailable, RedisCache, Result, create_workflow
 from workflow_cache.cache.claims import Holder
 from workflow_cache.distributed import CeleryDispatcher
+from workflow_cache.distributed.header import HEADER, StepHeader
+from workflow_cache.options import StepOptions
 
 LEASE = 2.0
 
@@ -256,36 +258,60 @@ def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
     assert fault_fleet.dead_workers() == []
 
 
-def test_a_step_delivered_while_redis_restarts_is_retried_not_acknowledged(
-    fault_fleet: FaultFleet,
+@pytest.fixture(scope="module")
+def split_fleet(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RedisServer, ModuleType, CeleryWorker]]:
+    """One worker whose broker stays up while its step cache's Redis (AOF) goes away."""
+    cache_server = RedisServer(tmp_path_factory.mktemp("redis-cache-aof"), appendonly=True)
+    env = {
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_CACHE_URL": cache_server.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"split-{uuid.uuid4().hex[:8]}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
+    }
+    queue = f"split-{uuid.uuid4().hex[:6]}"
+    with configured_test_app(env) as module:
+        log = tmp_path_factory.mktemp("split-logs") / "split.log"
+        worker = CeleryWorker(
+            "tests.celery_app", "split", queue, env, pool="prefork", concurrency=1, log=log
+        )
+        try:
+            wait_ready(module.app, [worker])
+            worker.queue = queue  # type: ignore[attr-defined]
+            yield cache_server, module, worker
+        finally:
+            worker.stop()
+            cache_server.stop()
+
+
+def test_a_step_delivered_while_its_redis_is_down_is_retried_not_acknowledged(
+    split_fleet: tuple[RedisServer, ModuleType, CeleryWorker],
 ) -> None:
-    """Redis goes down as the step's message starts: taking the claim is refused, so the
-    delivery tries again until Redis is back (or gives its message back to the queue);
-    it is never acknowledged as done without an outcome."""
+    """The step's message arrives while the cache's Redis is down: taking the claim is
+    refused, so the delivery tries again, then gives its message back to the queue; it
+    is never acknowledged as done. Once Redis is back the step runs, exactly once."""
+    cache_server, module, worker = split_fleet
     tag = uuid.uuid4().hex[:10]
-    client = fault_fleet.app_module.cache.client
-    work = fault_fleet.app_module.work.s(tag).set(countdown=1.0)
-    marker = fault_fleet.app_module.cache.keyspace.for_step(tag).queued
-    thread, box = in_background(
-        lambda: run_through_outages(fault_fleet, lambda step: step(work, key=tag))
+    header = StepHeader.of(StepOptions(key=tag), module.cache.namespace, once=False)
+    cache_server.stop()
+    module.work.apply_async(
+        (tag,),
+        queue=worker.queue,  # type: ignore[attr-defined]
+        headers={HEADER: header.dump()},
+        ignore_result=True,
     )
-
-    def held_by_a_worker() -> bool:  # sent, and taken by a worker to wait for its countdown
-        task_id = client.get(marker)
-        return bool(task_id) and any(task_id in v for v in client.hvals("unacked"))
-
-    wait_until(held_by_a_worker, "a worker to hold the step's message")
-    fault_fleet.server.restart(down_for=1.5)  # the countdown ends while Redis is down
-    back_at = time.monotonic()
-
-    thread.join(90)
-    report_recovery("restart 1.5 s as the step starts", back_at, box)
-    assert box and box[0].ok, box
-    assert fault_fleet.count(tag) == 1
-    assert fault_fleet.app_module.cache.get(tag) == box[0]
-    logs = "".join(w.log.read_text(errors="replace") for w in fault_fleet.workers if w.log)
-    assert f"step {tag!r}: Redis unreachable taking its claim" in logs
-    assert fault_fleet.dead_workers() == []
+    assert worker.log is not None
+    text = worker.log.read_text
+    wait_until(lambda: f"step {tag!r}: Redis unreachable taking its claim" in text(), "a try")
+    wait_until(lambda: "message requeued" in text(), "the message to go back to its queue")
+    cache_server.restart()
+    outcome = wait_until(
+        lambda: module.cache.get(tag), "the step's outcome", ignoring=(CacheUnavailable,)
+    )
+    assert outcome.ok and outcome.value["count"] == 1
+    assert module.count(tag) == 1
+    assert worker.alive()
 
 
 # -- memory pressure ------------------------------------------------------------------
