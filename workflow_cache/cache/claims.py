@@ -25,11 +25,22 @@ of one step (see ``keys.py``; they share a cluster hash slot):
 ``release``
     Owner-checked delete of the lock and a "released" notice, so waiters claim at once
     instead of waiting for the lease to run out.
+``take_over``
+    A waiter found the holder's presence gone (below): delete the lock, only if it still
+    holds the token the waiter saw and ``:lock:by`` still names the presence seen gone,
+    and announce a release.  The next claim bumps the epoch, fencing the dead holder.
+
+Presence: ``claim`` and ``renew`` also write the holder process's presence id (the
+``CLIENT ID`` of one idle connection it keeps, ``presence.py``) to ``:lock:by``.  A
+process that dies closes that connection with it, so waiters that see the id gone
+from ``CLIENT LIST`` for ``PRESENCE_GRACE_S`` take over without waiting out the lease;
+a live holder whose connection dropped renews at once with its new id, which refuses
+the takeover.  A paused or partitioned holder stays connected and keeps its lease.
 
 Notifications on the step's channel are ``b"o" + outcome`` (commit) or ``b"r"``
 (release), delivered by ``notices.py``.  Waiters wake on them; if the holder dies
-silently they wake when its lease runs out and claim in turn, which is how a crashed
-holder is taken over.  Holders' leases are renewed by ``leases.py``.
+silently they wake when its lease runs out (or its presence is gone) and claim in
+turn, which is how a crashed holder is taken over.  Holders' leases are renewed by ``leases.py``.
 
 Epoch after commit: a commit that stores its outcome deletes the epoch key, so a
 committed step leaves nothing in Redis but its outcome.  While the outcome is stored

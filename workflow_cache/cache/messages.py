@@ -5,8 +5,12 @@ claim protocol of ``claims.py`` (same keys, same hash slot, plus ``:queued``):
 
 ``enqueue`` (producer)
     Outcome stored -> ``Done(outcome)``.  Claim held (running, or parked between retries)
-    -> ``Busy``.  Queued marker present -> ``Busy``.  Otherwise ``SET queued <task id> PX
-    ttl`` -> ``Send``: this caller, and only this one, sends the message.  The same script
+    -> ``Busy`` (with the lock's token and its holder's presence, for a waiter that
+    checks the holder is alive).  Queued marker present -> ``Busy``.  Otherwise ``SET
+    queued <task id> PX ttl`` -> ``Send``: this caller, and only this one, sends the
+    message.  The producer sets the marker short-lived (two leases) and, once the
+    message is handed to the broker, ``sent`` makes it last ``queued_ttl``: a producer
+    killed between the two strands the key only briefly.  The same script
     is what a waiter runs when it finds no notice: the outcome is read in the same atomic
     step as the claim and the marker, so a commit landing "between a read and a check"
     cannot make anyone send again.  An outcome that was not kept (an error the policy
