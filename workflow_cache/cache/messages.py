@@ -161,6 +161,10 @@ class StepMessages:
         k = self.keys(key)
         return [k.out, k.lock, k.queued, k.epoch, k.last, presence_key(k)]
 
+    def present(self, presence: int) -> bool:
+        """Whether the process of presence id ``presence`` is still connected to Redis."""
+        return self.flight.claims.present(presence)
+
     def take_over(self, key: str, running: Running) -> bool:
         """End ``running``'s claim if it is still the lock's under the same presence."""
         return self.flight.claims.take_over(self.keys(key), running)

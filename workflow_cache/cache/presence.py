@@ -25,6 +25,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -40,6 +41,8 @@ class Presence:
     """One process's presence connection to one server, kept open by a daemon thread."""
 
     RETRY_S = 0.05
+    #: Reconnect often: a live holder must be back well within the waiters' grace.
+    RETRY_MAX_S = 0.1
 
     def __init__(self, make_connection: Callable[[], Any]) -> None:
         self._make_connection = make_connection
@@ -89,7 +92,7 @@ class Presence:
                 log.debug("presence connection lost (%s); reconnecting", exc)
                 self._changed()
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, self.RETRY_MAX_S)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -133,23 +136,26 @@ def presence_of(client: Any) -> Presence | None:
         return found
 
 
+@dataclass(frozen=True)
+class _Template:
+    """What ``pubsub_connection`` reads of a pool: its connection kwargs and class."""
+
+    connection_kwargs: dict[str, Any]
+    connection_class: type[Any]
+
+
+_BLOCKING = {
+    "Connection": redis.Connection,
+    "SSLConnection": redis.SSLConnection,
+    "UnixDomainSocketConnection": redis.UnixDomainSocketConnection,
+}
+
+
 def _blocking_connection(pool: Any) -> Any:
-    """A blocking connection to ``pool``'s server (an asyncio pool's kwargs fit it too)."""
-    kwargs = dict(pool.connection_kwargs)
+    """A blocking connection to ``pool``'s server: the presence thread blocks on it, for
+    an asyncio flight too (whose pool's kwargs name the same server)."""
     cls = pool.connection_class
     if cls.__module__.startswith("redis.asyncio"):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("retry", "connection_class")}
-        ssl = "ssl" in cls.__name__.lower()
-        unix = "path" in kwargs and kwargs.get("path")
-        cls = (
-            redis.UnixDomainSocketConnection
-            if unix
-            else (redis.SSLConnection if ssl else redis.Connection)
-        )
-
-        class _Pool:
-            connection_kwargs = kwargs
-            connection_class = cls
-
-        pool = _Pool
+        kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "retry"}
+        pool = _Template(kwargs, _BLOCKING.get(cls.__name__, redis.Connection))
     return pubsub_connection(pool, None)

@@ -164,7 +164,7 @@ class CeleryDispatcher:
                 return pending.decode(raw)
             now = time.monotonic()
             if now < due and running is not None and running.presence is not None:
-                if self.messages.flight.claims.present(running.presence):
+                if self.messages.present(running.presence):
                     gone_at = None
                     continue
                 if gone_at is None or now < gone_at + PRESENCE_GRACE_S:
