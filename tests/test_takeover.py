@@ -106,19 +106,28 @@ def two_live_workers(fleet: Fleet) -> None:
         fleet.start_worker()
 
 
+def start_held(
+    fleet: Fleet, tag: str, seconds: float
+) -> tuple[threading.Thread, dict[str, Any], CeleryWorker]:
+    """A producer waiting on a step that sleeps ``seconds`` the first time, once a
+    (solo) worker runs it: the thread, its result box, and that worker."""
+    two_live_workers(fleet)
+    slow = fleet.module.slow_first.s(tag, seconds).set(queue=QUEUE)
+    thread, box = fleet.run_in_background(lambda step: step(slow, key=tag))
+    first = wait_until(lambda: fleet.pids(tag), "the step to start")[0]
+    (holder,) = [w for w in fleet.workers if w.pid == first]
+    return thread, box, holder
+
+
 def test_a_killed_holder_is_taken_over_through_its_presence(
     fleet: Fleet, tag: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    two_live_workers(fleet)
-    slow = fleet.module.slow_first.s(tag, 120).set(queue=QUEUE)
     with caplog.at_level(logging.WARNING, logger="workflow_cache.distributed.dispatcher"):
-        thread, box = fleet.run_in_background(lambda step: step(slow, key=tag))
-        first = wait_until(lambda: fleet.pids(tag), "the step to start")[0]
-        (holder,) = [w for w in fleet.workers if w.pid == first]  # a solo worker runs it
+        thread, box, holder = start_held(fleet, tag, 120)
         holder.kill()  # kill -9: its presence connection closes with the process
         thread.join(timeout=60)
     result = box["result"]
-    assert result.ok and result.value["count"] == 2 and result.value["pid"] != first
+    assert result.ok and result.value["count"] == 2 and result.value["pid"] != holder.pid
     assert int(fleet.client.get(f"count:{tag}") or 0) == 2
     # The producer saw the holder's process gone: it did not wait for the lease.
     assert any(GONE in r.getMessage() for r in caplog.records), caplog.text
@@ -128,19 +137,15 @@ def test_a_killed_holder_is_taken_over_through_its_presence(
 def test_a_paused_holder_is_taken_over_at_lease_end_and_its_commit_refused(
     fleet: Fleet, tag: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    two_live_workers(fleet)
-    slow = fleet.module.slow_first.s(tag, 1.0).set(queue=QUEUE)
     with caplog.at_level(logging.WARNING, logger="workflow_cache.distributed.dispatcher"):
-        thread, box = fleet.run_in_background(lambda step: step(slow, key=tag))
-        first = wait_until(lambda: fleet.pids(tag), "the step to start")[0]
-        (paused,) = [w for w in fleet.workers if w.pid == first]
-        os.kill(first, signal.SIGSTOP)  # alive, connections open, nothing renewed
+        thread, box, paused = start_held(fleet, tag, 1.0)
+        os.kill(paused.pid, signal.SIGSTOP)  # alive, connections open, nothing renewed
         try:
             thread.join(timeout=60)
         finally:
-            os.kill(first, signal.SIGCONT)
+            os.kill(paused.pid, signal.SIGCONT)
     result = box["result"]
-    assert result.ok and result.value["count"] == 2 and result.value["pid"] != first
+    assert result.ok and result.value["count"] == 2 and result.value["pid"] != paused.pid
     # Resumed, the paused holder ends its body and commits: refused, its epoch is old.
     wait_until(lambda: fleet.client.llen(f"finished:{tag}") == 2, "the paused holder to end")
     assert fleet.cache.get(tag) == result

@@ -28,6 +28,7 @@ task, the worker's main process commits ``err(TimeLimitExceeded)`` or
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -177,14 +178,16 @@ def _call(
         log.warning("task %s[%s] refused: wfc_step header: %s", task.name, request.id, exc)
         raise Ignore() from None
     begun = time.perf_counter()
-    started = patiently(
-        runner, header.key, "taking its claim", lambda: messages.start(header.key, request.id)
-    )
-    if isinstance(started, Running) and messages.flight.take_over_if_gone(header.key, started):
+    start = functools.partial(messages.start, header.key, request.id)
+    started = patiently(runner, header.key, "taking its claim", start)
+    if isinstance(started, Running) and patiently(
+        runner,
+        header.key,
+        "checking its holder",
+        functools.partial(messages.flight.take_over_if_gone, header.key, started),
+    ):
         # its holder's process died (redelivered after a killed pool child): run it now
-        started = patiently(
-            runner, header.key, "taking its claim", lambda: messages.start(header.key, request.id)
-        )
+        started = patiently(runner, header.key, "taking its claim", start)
     if isinstance(started, Done):  # a redelivery: resume runs its executor may have left
         hand_over(task.app, messages.flight, header.key)
     if isinstance(started, Done | Running):
