@@ -40,6 +40,7 @@ LEASE = 1.0
 #   race <threads>: wait for "go", then every thread acquires; the holder INCRs the
 #                   counter key, sleeps, commits "by-<pid>"; prints "OUT <outcome>" per thread.
 #   hold:           acquire, print "CLAIMED <epoch>", then on "commit" print "COMMIT <bool>".
+#   fork-hold:      as hold, after forking a child that sleeps (its pid: "CHILD <pid>").
 CHILD = r"""
 import os, sys, threading, time
 import redis
@@ -73,8 +74,13 @@ if mode == "race":
         t.join()
     for out in outs:
         print("OUT", out, flush=True)
-elif mode == "hold":
+elif mode in ("hold", "fork-hold"):
     holder = flight.acquire(key)
+    if mode == "fork-hold":
+        child = os.fork()
+        if child == 0:  # a child that outlives its parent
+            time.sleep(3600)
+        print("CHILD", child, flush=True)
     print("CLAIMED", holder.epoch, flush=True)
     sys.stdin.readline()
     ok = holder.commit("stale")
@@ -593,11 +599,17 @@ class TakeoverFlight(ListeningFlight):
         return reply
 
 
+@pytest.mark.parametrize("mode", ["hold", "fork-hold"])
 def test_a_holder_killed_by_sigkill_is_taken_over_before_its_lease_ends(
-    redis_url: str, redis_client: redis.Redis, namespace: str
+    redis_url: str, redis_client: redis.Redis, namespace: str, mode: str
 ) -> None:
-    child = spawn(redis_url, namespace, "k", "hold", lease=60.0)
+    """Also when the holder forked a child that lives on: the child closes its copy of
+    the presence socket, so the connection ends with the holder."""
+    child = spawn(redis_url, namespace, "k", mode, lease=60.0)
+    forked: int | None = None
     try:
+        if mode == "fork-hold":
+            forked = int(expect_line(child, "CHILD").split()[1])
         assert expect_line(child, "CLAIMED") == "CLAIMED 1"
         keys = KeySpace(namespace).for_step("k")
         assert redis_client.get(f"{keys.lock}:by") is not None  # its presence, beside the lock
@@ -618,6 +630,8 @@ def test_a_holder_killed_by_sigkill_is_taken_over_before_its_lease_ends(
     finally:
         child.kill()
         child.wait()
+        if forked is not None:
+            os.kill(forked, signal.SIGKILL)
 
 
 def test_a_paused_holder_keeps_its_claim_until_its_lease_ends_and_is_fenced(

@@ -48,6 +48,7 @@ class Presence:
         self._make_connection = make_connection
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._conn: Any = None
         self.cid: int | None = None
         """The presence id now, None while disconnected."""
         self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -78,7 +79,7 @@ class Presence:
         while True:
             conn = None
             try:
-                conn = self._make_connection()
+                conn = self._conn = self._make_connection()
                 conn.connect()
                 conn.send_command("CLIENT", "ID")
                 self.cid = int(conn.read_response())
@@ -98,6 +99,14 @@ class Presence:
                     with contextlib.suppress(Exception):
                         conn.disconnect()
 
+    def close_inherited(self) -> None:
+        """In a forked child: close this (the parent's) socket here only, without a word
+        to Redis, so the connection ends when the parent dies, not when this child does."""
+        sock = getattr(self._conn, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def _changed(self) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
@@ -112,6 +121,19 @@ class Presence:
 
 _PRESENCES: dict[tuple[int, tuple[Any, ...]], Presence] = {}
 _PRESENCES_LOCK = threading.Lock()
+
+
+def _forget_inherited() -> None:
+    """After ``fork``, in the child: the parent's presences are not this process's."""
+    global _PRESENCES_LOCK
+    _PRESENCES_LOCK = threading.Lock()  # another thread may have held it at the fork
+    for key, presence in list(_PRESENCES.items()):
+        if key[0] != os.getpid():
+            presence.close_inherited()
+            del _PRESENCES[key]
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
 
 
 def presence_of(client: Any) -> Presence | None:
