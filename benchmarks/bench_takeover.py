@@ -1,6 +1,7 @@
 """Crash takeover: how soon a waiter holds a key whose holder was killed with ``kill -9``.
 
     python benchmarks/bench_takeover.py [--redis-url URL] [--n 10] [--baseline-n 3]
+                                        [--dispatched 3]
 
 Starts its own redis-server on a free loopback port unless --redis-url is given.
 
@@ -14,11 +15,16 @@ we time from the kill to the waiter holding the claim.
   before: the waiter takes over when the lease runs out (about 5 s).
 - paused: the holder is SIGSTOPped instead (alive, connections open): it must still
   be taken over only at lease end, never through its presence.
+- dispatched: a step sent to real solo ``celery worker`` processes; the worker running
+  it is killed with SIGKILL. From the kill to the step starting on another worker (the
+  waiting producer saw the holder's presence gone and sent it again), and to the
+  producer holding the outcome.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import statistics
@@ -29,6 +35,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -87,6 +94,56 @@ def one(url: str, namespace: str, presence: str, how: int) -> float:
         holder.wait()
 
 
+def _run(sig: Any, key: str, step: Any) -> Any:
+    return step(sig, key=key)
+
+
+def dispatched(url: str, runs: int) -> tuple[list[float], list[float]]:
+    """A dispatched step on real solo workers, the worker running it killed with SIGKILL:
+    seconds from the kill to its successor starting, and to the producer's outcome."""
+    from tests.workers import CeleryWorker, configured_test_app, wait_ready
+    from workflow_cache import create_workflow
+    from workflow_cache.distributed import CeleryDispatcher
+
+    env = {
+        "WORKFLOW_CACHE_BROKER": url,
+        "WORKFLOW_CACHE_NAMESPACE": f"bench-takeover-{uuid.uuid4().hex[:6]}",
+    }
+    started: list[float] = []
+    done: list[float] = []
+    with configured_test_app(env) as module:
+        workers: list[CeleryWorker] = []
+        client = module.cache.client
+        try:
+            for _ in range(runs):
+                while len([w for w in workers if w.alive()]) < 2:
+                    workers.append(
+                        CeleryWorker("tests.celery_app", f"bench{len(workers)}", "bench", env)
+                    )
+                wait_ready(module.app, [w for w in workers if w.alive()])
+                tag = uuid.uuid4().hex[:10]
+                sig = module.slow_first.s(tag, 120).set(queue="bench")
+                dispatcher = CeleryDispatcher(module.app, module.cache, timeout=120)
+                flow = create_workflow({}, cache=module.cache, dispatcher=dispatcher)
+                thread = threading.Thread(target=flow, args=(functools.partial(_run, sig, tag),))
+                thread.start()
+                while client.llen(f"pids:{tag}") == 0:
+                    time.sleep(0.005)
+                first = int(client.lindex(f"pids:{tag}", 0))
+                (holder,) = [w for w in workers if w.pid == first]
+                t0 = time.monotonic()
+                holder.kill()
+                while client.llen(f"pids:{tag}") < 2:
+                    time.sleep(0.005)
+                started.append(time.monotonic() - t0)
+                thread.join(120)
+                done.append(time.monotonic() - t0)
+        finally:
+            for w in workers:
+                w.stop()
+    return started, done
+
+
 def report(name: str, seconds: list[float]) -> None:
     print(
         f"{name:<28} n={len(seconds):<3} median {statistics.median(seconds):.3f} s"
@@ -99,6 +156,9 @@ def main() -> None:
     parser.add_argument("--redis-url")
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--baseline-n", type=int, default=3)
+    parser.add_argument(
+        "--dispatched", type=int, default=3, help="kills of a worker running a step (0: none)"
+    )
     args = parser.parse_args()
     server = None
     url = args.redis_url
@@ -115,6 +175,10 @@ def main() -> None:
         report("SIGSTOP, presence", paused)
         ratio = statistics.median(lease_only) / statistics.median(kill)
         print(f"takeover after kill -9: {ratio:.1f}x sooner than waiting out the lease")
+        if args.dispatched:
+            successor, outcome = dispatched(url, args.dispatched)
+            report("dispatched: successor starts", successor)
+            report("dispatched: producer's outcome", outcome)
     finally:
         if server is not None:
             server.stop()

@@ -38,9 +38,11 @@ a live holder whose connection dropped renews at once with its new id, which ref
 the takeover.  A paused or partitioned holder stays connected and keeps its lease.
 
 Notifications on the step's channel are ``b"o" + outcome`` (commit) or ``b"r"``
-(release), delivered by ``notices.py``.  Waiters wake on them; if the holder dies
-silently they wake when its lease runs out (or its presence is gone) and claim in
-turn, which is how a crashed holder is taken over.  Holders' leases are renewed by ``leases.py``.
+(release), delivered by ``notices.py``; a dispatched step's start adds ``b"s"`` (see
+``messages.py``), which other waiters take as a cue to look at the claim again.
+Waiters wake on them; if the holder dies silently they wake when its lease runs out
+(or its presence is gone) and claim in turn, which is how a crashed holder is taken
+over.  Holders' leases are renewed by ``leases.py``.
 
 Epoch after commit: a commit that stores its outcome deletes the epoch key, so a
 committed step leaves nothing in Redis but its outcome.  While the outcome is stored

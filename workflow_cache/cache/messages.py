@@ -22,7 +22,8 @@ claim protocol of ``claims.py`` (same keys, same hash slot, plus ``:queued``):
     acknowledges the message and returns at once, no slot ever waits on another holder.
     A claim *parked* for this very task id (a Celery retry of the same execution) is
     adopted.  Otherwise claim as ``claims.py`` does and drop the queued marker (the message
-    has arrived).
+    has arrived), and announce the claim (``s<presence> <token>``) to waiting producers,
+    which then watch the holder's presence.
 ``park`` (worker, when the task raised Celery's ``Retry``)
     The holder's lock becomes ``parked:<task id>|<epoch>`` with an expiry covering the
     retry's countdown plus a lease: waiters keep waiting, no producer re-sends, and only
@@ -178,7 +179,7 @@ class StepMessages:
         reply = flight.claims.call(
             lambda: self._start(
                 keys=[k.out, k.lock, k.epoch, k.queued, presence_key(k)],
-                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id, presence or ""],
+                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id, presence or "", k.channel],
             )
         )
         if as_text(reply[0]) == "done":

@@ -32,6 +32,7 @@ __all__ = [
     "LAST_TTL_MS",
     "NOTICE_OUTCOME",
     "NOTICE_RELEASED",
+    "NOTICE_STARTED",
     "PRESENCE_GRACE_S",
     "PRESENCE_POLL_S",
     "SCRIPTS",
@@ -51,6 +52,7 @@ __all__ = [
     "default_owner",
     "performed",
     "presence_key",
+    "started_by",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ NOTICE_OUTCOME = b"o"
 """First byte of a commit's notice; the outcome follows."""
 NOTICE_RELEASED = b"r"
 """The whole notice of a release: claim again now."""
+NOTICE_STARTED = b"s"
+"""First byte of a dispatched step's start: ``s<presence id> <token>`` of its holder."""
 
 PRESENCE_POLL_S = 0.25
 """How often a waiter checks that the holder's process is still connected to Redis."""
@@ -152,6 +156,16 @@ def claim_state(reply: Any) -> ClaimState:
             presence=int(by) if by.isdigit() else None,
         )
     return Claimed(token=as_text(reply[1]), epoch=int(reply[2]))
+
+
+def started_by(notice: bytes) -> Running | None:
+    """The holder a start notice names (``NOTICE_STARTED``), None for any other notice."""
+    if notice[:1] != NOTICE_STARTED:
+        return None
+    presence, _, token = as_text(notice[1:]).partition(" ")
+    if not presence.isdigit() or not token:
+        return None
+    return Running(token.rpartition("|")[0], -1, token, int(presence))
 
 
 def default_owner() -> str:

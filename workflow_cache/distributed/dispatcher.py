@@ -24,7 +24,12 @@ from celery import Celery, Signature
 
 from workflow_cache.cache.claims import ClaimTimeout, Done, Notices, Running
 from workflow_cache.cache.messages import Busy, Send, StepMessages
-from workflow_cache.cache.protocol import PRESENCE_GRACE_S, PRESENCE_POLL_S
+from workflow_cache.cache.protocol import (
+    NOTICE_OUTCOME,
+    PRESENCE_GRACE_S,
+    PRESENCE_POLL_S,
+    started_by,
+)
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import members, require_task
 from workflow_cache.distributed.header import HEADER, StepHeader
@@ -144,9 +149,10 @@ class CeleryDispatcher:
     def _wait(self, pending: PendingStep, notices: Notices, since: int) -> Result[Any, Any]:
         """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again.
 
-        While a worker holds the step, check every ``PRESENCE_POLL_S`` that its process
-        is still connected to Redis: gone for ``PRESENCE_GRACE_S``, its claim is ended
-        (fenced, ``take_over``) and the step sent again at once, not at lease end."""
+        While a worker holds the step (known from its start notice, or from ``enqueue``),
+        check every ``PRESENCE_POLL_S`` that its process is still connected to Redis:
+        gone for ``PRESENCE_GRACE_S``, its claim is ended (fenced, ``take_over``) and the
+        step sent again at once, not at lease end."""
         key = pending.key
         interval = self.cache.flight.lease / 3
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -159,11 +165,16 @@ class CeleryDispatcher:
             if running is not None and running.presence is not None:
                 poll = PRESENCE_POLL_S if gone_at is None else gone_at + PRESENCE_GRACE_S - now
                 wait = min(wait, poll)
-            raw = notices.outcome(key, max(wait, 0.0))
-            if raw is not None:
-                return pending.decode(raw)
+            notice = notices.next(key, max(wait, 0.0))
+            if notice is not None and notice[:1] == NOTICE_OUTCOME:
+                return pending.decode(notice[1:])
+            started = None if notice is None else started_by(notice)
+            if started is not None:  # a worker claimed it: watch that process from now on
+                running, gone_at = started, None
+                continue
             now = time.monotonic()
-            if now < due and running is not None and running.presence is not None:
+            released = notice is not None  # (a release notice): look at the key now
+            if not released and now < due and running is not None and running.presence:
                 if self.messages.present(running.presence):
                     gone_at = None
                     continue

@@ -1,5 +1,7 @@
 -- KEYS: out, lock, epoch, queued[, by]
--- ARGV: owner, lease_ms, epoch_ttl_ms, task_id[, presence ('' = none)]
+-- ARGV: owner, lease_ms, epoch_ttl_ms, task_id[, presence ('' = none), channel]
+-- With a presence, the claim is announced on the channel ("s<presence> <token>"), so
+-- producers waiting on the step learn at once which process to watch.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'done'}
 end
@@ -20,6 +22,9 @@ redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
 if KEYS[5] then
   if ARGV[5] and ARGV[5] ~= '' then
     redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[2])
+    if ARGV[6] then
+      redis.call('PUBLISH', ARGV[6], 's' .. ARGV[5] .. ' ' .. token)
+    end
   else
     redis.call('DEL', KEYS[5])
   end
