@@ -9,6 +9,7 @@ import redis
 
 from workflow_cache.cache.claims import Done, Holder, Running, SingleFlight
 from workflow_cache.cache.messages import Busy, Send, StepMessages
+from workflow_cache.cache.protocol import started_by
 
 TTL = 30.0
 
@@ -165,4 +166,17 @@ def test_a_dead_holders_claim_is_taken_over_by_the_next_delivery(
     assert messages.flight.take_over_if_gone("k", running)
     holder = started(messages, "k", "t1")
     assert holder.epoch == 1 and redis_client.get(f"{keys.lock}:by") is not None
+    assert holder.commit(b"v")
+
+
+def test_a_start_announces_its_holder_to_waiting_producers(messages: StepMessages) -> None:
+    """Producers waiting on the step learn which process to watch the moment it starts."""
+    with messages.flight.watch_many(["k"]) as notices:
+        holder = started(messages, "k", "t1")
+        notice = notices.next("k", 30)
+    assert notice is not None
+    running = started_by(notice)
+    assert running is not None and running.token == holder.token
+    assert running.presence == messages.flight.presence_id()
+    assert started_by(b"r") is None and started_by(b"o{}") is None
     assert holder.commit(b"v")
