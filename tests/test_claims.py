@@ -27,10 +27,11 @@ from workflow_cache.cache.claims import (
     Holder,
     Running,
     SingleFlight,
+    claim_state,
     connect,
 )
 from workflow_cache.cache.keys import Keys, KeySpace
-from workflow_cache.cache.protocol import Effect, Listen
+from workflow_cache.cache.protocol import Call, Effect, Listen
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 1.0
@@ -39,6 +40,7 @@ LEASE = 1.0
 #   race <threads>: wait for "go", then every thread acquires; the holder INCRs the
 #                   counter key, sleeps, commits "by-<pid>"; prints "OUT <outcome>" per thread.
 #   hold:           acquire, print "CLAIMED <epoch>", then on "commit" print "COMMIT <bool>".
+#   fork-hold:      as hold, after forking a child that sleeps (its pid: "CHILD <pid>").
 CHILD = r"""
 import os, sys, threading, time
 import redis
@@ -72,8 +74,13 @@ if mode == "race":
         t.join()
     for out in outs:
         print("OUT", out, flush=True)
-elif mode == "hold":
+elif mode in ("hold", "fork-hold"):
     holder = flight.acquire(key)
+    if mode == "fork-hold":
+        child = os.fork()
+        if child == 0:  # a child that outlives its parent
+            time.sleep(3600)
+        print("CHILD", child, flush=True)
     print("CLAIMED", holder.epoch, flush=True)
     sys.stdin.readline()
     ok = holder.commit("stale")
@@ -573,3 +580,101 @@ def test_server_going_away_gives_cache_unavailable(tmp_path: Path) -> None:
     with pytest.raises(CacheUnavailable, match=str(server.port)):
         holder.commit("x")
     sf.close()
+
+
+# -- presence: a dead holder is taken over at once, a paused one at lease end -----------
+
+
+class TakeoverFlight(ListeningFlight):
+    """Records the scripts it runs, so a test sees whether it took a claim over."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scripts: list[tuple[str, Any]] = []
+
+    def perform(self, effect: Effect, watching: Any = None) -> Any:
+        reply = super().perform(effect, watching)
+        if isinstance(effect, Call):
+            self.scripts.append((effect.script, reply))
+        return reply
+
+
+@pytest.mark.parametrize("mode", ["hold", "fork-hold"])
+def test_a_holder_killed_by_sigkill_is_taken_over_before_its_lease_ends(
+    redis_url: str, redis_client: redis.Redis, namespace: str, mode: str
+) -> None:
+    """Also when the holder forked a child that lives on: the child closes its copy of
+    the presence socket, so the connection ends with the holder."""
+    child = spawn(redis_url, namespace, "k", mode, lease=60.0)
+    forked: int | None = None
+    try:
+        if mode == "fork-hold":
+            forked = int(expect_line(child, "CHILD").split()[1])
+        assert expect_line(child, "CLAIMED") == "CLAIMED 1"
+        keys = KeySpace(namespace).for_step("k")
+        assert redis_client.get(f"{keys.lock}:by") is not None  # its presence, beside the lock
+        waiter = TakeoverFlight(redis_client, namespace, lease=60.0)
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(waiter.acquire("k")))
+        thread.start()
+        waiter.listening(1)
+        child.kill()  # kill -9: the lease has a minute left, only its presence tells
+        thread.join(60)
+        (successor,) = got
+        assert isinstance(successor, Holder) and successor.epoch == 2
+        assert ("take_over", 1) in waiter.scripts
+        assert redis_client.get(f"{keys.lock}:by") == str(waiter.presence_id()).encode()
+        assert successor.commit(b"mine")
+        assert not redis_client.exists(f"{keys.lock}:by")
+        waiter.close()
+    finally:
+        child.kill()
+        child.wait()
+        if forked is not None:
+            os.kill(forked, signal.SIGKILL)
+
+
+def test_a_paused_holder_keeps_its_claim_until_its_lease_ends_and_is_fenced(
+    redis_url: str, redis_client: redis.Redis, namespace: str
+) -> None:
+    child = spawn(redis_url, namespace, "k", "hold")
+    try:
+        assert expect_line(child, "CLAIMED") == "CLAIMED 1"
+        child.send_signal(signal.SIGSTOP)  # alive: its connections stay open, no renewal
+        waiter = TakeoverFlight(redis_client, namespace, lease=LEASE)
+        successor = waiter.acquire("k")
+        assert isinstance(successor, Holder) and successor.epoch == 2
+        assert not any(script == "take_over" for script, _ in waiter.scripts)  # lease end
+        assert successor.commit(b"fresh")
+        child.send_signal(signal.SIGCONT)
+        assert child.stdin is not None
+        child.stdin.write("commit\n")
+        child.stdin.flush()
+        assert expect_line(child, "COMMIT") == "COMMIT False True"  # refused: fenced
+        assert redis_client.get(KeySpace(namespace).for_step("k").out) == b"fresh"
+        waiter.close()
+    finally:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait()
+
+
+def test_a_holder_whose_presence_drops_renews_with_its_new_id(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """A network blip, not a death: the holder reconnects and writes its new presence id
+    beside the lock, so a waiter's takeover (fenced on the old id) is refused."""
+    flight = SingleFlight(redis_client, namespace, lease=LEASE)
+    holder = flight.acquire("k")
+    assert isinstance(holder, Holder)
+    by = f"{holder.keys.lock}:by"
+    old = flight.presence_id()
+    assert old is not None and redis_client.get(by) == str(old).encode()
+    running = claim_state([b"running", holder.token, 1000, str(old)])
+    assert isinstance(running, Running)
+    assert redis_client.client_kill_filter(_id=str(old)) == 1
+    eventually(lambda: redis_client.get(by) not in (None, str(old).encode()), "a new id")
+    assert redis_client.get(by) == str(flight.presence_id()).encode()
+    assert not flight.claims.take_over(holder.keys, running)  # the old id: refused
+    assert holder.commit(b"v")
+    flight.close()

@@ -9,6 +9,7 @@ import redis
 
 from workflow_cache.cache.claims import Done, Holder, Running, SingleFlight
 from workflow_cache.cache.messages import Busy, Send, StepMessages
+from workflow_cache.cache.protocol import started_by
 
 TTL = 30.0
 
@@ -32,7 +33,10 @@ def test_one_caller_of_many_gets_to_send(messages: StepMessages) -> None:
     for other in ("t2", "t3"):
         assert messages.enqueue_many(["k"], [other], TTL)[0] == Busy("t1", since=1)
     holder = started(messages, "k", "t1")
-    assert messages.enqueue_many(["k"], ["t4"], TTL)[0] == Busy("claimed", since=1)
+    busy = messages.enqueue_many(["k"], ["t4"], TTL)[0]
+    assert isinstance(busy, Busy) and (busy.holder, busy.since) == ("claimed", 1)
+    assert busy.running is not None and busy.running.token == holder.token
+    assert busy.running.presence == messages.flight.presence_id() is not None
     holder.commit(b"v")
     assert messages.enqueue_many(["k"], ["t5"], TTL)[0] == Done(b"v")
 
@@ -116,3 +120,63 @@ def test_a_step_no_worker_would_accept_is_refused_before_anything_is_queued(
         workflow(lambda step: step(refused.s(), key=long_key))
     assert cache.client.keys(f"wfc:{namespace}:*") == []  # no queued marker left behind
     cache.close()
+
+
+def test_a_marker_lives_short_until_its_message_is_confirmed_sent(
+    messages: StepMessages, redis_client: redis.Redis
+) -> None:
+    """A producer killed between the marker and the publish strands the key only for the
+    short life the marker was set with; once sent, the marker lasts the queued time."""
+    queued = messages.keys("k").queued
+    assert messages.enqueue_many(["k", "j"], ["t1", "t2"], 0.5) == [
+        Send("t1", since=1),
+        Send("t2", since=1),
+    ]
+    messages.sent_many(["k"], ["t1"], [TTL])  # only t1's message was handed to the broker
+    assert redis_client.pttl(queued) > 1000
+    assert 0 < redis_client.pttl(messages.keys("j").queued) <= 500
+    messages.sent_many(["k"], ["other"], [1.0])  # not its marker: left alone
+    assert redis_client.pttl(queued) > 1000
+    # j's message never left: once its marker runs out, the next waiter sends it.
+    again = messages.enqueue("j", "t3", 0.5, since=1)
+    while not isinstance(again, Send):
+        assert again == Busy("t2", since=1)
+        redis_client.pexpire(messages.keys("j").queued, 1)  # its short life, run out
+        again = messages.enqueue("j", "t3", 0.5, since=1)
+    assert again == Send("t3", since=1)
+
+
+def test_a_dead_holders_claim_is_taken_over_by_the_next_delivery(
+    messages: StepMessages, redis_client: redis.Redis
+) -> None:
+    """The holder's process is gone (its presence connection closed): a redelivered
+    message ends that claim after the grace and starts the step; a live one's stays."""
+    gone = redis.Redis(
+        connection_pool=redis.ConnectionPool(**redis_client.connection_pool.connection_kwargs)
+    )
+    presence = gone.client_id()
+    keys = messages.keys("k")
+    assert redis_client.set(keys.lock, "t1@dead|1") and redis_client.set(
+        f"{keys.lock}:by", presence
+    )
+    running = messages.start("k", "t1")
+    assert isinstance(running, Running) and running.presence == presence
+    assert not messages.flight.take_over_if_gone("k", running)  # alive: nothing happens
+    assert redis_client.client_kill_filter(_id=str(presence)) == 1
+    assert messages.flight.take_over_if_gone("k", running)
+    holder = started(messages, "k", "t1")
+    assert holder.epoch == 1 and redis_client.get(f"{keys.lock}:by") is not None
+    assert holder.commit(b"v")
+
+
+def test_a_start_announces_its_holder_to_waiting_producers(messages: StepMessages) -> None:
+    """Producers waiting on the step learn which process to watch the moment it starts."""
+    with messages.flight.watch_many(["k"]) as notices:
+        holder = started(messages, "k", "t1")
+        notice = notices.next("k", 30)
+    assert notice is not None
+    running = started_by(notice)
+    assert running is not None and running.token == holder.token
+    assert running.presence == messages.flight.presence_id()
+    assert started_by(b"r") is None and started_by(b"o{}") is None
+    assert holder.commit(b"v")

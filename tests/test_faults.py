@@ -26,6 +26,8 @@ from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import CacheUnavailable, RedisCache, Result, create_workflow
 from workflow_cache.cache.claims import Holder
 from workflow_cache.distributed import CeleryDispatcher
+from workflow_cache.distributed.header import HEADER, StepHeader
+from workflow_cache.options import StepOptions
 
 LEASE = 2.0
 
@@ -254,6 +256,62 @@ def test_a_dropped_link_mid_step_loses_nothing_and_runs_nothing_twice(
     )
     assert after.ok and fault_fleet.count(f"{tag}:after") == 1
     assert fault_fleet.dead_workers() == []
+
+
+@pytest.fixture(scope="module")
+def split_fleet(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RedisServer, ModuleType, CeleryWorker]]:
+    """One worker whose broker stays up while its step cache's Redis (AOF) goes away."""
+    cache_server = RedisServer(tmp_path_factory.mktemp("redis-cache-aof"), appendonly=True)
+    env = {
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_CACHE_URL": cache_server.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"split-{uuid.uuid4().hex[:8]}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
+    }
+    queue = f"split-{uuid.uuid4().hex[:6]}"
+    with configured_test_app(env) as module:
+        log = tmp_path_factory.mktemp("split-logs") / "split.log"
+        worker = CeleryWorker(
+            "tests.celery_app", "split", queue, env, pool="prefork", concurrency=1, log=log
+        )
+        try:
+            wait_ready(module.app, [worker])
+            worker.queue = queue  # type: ignore[attr-defined]
+            yield cache_server, module, worker
+        finally:
+            worker.stop()
+            cache_server.stop()
+
+
+def test_a_step_delivered_while_its_redis_is_down_is_retried_not_acknowledged(
+    split_fleet: tuple[RedisServer, ModuleType, CeleryWorker],
+) -> None:
+    """The step's message arrives while the cache's Redis is down: taking the claim is
+    refused, so the delivery tries again, then gives its message back to the queue; it
+    is never acknowledged as done. Once Redis is back the step runs, exactly once."""
+    cache_server, module, worker = split_fleet
+    tag = uuid.uuid4().hex[:10]
+    header = StepHeader.of(StepOptions(key=tag), module.cache.namespace, once=False)
+    cache_server.stop()
+    module.work.apply_async(
+        (tag,),
+        queue=worker.queue,  # type: ignore[attr-defined]
+        headers={HEADER: header.dump()},
+        ignore_result=True,
+    )
+    assert worker.log is not None
+    text = worker.log.read_text
+    wait_until(lambda: f"step {tag!r}: Redis unreachable taking its claim" in text(), "a try")
+    wait_until(lambda: "message requeued" in text(), "the message to go back to its queue")
+    cache_server.restart()
+    outcome = wait_until(
+        lambda: module.cache.get(tag), "the step's outcome", ignoring=(CacheUnavailable,)
+    )
+    assert outcome.ok and outcome.value["count"] == 1
+    assert module.count(tag) == 1
+    assert worker.alive()
 
 
 # -- memory pressure ------------------------------------------------------------------

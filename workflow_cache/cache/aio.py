@@ -13,9 +13,12 @@ A flight belongs to one event loop, like the ``redis.asyncio`` client it runs on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -24,6 +27,7 @@ from workflow_cache.cache.clients import pubsub_connection
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.notices_async import AsyncListener, AsyncWatch
+from workflow_cache.cache.presence import Presence, presence_of
 from workflow_cache.cache.protocol import (
     EPOCH_TTL_MS,
     SCRIPTS,
@@ -32,7 +36,9 @@ from workflow_cache.cache.protocol import (
     Done,
     Effect,
     Hold,
+    Pause,
     Plan,
+    Present,
     Rules,
     Subscribe,
     performed,
@@ -95,7 +101,14 @@ class AsyncFlight:
     ) -> None:
         self.client = client
         self.keyspace = keyspace
-        self.rules = Rules(keyspace.namespace, lease=lease, owner=owner, epoch_ttl_ms=epoch_ttl_ms)
+        self.presence: Presence | None = presence_of(client)
+        self.rules = Rules(
+            keyspace.namespace,
+            lease=lease,
+            owner=owner,
+            epoch_ttl_ms=epoch_ttl_ms,
+            presence=self.presence_id,
+        )
         self.lease = self.rules.lease
         self.lease_ms = self.rules.lease_ms
         self.owner = self.rules.owner
@@ -105,6 +118,27 @@ class AsyncFlight:
         self.listener = AsyncListener(self._make_pubsub_connection)
         self.holders: set[AsyncHolder] = set()
         self._renewing: asyncio.Task[None] | None = None
+        self._renew_now = asyncio.Event()
+        self._forget_presence: Callable[[], None] | None = None
+
+    def presence_id(self) -> int | None:
+        """This process's presence id (None on a Cluster or while it reconnects)."""
+        return None if self.presence is None else self.presence.cid
+
+    async def _ready(self) -> None:
+        """Wait (without blocking the loop) for the presence's first connection."""
+        presence = self.presence
+        if presence is not None and self._forget_presence is None:
+            loop, wake = asyncio.get_running_loop(), self._renew_now.set
+
+            def changed() -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(wake)
+
+            self._forget_presence = presence.on_change(changed)
+        if presence is not None and not presence.ready.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.wrap_future(presence.ready), self.CONFIRM_S)
 
     def _make_pubsub_connection(self) -> Any:
         return pubsub_connection(
@@ -118,6 +152,15 @@ class AsyncFlight:
         if isinstance(effect, Call):
             with self.reaching:
                 return await self._scripts[effect.script](keys=effect.keys, args=effect.args)
+        if isinstance(effect, Present):
+            with self.reaching:
+                try:
+                    return bool(await self.client.client_list(client_id=[effect.presence]))
+                except redis.ResponseError:  # before Redis 6.2: no ID filter, no takeover
+                    return True
+        if isinstance(effect, Pause):
+            await asyncio.sleep(effect.seconds)
+            return None
         assert watching is not None, "only acquire subscribes or listens"
         if isinstance(effect, Subscribe):
             watch = await self.listener.watch(effect.channel)
@@ -129,6 +172,7 @@ class AsyncFlight:
     async def acquire(self, key: str, *, timeout: float | None = None) -> Done | AsyncHolder:
         """As ``SingleFlight.acquire``: the outcome (waiting while another owner runs the
         key, woken by its notice or by its lease running out) or a holder to run it."""
+        await self._ready()
         keys = self.keyspace.for_step(key)
         watching: list[AsyncWatch] = []
         perform = functools.partial(self.perform, watching=watching)
@@ -152,12 +196,17 @@ class AsyncFlight:
     async def _renew_all(self) -> None:
         """Every lease/3, renew every open holder (together); stop when none is left."""
         while self.holders:
-            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self.lease / 3)
+            self._renew_now.clear()
             holders = list(self.holders)
             if holders:
                 await asyncio.gather(*(h.renew() for h in holders), return_exceptions=True)
 
     async def aclose(self) -> None:
+        forget, self._forget_presence = self._forget_presence, None
+        if forget is not None:
+            forget()
         renewing, self._renewing = self._renewing, None
         if renewing is not None:
             renewing.cancel()

@@ -25,11 +25,24 @@ of one step (see ``keys.py``; they share a cluster hash slot):
 ``release``
     Owner-checked delete of the lock and a "released" notice, so waiters claim at once
     instead of waiting for the lease to run out.
+``take_over``
+    A waiter found the holder's presence gone (below): delete the lock, only if it still
+    holds the token the waiter saw and ``:lock:by`` still names the presence seen gone,
+    and announce a release.  The next claim bumps the epoch, fencing the dead holder.
+
+Presence: ``claim`` and ``renew`` also write the holder process's presence id (the
+``CLIENT ID`` of one idle connection it keeps, ``presence.py``) to ``:lock:by``.  A
+process that dies closes that connection with it, so waiters that see the id gone
+from ``CLIENT LIST`` for ``PRESENCE_GRACE_S`` take over without waiting out the lease;
+a live holder whose connection dropped renews at once with its new id, which refuses
+the takeover.  A paused or partitioned holder stays connected and keeps its lease.
 
 Notifications on the step's channel are ``b"o" + outcome`` (commit) or ``b"r"``
-(release), delivered by ``notices.py``.  Waiters wake on them; if the holder dies
-silently they wake when its lease runs out and claim in turn, which is how a crashed
-holder is taken over.  Holders' leases are renewed by ``leases.py``.
+(release), delivered by ``notices.py``; a dispatched step's start adds ``b"s"`` (see
+``messages.py``), which other waiters take as a cue to look at the claim again.
+Waiters wake on them; if the holder dies silently they wake when its lease runs out
+(or its presence is gone) and claim in turn, which is how a crashed holder is taken
+over.  Holders' leases are renewed by ``leases.py``.
 
 Epoch after commit: a commit that stores its outcome deletes the epoch key, so a
 committed step leaves nothing in Redis but its outcome.  While the outcome is stored
@@ -59,6 +72,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -79,6 +93,7 @@ from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.notices import Listener, Notices, Watch
+from workflow_cache.cache.presence import Presence, presence_of
 from workflow_cache.cache.protocol import (
     EPOCH_TTL_MS,
     LAST_TTL_MS,
@@ -90,7 +105,9 @@ from workflow_cache.cache.protocol import (
     Done,
     Effect,
     Hold,
+    Pause,
     Plan,
+    Present,
     Rules,
     Running,
     Subscribe,
@@ -159,13 +176,28 @@ class Claims:
         with self.reaching:
             return self._scripts[call.script](keys=call.keys, args=call.args)
 
-    def claim(self, keys: Keys, owner: str, lease_ms: int) -> ClaimState:
+    def present(self, presence: int) -> bool:
+        """Whether the client ``presence`` is connected now (True if Redis cannot say)."""
+        with self.reaching:
+            try:
+                return bool(self.client.client_list(client_id=[presence]))
+            except redis.ResponseError:  # before Redis 6.2: no ID filter, no takeover
+                return True
+
+    def claim(
+        self, keys: Keys, owner: str, lease_ms: int, presence: int | None = None
+    ) -> ClaimState:
         """Done, Running or Claimed (one atomic script)."""
-        return claim_state(self.run(Rules.claim(keys, owner, lease_ms, self._epoch_ttl_ms)))
+        call = Rules.claim(keys, owner, lease_ms, self._epoch_ttl_ms, presence)
+        return claim_state(self.run(call))
 
     def renew(self, keys: Keys, claim: Claimed, lease_ms: int) -> bool:
         """Extend the lease to ``lease_ms`` from now, if ``claim`` still holds the lock."""
         return bool(self.run(Rules.renew(keys, claim, lease_ms)))
+
+    def take_over(self, keys: Keys, state: Running) -> bool:
+        """End ``state``'s claim if it still holds the lock under the same presence."""
+        return bool(self.run(Rules.take_over(keys, state)))
 
     def commit(
         self,
@@ -182,6 +214,12 @@ class Claims:
     def release(self, keys: Keys, claim: Claimed) -> bool:
         """Give the claim up without an outcome; waiters are told to claim again at once."""
         return bool(self.run(Rules.release(keys, claim)))
+
+
+def _call_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    found = method()
+    if found is not None:
+        found()
 
 
 # --------------------------------------------------------------------------- single flight
@@ -270,7 +308,11 @@ class SingleFlight:
     ) -> None:
         self.client = client
         self.keyspace = keyspace if isinstance(keyspace, KeySpace) else KeySpace(keyspace)
-        self.rules = Rules(self.keyspace.namespace, lease=lease, owner=owner)
+        self._presence: Presence | None = None
+        self._presence_pid = 0
+        self.rules = Rules(
+            self.keyspace.namespace, lease=lease, owner=owner, presence=self.presence_id
+        )
         self.lease = self.rules.lease
         self.lease_ms = self.rules.lease_ms
         self.owner = self.rules.owner
@@ -297,6 +339,32 @@ class SingleFlight:
     @property
     def where(self) -> str:
         return self.claims.where
+
+    def presence_id(self) -> int | None:
+        """This process's presence id on the flight's server (None on a Cluster, or while
+        its presence connection is down: claims then rely on the lease alone)."""
+        presence = self._presence
+        if presence is None or self._presence_pid != os.getpid():
+            with self._listener_lock:
+                if self._presence is None or self._presence_pid != os.getpid():
+                    self._presence = presence_of(self.client)
+                    self._presence_pid = os.getpid()
+                    if self._presence is not None:
+                        changed = weakref.WeakMethod(self._presence_changed)
+                        forget = self._presence.on_change(lambda: _call_alive(changed))
+                        weakref.finalize(self, forget)
+                presence = self._presence
+            if presence is None:
+                return None
+            return presence.wait_ready(self.CONFIRM_S)
+        return presence.cid
+
+    def _presence_changed(self) -> None:
+        """Reconnected with a new id: renew every open holder now, recording it."""
+        with self._listener_lock:
+            renewer = self._renewer if self._renewer_pid == os.getpid() else None
+        if renewer is not None:
+            renewer.renew_now()
 
     def renewer(self) -> Renewer:
         """The thread renewing this flight's open holders (this process's own)."""
@@ -327,6 +395,11 @@ class SingleFlight:
         """Do what ``effect`` says, blocking; ``watching`` keeps one acquire's watch."""
         if isinstance(effect, Call):
             return self.claims.run(effect)
+        if isinstance(effect, Present):
+            return self.claims.present(effect.presence)
+        if isinstance(effect, Pause):
+            time.sleep(effect.seconds)
+            return None
         assert watching is not None, "only acquire subscribes or listens"
         if isinstance(effect, Subscribe):
             listener = self.notifier()
@@ -335,6 +408,12 @@ class SingleFlight:
             listener.wait_live(watch, effect.confirm_s)
             return None
         return watching[-1][1].get(effect.seconds)
+
+    def take_over_if_gone(self, key: str, state: Running) -> bool:
+        """End ``state``'s claim if its holder's presence stays gone for the grace (see
+        ``Rules.taking_over``); True if the caller may claim now."""
+        keys = self.keyspace.for_step(key)
+        return drive_sync(performed(self.rules.taking_over(keys, state), self.perform))
 
     def acquire(self, key: str, *, timeout: float | None = None) -> Done | Holder:
         """``Done(outcome)`` if the step has (or gets) an outcome, else a ``Holder`` to run it.

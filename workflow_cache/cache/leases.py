@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,7 @@ class Renewer:
         self._lock = threading.Lock()
         self._holders: set[Renewable] = set()
         self._thread: threading.Thread | None = None
+        self._now = threading.Event()
 
     def add(self, holder: Renewable) -> None:
         with self._lock:
@@ -37,6 +37,10 @@ class Renewer:
                 self._thread = threading.Thread(target=self._run, name="wfc-renew", daemon=True)
                 self._thread.start()
 
+    def renew_now(self) -> None:
+        """Renew every open holder at once (this process's presence id changed)."""
+        self._now.set()
+
     def discard(self, holder: Renewable) -> None:
         with self._lock:
             self._holders.discard(holder)
@@ -44,7 +48,8 @@ class Renewer:
     def _run(self) -> None:
         try:
             while True:
-                time.sleep(self._interval)
+                self._now.wait(self._interval)
+                self._now.clear()
                 with self._lock:
                     holders = list(self._holders)
                     if not holders:

@@ -5,8 +5,12 @@ claim protocol of ``claims.py`` (same keys, same hash slot, plus ``:queued``):
 
 ``enqueue`` (producer)
     Outcome stored -> ``Done(outcome)``.  Claim held (running, or parked between retries)
-    -> ``Busy``.  Queued marker present -> ``Busy``.  Otherwise ``SET queued <task id> PX
-    ttl`` -> ``Send``: this caller, and only this one, sends the message.  The same script
+    -> ``Busy`` (with the lock's token and its holder's presence, for a waiter that
+    checks the holder is alive).  Queued marker present -> ``Busy``.  Otherwise ``SET
+    queued <task id> PX ttl`` -> ``Send``: this caller, and only this one, sends the
+    message.  The producer sets the marker short-lived (two leases) and, once the
+    message is handed to the broker, ``sent`` makes it last ``queued_ttl``: a producer
+    killed between the two strands the key only briefly.  The same script
     is what a waiter runs when it finds no notice: the outcome is read in the same atomic
     step as the claim and the marker, so a commit landing "between a read and a check"
     cannot make anyone send again.  An outcome that was not kept (an error the policy
@@ -18,7 +22,8 @@ claim protocol of ``claims.py`` (same keys, same hash slot, plus ``:queued``):
     acknowledges the message and returns at once, no slot ever waits on another holder.
     A claim *parked* for this very task id (a Celery retry of the same execution) is
     adopted.  Otherwise claim as ``claims.py`` does and drop the queued marker (the message
-    has arrived).
+    has arrived), and announce the claim (``s<presence> <token>``) to waiting producers,
+    which then watch the holder's presence.
 ``park`` (worker, when the task raised Celery's ``Retry``)
     The holder's lock becomes ``parked:<task id>|<epoch>`` with an expiry covering the
     retry's countdown plus a lease: waiters keep waiting, no producer re-sends, and only
@@ -35,7 +40,7 @@ the lock says which message runs the step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_cache.cache.claims import Holder, SingleFlight
@@ -51,6 +56,7 @@ from workflow_cache.cache.protocol import (
     as_text,
     claim_state,
     default_owner,
+    presence_key,
 )
 
 __all__ = ["Busy", "Send", "StepMessages", "parked_value"]
@@ -68,10 +74,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Busy:
-    """A message is queued (``holder`` is its task id) or a worker holds the claim."""
+    """A message is queued (``holder`` is its task id) or a worker holds the claim
+    (``holder`` is ``"claimed"``, ``running`` the claim as a waiter sees it)."""
 
     holder: str
     since: int
+    running: Running | None = field(default=None, compare=False)
 
 
 def parked_value(task_id: str, epoch: int) -> str:
@@ -88,8 +96,9 @@ class StepMessages:
 
     def __init__(self, flight: SingleFlight) -> None:
         self.flight = flight
-        scripts = register(flight.client, ("enqueue", "start", "park", "fail_task"))
+        scripts = register(flight.client, ("enqueue", "sent", "start", "park", "fail_task"))
         self._enqueue = scripts["enqueue"]
+        self._sent = scripts["sent"]
         self._start = scripts["start"]
         self._park = scripts["park"]
         self._fail = scripts["fail_task"]
@@ -119,6 +128,25 @@ class StepMessages:
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 
+    def sent_many(
+        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: Sequence[float]
+    ) -> None:
+        """The messages of ``task_ids`` were handed to the broker: their markers, set
+        short-lived by ``enqueue``, now last ``queued_ttl`` seconds; one round trip."""
+        if not keys:
+            return
+        client = self.flight.client
+
+        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+            args = [task_id, max(1, round(ttl * 1000))]
+            return lambda target: self._sent(keys=[self.keys(key).queued], args=args, client=target)
+
+        def run() -> list[Any]:
+            calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
+            return in_one_trip(client, calls)
+
+        self.flight.claims.call(run)
+
     def enqueue(
         self, key: str, task_id: str, queued_ttl: float, *, since: int
     ) -> Done | Busy | Send:
@@ -132,17 +160,26 @@ class StepMessages:
 
     def _enqueue_keys(self, key: str) -> list[str]:
         k = self.keys(key)
-        return [k.out, k.lock, k.queued, k.epoch, k.last]
+        return [k.out, k.lock, k.queued, k.epoch, k.last, presence_key(k)]
+
+    def present(self, presence: int) -> bool:
+        """Whether the process of presence id ``presence`` is still connected to Redis."""
+        return self.flight.claims.present(presence)
+
+    def take_over(self, key: str, running: Running) -> bool:
+        """End ``running``'s claim if it is still the lock's under the same presence."""
+        return self.flight.claims.take_over(self.keys(key), running)
 
     def start(self, key: str, task_id: str) -> Done | Running | Holder:
         """Claim ``key`` for the message ``task_id`` without waiting (see the module doc)."""
         flight = self.flight
         k = self.keys(key)
         owner = task_owner(task_id)
+        presence = flight.presence_id()
         reply = flight.claims.call(
             lambda: self._start(
-                keys=[k.out, k.lock, k.epoch, k.queued],
-                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id],
+                keys=[k.out, k.lock, k.epoch, k.queued, presence_key(k)],
+                args=[owner, flight.lease_ms, EPOCH_TTL_MS, task_id, presence or "", k.channel],
             )
         )
         if as_text(reply[0]) == "done":
@@ -158,7 +195,10 @@ class StepMessages:
         value = parked_value(task_id, holder.epoch)
         return bool(
             self.flight.claims.call(
-                lambda: self._park(keys=[holder.keys.lock], args=[holder.token, value, px])
+                lambda: self._park(
+                    keys=[holder.keys.lock, presence_key(holder.keys)],
+                    args=[holder.token, value, px],
+                )
             )
         )
 
@@ -179,7 +219,16 @@ class StepMessages:
         return bool(
             self.flight.claims.call(
                 lambda: self._fail(
-                    keys=[k.out, k.lock, k.queued, k.epoch, k.last, k.waiters, k.handoff],
+                    keys=[
+                        k.out,
+                        k.lock,
+                        k.queued,
+                        k.epoch,
+                        k.last,
+                        k.waiters,
+                        k.handoff,
+                        presence_key(k),
+                    ],
                     args=args,
                 )
             )
@@ -191,5 +240,10 @@ def _enqueued(reply: Any) -> Done | Busy | Send:
     if kind == "done":
         return Done(as_bytes(reply[1]))
     if kind == "busy":
-        return Busy(as_text(reply[1]), int(reply[2]))
+        running: Running | None = None
+        if len(reply) > 4:  # claimed: the lock's token and its holder's presence
+            state = claim_state([b"running", reply[3], -1, reply[4]])
+            assert isinstance(state, Running)
+            running = state
+        return Busy(as_text(reply[1]), int(reply[2]), running)
     return Send(as_text(reply[1]), int(reply[2]))

@@ -184,6 +184,10 @@ class Notices:
     def __init__(self, watches: dict[str, Watch]) -> None:
         self._watches = watches
 
+    def next(self, key: str, timeout: float) -> bytes | None:
+        """The next notice for ``key`` within ``timeout`` seconds, whatever it says."""
+        return self._watches[key].get(timeout)
+
     def outcome(self, key: str, timeout: float) -> bytes | None:
         """The outcome committed for ``key`` within ``timeout`` seconds, else None
         (also on a release notice: the caller then checks the claim itself)."""

@@ -32,6 +32,9 @@ __all__ = [
     "LAST_TTL_MS",
     "NOTICE_OUTCOME",
     "NOTICE_RELEASED",
+    "NOTICE_STARTED",
+    "PRESENCE_GRACE_S",
+    "PRESENCE_POLL_S",
     "SCRIPTS",
     "Call",
     "ClaimTimeout",
@@ -40,12 +43,16 @@ __all__ = [
     "Effect",
     "Hold",
     "Listen",
+    "Pause",
+    "Present",
     "Rules",
     "Running",
     "Subscribe",
     "claim_state",
     "default_owner",
     "performed",
+    "presence_key",
+    "started_by",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,20 @@ NOTICE_OUTCOME = b"o"
 """First byte of a commit's notice; the outcome follows."""
 NOTICE_RELEASED = b"r"
 """The whole notice of a release: claim again now."""
+NOTICE_STARTED = b"s"
+"""First byte of a dispatched step's start: ``s<presence id> <token>`` of its holder."""
+
+PRESENCE_POLL_S = 0.25
+"""How often a waiter checks that the holder's process is still connected to Redis."""
+PRESENCE_GRACE_S = 0.5
+"""How long a holder's presence must stay gone before a waiter takes over: time for a
+live holder whose connection dropped (a blip, a Redis restart) to reconnect and renew
+with its new presence id, which cancels the takeover (see ``presence.py``)."""
+
+
+def presence_key(keys: Keys) -> str:
+    """Beside the lock, while a holder holds it: its process's presence id (CLIENT ID)."""
+    return f"{keys.lock}:by"
 
 
 class ClaimTimeout(TimeoutError):
@@ -81,10 +102,15 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """Another owner holds the claim; its lease runs out in ``remaining_ms`` unless renewed."""
+    """Another owner holds the claim; its lease runs out in ``remaining_ms`` unless renewed.
+
+    ``token`` is the lock's whole value; ``presence`` the holder process's presence id,
+    None when its claim recorded none (a Cluster, a parked claim, an older client)."""
 
     owner: str
     remaining_ms: int
+    token: str = ""
+    presence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +147,25 @@ def claim_state(reply: Any) -> ClaimState:
     if kind == "done":
         return Done(as_bytes(reply[1]))
     if kind == "running":
-        return Running(owner=as_text(reply[1]).rpartition("|")[0], remaining_ms=int(reply[2]))
+        token = as_text(reply[1])
+        by = as_text(reply[3]) if len(reply) > 3 else ""
+        return Running(
+            owner=token.rpartition("|")[0],
+            remaining_ms=int(reply[2]),
+            token=token,
+            presence=int(by) if by.isdigit() else None,
+        )
     return Claimed(token=as_text(reply[1]), epoch=int(reply[2]))
+
+
+def started_by(notice: bytes) -> Running | None:
+    """The holder a start notice names (``NOTICE_STARTED``), None for any other notice."""
+    if notice[:1] != NOTICE_STARTED:
+        return None
+    presence, _, token = as_text(notice[1:]).partition(" ")
+    if not presence.isdigit() or not token:
+        return None
+    return Running(token.rpartition("|")[0], -1, token, int(presence))
 
 
 def default_owner() -> str:
@@ -132,7 +175,7 @@ def default_owner() -> str:
 
 # --------------------------------------------------------------------------- effects
 
-SCRIPTS = ("claim", "renew", "commit", "release", "delete_if_same")
+SCRIPTS = ("claim", "renew", "commit", "release", "take_over", "delete_if_same")
 """The scripts a plan here (or in ``envelopes.py``) may call; a driver registers them."""
 
 
@@ -161,7 +204,21 @@ class Listen:
     seconds: float
 
 
-Effect = Call | Subscribe | Listen
+@dataclass(frozen=True, slots=True)
+class Present:
+    """Is the client ``presence`` connected to Redis now (``CLIENT LIST ID``)? A bool."""
+
+    presence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``seconds`` (a caller with no notice to wait on)."""
+
+    seconds: float
+
+
+Effect = Call | Subscribe | Listen | Present | Pause
 Plan = Generator[Effect, Any, T]
 
 
@@ -196,7 +253,7 @@ class Rules:
     #: Longest wait for the server to confirm a subscription before claiming anyway.
     CONFIRM_S = 2.0
 
-    __slots__ = ("clock", "epoch_ttl_ms", "lease", "lease_ms", "namespace", "owner")
+    __slots__ = ("clock", "epoch_ttl_ms", "lease", "lease_ms", "namespace", "owner", "presence")
 
     def __init__(
         self,
@@ -206,6 +263,7 @@ class Rules:
         owner: str | None = None,
         epoch_ttl_ms: int | None = EPOCH_TTL_MS,
         clock: Callable[[], float] = time.monotonic,
+        presence: Callable[[], int | None] | None = None,
     ) -> None:
         if lease <= 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
@@ -215,20 +273,37 @@ class Rules:
         self.owner = owner or default_owner()
         self.epoch_ttl_ms = int(epoch_ttl_ms or 0)
         self.clock = clock
+        self.presence = presence or _absent
+        """This process's presence id now (None: claims record none, lease only)."""
 
     # -- the four scripts
 
     @staticmethod
-    def claim(keys: Keys, owner: str, lease_ms: int, epoch_ttl_ms: int) -> Call:
+    def claim(
+        keys: Keys, owner: str, lease_ms: int, epoch_ttl_ms: int, presence: int | None = None
+    ) -> Call:
         if lease_ms <= 0:
             raise ValueError(f"lease_ms must be positive, got {lease_ms}")
         return Call(
-            "claim", (keys.out, keys.lock, keys.epoch), (owner, int(lease_ms), epoch_ttl_ms)
+            "claim",
+            (keys.out, keys.lock, keys.epoch, presence_key(keys)),
+            (owner, int(lease_ms), epoch_ttl_ms, _id(presence)),
         )
 
     @staticmethod
-    def renew(keys: Keys, claim: Claimed, lease_ms: int) -> Call:
-        return Call("renew", (keys.lock,), (claim.token, int(lease_ms)))
+    def renew(keys: Keys, claim: Claimed, lease_ms: int, presence: int | None = None) -> Call:
+        return Call(
+            "renew", (keys.lock, presence_key(keys)), (claim.token, int(lease_ms), _id(presence))
+        )
+
+    @staticmethod
+    def take_over(keys: Keys, state: Running) -> Call:
+        """End ``state``'s claim if it is still the lock's and its presence still gone."""
+        return Call(
+            "take_over",
+            (keys.lock, presence_key(keys)),
+            (state.token, _id(state.presence), keys.channel),
+        )
 
     @staticmethod
     def commit(
@@ -240,7 +315,15 @@ class Rules:
             raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
         return Call(
             "commit",
-            (keys.out, keys.lock, keys.epoch, keys.last, keys.waiters, keys.handoff),
+            (
+                keys.out,
+                keys.lock,
+                keys.epoch,
+                keys.last,
+                keys.waiters,
+                keys.handoff,
+                presence_key(keys),
+            ),
             (
                 claim.token,
                 claim.epoch,
@@ -254,34 +337,69 @@ class Rules:
 
     @staticmethod
     def release(keys: Keys, claim: Claimed) -> Call:
-        return Call("release", (keys.lock,), (claim.token, keys.channel))
+        return Call("release", (keys.lock, presence_key(keys)), (claim.token, keys.channel))
 
     # -- acquiring
 
     def acquire(self, key: str, keys: Keys, timeout: float | None) -> Plan[Done | Claimed]:
         """``Done`` or ``Claimed``, waiting while another owner holds the claim: woken by
         its commit (its outcome) or release (claim again), or by its lease running out
-        (claim in its place).  Past ``timeout`` seconds (None: no limit, 0: do not
-        wait at all, not even for a subscription) ``ClaimTimeout``."""
+        (claim in its place), or by its process's presence staying gone for
+        ``PRESENCE_GRACE_S`` (take over at once).  Past ``timeout`` seconds (None: no
+        limit, 0: do not wait at all, not even for a subscription) ``ClaimTimeout``."""
         clock = self.clock
         deadline = None if timeout is None else clock() + timeout
-        claim = self.claim(keys, self.owner, self.lease_ms, self.epoch_ttl_ms)
-        state = claim_state((yield claim))
+        state = claim_state((yield self._claim(keys)))
         if not isinstance(state, Running):  # the common cases need no subscription
             return state
-        left = self._left(deadline, state, key, timeout)
+        left = self._left(deadline, state, key, timeout, clock())
         # Subscribed (and confirmed) *before* the claim we wait on: a commit landing
         # between that claim and the wait is still delivered to our mailbox.
         yield Subscribe(keys.channel, self.CONFIRM_S if left is None else min(left, self.CONFIRM_S))
         while True:
-            state = claim_state((yield claim))
+            state = claim_state((yield self._claim(keys)))
             if not isinstance(state, Running):
                 return state
-            left = self._left(deadline, state, key, timeout)
-            notice = yield Listen(self.wait_for(state, left))
-            if notice is not None and notice[:1] == NOTICE_OUTCOME:
-                return Done(notice[1:])
-            # released, lease ran out, or deadline: claim again (or time out)
+            now = clock()
+            left = self._left(deadline, state, key, timeout, now)
+            until = now + self.wait_for(state, left)
+            gone_at: float | None = None  # when the holder's presence was first seen gone
+            while True:  # until the lease (or deadline) is due: listen, checking presence
+                wait = until - now
+                if state.presence is not None:
+                    poll = PRESENCE_POLL_S if gone_at is None else gone_at + PRESENCE_GRACE_S
+                    wait = min(wait, poll if gone_at is None else poll - now)
+                notice = yield Listen(max(wait, 0.0))
+                if notice is not None:
+                    if notice[:1] == NOTICE_OUTCOME:
+                        return Done(notice[1:])
+                    break  # released: claim again now
+                now = clock()
+                if now >= until or state.presence is None:
+                    break  # the lease ran out (or the deadline came): claim again
+                if (yield Present(state.presence)):
+                    gone_at = None
+                elif gone_at is None:
+                    gone_at = now
+                elif now >= gone_at + PRESENCE_GRACE_S:
+                    log.info("step %r: holder %s is gone; taking over", key, state.owner)
+                    yield self.take_over(keys, state)
+                    break  # claim again (a refused takeover: the holder came back)
+
+    def taking_over(self, keys: Keys, state: Running) -> Plan[bool]:
+        """For a caller that does not wait (a worker given a step another process holds):
+        True once the claim of a holder whose presence stays gone for the grace is ended,
+        so the caller may claim now; False while the holder is (or may be) alive."""
+        if state.presence is None or (yield Present(state.presence)):
+            return False
+        yield Pause(PRESENCE_GRACE_S)
+        if (yield Present(state.presence)):
+            return False
+        log.info("step holder %s is gone; taking over", state.owner)
+        return bool((yield self.take_over(keys, state)))
+
+    def _claim(self, keys: Keys) -> Call:
+        return self.claim(keys, self.owner, self.lease_ms, self.epoch_ttl_ms, self.presence())
 
     def wait_for(self, state: Running, left: float | None) -> float:
         """Seconds to wait for ``state``'s holder: its lease left plus a margin, within
@@ -291,17 +409,25 @@ class Rules:
         return wait if left is None else min(wait, left)
 
     def _left(
-        self, deadline: float | None, state: Running, key: str, timeout: float | None
+        self, deadline: float | None, state: Running, key: str, timeout: float | None, now: float
     ) -> float | None:
         if deadline is None:
             return None
-        left = deadline - self.clock()
+        left = deadline - now
         if left <= 0:
             raise ClaimTimeout(
                 f"step {key!r} in namespace {self.namespace!r} is still "
                 f"running under {state.owner!r} after {timeout:g} s"
             )
         return left
+
+
+def _absent() -> int | None:
+    return None
+
+
+def _id(presence: int | None) -> str:
+    return "" if presence is None else str(presence)
 
 
 # --------------------------------------------------------------------------- holding
@@ -347,7 +473,8 @@ class Hold:
         """One renewal; True while the holder should be renewed again."""
         rules = self.rules
         try:
-            ok = bool((yield Rules.renew(self.keys, self.claim, rules.lease_ms)))
+            renew = Rules.renew(self.keys, self.claim, rules.lease_ms, rules.presence())
+            ok = bool((yield renew))
         except CacheUnavailable as exc:
             if rules.clock() - self.last_renewed < rules.lease:
                 return True

@@ -11,7 +11,7 @@ import redis
 
 from workflow_cache.store import CacheUnavailable
 
-__all__ = ["Reaching", "out_of_memory"]
+__all__ = ["Reaching", "out_of_memory", "unreachable"]
 
 
 def out_of_memory(where: str) -> str:
@@ -20,6 +20,13 @@ def out_of_memory(where: str) -> str:
         f"Redis at {where} refused a write: out of memory (maxmemory reached under a "
         "noeviction policy); nothing was stored"
     )
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis could not be reached (refused, timed out, still loading),
+    which passes, rather than refused a write (out of memory), which is an answer."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return isinstance(cause, redis.ConnectionError | redis.TimeoutError)
 
 
 class Reaching:

@@ -22,8 +22,14 @@ from typing import Any
 
 from celery import Celery, Signature
 
-from workflow_cache.cache.claims import ClaimTimeout, Done, Notices
+from workflow_cache.cache.claims import ClaimTimeout, Done, Notices, Running
 from workflow_cache.cache.messages import Busy, Send, StepMessages
+from workflow_cache.cache.protocol import (
+    NOTICE_OUTCOME,
+    PRESENCE_GRACE_S,
+    PRESENCE_POLL_S,
+    started_by,
+)
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import members, require_task
 from workflow_cache.distributed.header import HEADER, StepHeader
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 
 ONCE_TTL = 600.0
 """Seconds an unkeyed step's outcome is kept: long enough for its caller to read it."""
+UNSENT_LEASES = 2.0
+"""A queued marker lives this many leases until its producer confirms the message sent."""
 QUEUED_TTL = 60.0
 """Default life of a queued marker: how long a sent message may wait in the queue before
 a waiter takes it for lost and sends the step again (at most once per expiry)."""
@@ -92,8 +100,8 @@ class CeleryDispatcher:
             # found by enqueue, one landing after it is announced to us.
             pending = list(unique.values())
             ids = [_task_id() for _ in pending]
-            ttls = [self._queued_ttl(p) for p in pending]
-            states = self.messages.enqueue_many([p.key for p in pending], ids, ttls)
+            unsent = [self._unsent_ttl(p) for p in pending]
+            states = self.messages.enqueue_many([p.key for p in pending], ids, unsent)
             to_send: list[tuple[PendingStep, str]] = []
             since: dict[str, int] = {}
             for p, state in zip(pending, states, strict=True):
@@ -113,7 +121,13 @@ class CeleryDispatcher:
         """A message held back by ``countdown``/``eta`` is not lost while it waits."""
         return self.queued_ttl + _delay(pending.signature.options)
 
+    def _unsent_ttl(self, pending: PendingStep) -> float:
+        """The life of a marker until its message is known sent: a producer killed
+        between the marker and the publish strands the key only this long."""
+        return min(self._queued_ttl(pending), UNSENT_LEASES * self.cache.flight.lease)
+
     def _publish(self, items: list[tuple[PendingStep, str]]) -> None:
+        """Send each step's message, then make its marker last ``_queued_ttl``."""
         if not items:
             return
         namespace = self.cache.namespace
@@ -126,17 +140,52 @@ class CeleryDispatcher:
                 if "ignore_result" not in sig.options:
                     extra["ignore_result"] = True  # the outcome lives in the step cache
                 sig.apply_async(task_id=task_id, headers=headers, producer=producer, **extra)
+        self.messages.sent_many(
+            [p.key for p, _ in items],
+            [t for _, t in items],
+            [self._queued_ttl(p) for p, _ in items],
+        )
 
     def _wait(self, pending: PendingStep, notices: Notices, since: int) -> Result[Any, Any]:
-        """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again."""
+        """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again.
+
+        While a worker holds the step (known from its start notice, or from ``enqueue``),
+        check every ``PRESENCE_POLL_S`` that its process is still connected to Redis:
+        gone for ``PRESENCE_GRACE_S``, its claim is ended (fenced, ``take_over``) and the
+        step sent again at once, not at lease end."""
         key = pending.key
         interval = self.cache.flight.lease / 3
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        running: Running | None = None
+        gone_at: float | None = None
+        due = time.monotonic() + interval
         while True:
-            raw = notices.outcome(key, interval)
-            if raw is not None:
-                return pending.decode(raw)
-            state = self.messages.enqueue(key, _task_id(), self._queued_ttl(pending), since=since)
+            now = time.monotonic()
+            wait = due - now
+            if running is not None and running.presence is not None:
+                poll = PRESENCE_POLL_S if gone_at is None else gone_at + PRESENCE_GRACE_S - now
+                wait = min(wait, poll)
+            notice = notices.next(key, max(wait, 0.0))
+            if notice is not None and notice[:1] == NOTICE_OUTCOME:
+                return pending.decode(notice[1:])
+            started = None if notice is None else started_by(notice)
+            if started is not None:  # a worker claimed it: watch that process from now on
+                running, gone_at = started, None
+                continue
+            now = time.monotonic()
+            released = notice is not None  # (a release notice): look at the key now
+            if not released and now < due and running is not None and running.presence:
+                if self.messages.present(running.presence):
+                    gone_at = None
+                    continue
+                if gone_at is None or now < gone_at + PRESENCE_GRACE_S:
+                    gone_at = gone_at or now
+                    continue
+                log.warning("step %r: the process running it is gone; sending it again", key)
+                self.messages.take_over(key, running)
+            gone_at, due = None, now + interval
+            state = self.messages.enqueue(key, _task_id(), self._unsent_ttl(pending), since=since)
+            running = state.running if isinstance(state, Busy) else None
             if isinstance(state, Done):
                 return pending.decode(state.outcome)
             if isinstance(state, Send):

@@ -28,11 +28,12 @@ task, the worker's main process commits ``err(TimeLimitExceeded)`` or
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.app.task import Task as BaseTask
@@ -42,6 +43,8 @@ from kombu.utils.imports import symbol_by_name
 from workflow_cache import metrics, tracing
 from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running, SingleFlight
 from workflow_cache.cache.messages import StepMessages
+from workflow_cache.cache.protocol import Rules
+from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
 from workflow_cache.distributed.resume import hand_over
@@ -52,6 +55,12 @@ from workflow_cache.result import Result, UnexpectedError, err, ok
 log = logging.getLogger(__name__)
 
 _GUARDED = "_wfc_guarded"
+T = TypeVar("T")
+
+PATIENCE_LEASES = 2.0
+"""A step delivery that cannot reach Redis keeps trying for this many leases, then gives
+its message back to the queue: a restart or a blip never acknowledges a step away."""
+FIRST_RETRY_S = 0.05
 PARK_SLACK_MIN = 10.0
 """A parked claim lives for the retry's countdown plus max(2 leases, this many seconds):
 time for a busy worker to start the retried message before waiters give up on it."""
@@ -82,6 +91,31 @@ class StepRunner:
 
     def park_seconds(self, countdown: float) -> float:
         return max(countdown, 0.0) + max(2 * self.cache.lease, PARK_SLACK_MIN)
+
+    def patience(self) -> float:
+        """How long a delivery keeps trying to reach Redis before it gives its message back."""
+        return PATIENCE_LEASES * self.cache.lease
+
+
+def patiently(runner: StepRunner, key: str, doing: str, call: Callable[[], T]) -> T:
+    """``call()``, tried again while Redis cannot be reached (restarting, loading, a
+    dropped link), for up to ``runner.patience()`` seconds; then the message is rejected
+    back to its queue (``Reject(requeue=True)``), never acknowledged as done."""
+    deadline = time.monotonic() + runner.patience()
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            return call()
+        except CacheUnavailable as exc:
+            if not unreachable(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                log.warning("step %r: Redis unreachable %s (%s); message requeued", key, doing, exc)
+                raise Reject(str(exc), requeue=True) from exc
+            level = logging.WARNING if delay == FIRST_RETRY_S else logging.DEBUG
+            log.log(level, "step %r: Redis unreachable %s (%s); trying again", key, doing, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def runner_of(app: Celery) -> StepRunner | None:
@@ -144,7 +178,16 @@ def _call(
         log.warning("task %s[%s] refused: wfc_step header: %s", task.name, request.id, exc)
         raise Ignore() from None
     begun = time.perf_counter()
-    started = messages.start(header.key, request.id)
+    start = functools.partial(messages.start, header.key, request.id)
+    started = patiently(runner, header.key, "taking its claim", start)
+    if isinstance(started, Running) and patiently(
+        runner,
+        header.key,
+        "checking its holder",
+        functools.partial(messages.flight.take_over_if_gone, header.key, started),
+    ):
+        # its holder's process died (redelivered after a killed pool child): run it now
+        started = patiently(runner, header.key, "taking its claim", start)
     if isinstance(started, Done):  # a redelivery: resume runs its executor may have left
         hand_over(task.app, messages.flight, header.key)
     if isinstance(started, Done | Running):
@@ -190,7 +233,7 @@ def _run_holding(
         tracing.end(run.span, released=True)
         raise
     except Exception as exc:
-        _commit(task.app, messages.flight, run, err(UnexpectedError.from_exception(exc)))
+        _commit(task.app, runner, messages.flight, run, err(UnexpectedError.from_exception(exc)))
         raise
     except BaseException:
         # the process is being torn down (terminated, revoked, cold shutdown): keep the
@@ -199,7 +242,7 @@ def _run_holding(
         tracing.end(run.span, abandoned=True)
         raise
     result = produced if isinstance(produced, Result) else ok(produced)
-    _commit(task.app, messages.flight, run, result)
+    _commit(task.app, runner, messages.flight, run, result)
     if isinstance(produced, Result):
         return Envelope.from_result(header.key, produced, ttl=None).detached(header.key)
     return produced
@@ -217,17 +260,29 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
     return envelope, keep
 
 
-def _commit(app: Celery, flight: SingleFlight, run: _Execution, result: Result[Any, Any]) -> None:
+def _commit(
+    app: Celery,
+    runner: StepRunner,
+    flight: SingleFlight,
+    run: _Execution,
+    result: Result[Any, Any],
+) -> None:
     header = run.header
     envelope, keep = _outcome(header, result)
     ttl_ms = envelope.ttl_ms
     text = envelope.sealed(header.key)
+    holder = run.holder
     try:
-        committed = run.holder.commit(text, ttl_ms=ttl_ms, keep=keep)
+        committed = holder.commit(text, ttl_ms=ttl_ms, keep=keep)
     except CacheUnavailable as exc:
-        log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
-        tracing.end(run.span, released=True)
-        return
+        if not unreachable(exc):
+            log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
+            tracing.end(run.span, released=True)
+            return
+        # The same fenced commit again once Redis answers: it lands if nobody took over.
+        call = Rules.commit(holder.keys, holder.claim, text, ttl_ms, keep)
+        reply = int(patiently(runner, header.key, "committing", lambda: flight.claims.run(call)))
+        committed, holder.handed_over = reply > 0, reply == 2
     metrics.commit(header.ns, envelope.status, time.perf_counter() - run.begun, accepted=committed)
     tracing.end(run.span, status=envelope.status, committed=committed, stored=keep)
     if not committed:

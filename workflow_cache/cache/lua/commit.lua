@@ -1,4 +1,4 @@
--- KEYS: out, lock, epoch, last[, waiters, handoff]
+-- KEYS: out, lock, epoch, last[, waiters, handoff[, by]]
 -- ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel, last_ttl_ms
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -22,6 +22,9 @@ else
 end
 if holder then
   redis.call('DEL', KEYS[2])
+  if KEYS[7] then
+    redis.call('DEL', KEYS[7])
+  end
 end
 if KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then
   -- workflows suspended on this key: handed over with the outcome, in the same step

@@ -1,6 +1,9 @@
--- KEYS: out, lock, queued, epoch, last   ARGV: task_id, queued_ttl_ms, since ('' = new caller)
+-- KEYS: out, lock, queued, epoch, last[, by]
+-- ARGV: task_id, queued_ttl_ms, since ('' = new caller)
 -- Replies carry "since": the lowest epoch of an execution this caller may take the
--- outcome of (the running one's, or the next one's when nothing runs yet).
+-- outcome of (the running one's, or the next one's when nothing runs yet). A busy claim
+-- also carries the lock's token and the holder's presence id ('' if none), for a waiter
+-- that checks the holder is alive (protocol.py).
 local out = redis.call('GET', KEYS[1])
 if out then
   return {'done', out}
@@ -15,8 +18,10 @@ if ARGV[3] ~= '' then
   end
 end
 local epoch = tonumber(redis.call('GET', KEYS[4]) or '0')
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'busy', 'claimed', epoch}
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  local by = KEYS[6] and redis.call('GET', KEYS[6]) or ''
+  return {'busy', 'claimed', epoch, holder, by or ''}
 end
 local queued = redis.call('GET', KEYS[3])
 if queued then

@@ -1,4 +1,4 @@
--- KEYS: out, lock, queued, epoch, last[, waiters, handoff]
+-- KEYS: out, lock, queued, epoch, last[, waiters, handoff[, by]]
 -- ARGV: owner prefix, outcome, ttl_ms (0 = none), keep (1/0), channel, task_id, last_ttl_ms
 local holder = redis.call('GET', KEYS[2])
 local epoch
@@ -22,6 +22,9 @@ else
   redis.call('SET', KEYS[5], epoch .. '|' .. ARGV[2], 'PX', ARGV[7])
 end
 redis.call('DEL', KEYS[2], KEYS[3])
+if KEYS[8] then
+  redis.call('DEL', KEYS[8])
+end
 if KEYS[7] and redis.call('EXISTS', KEYS[6]) == 1 then
   redis.call('SUNIONSTORE', KEYS[7], KEYS[7], KEYS[6])
   redis.call('DEL', KEYS[6])
