@@ -111,10 +111,10 @@ class CeleryDispatcher:
                 since[p.key] = state.since
                 if isinstance(state, Send):
                     to_send.append((p, state.task_id))
-            self._publish(to_send)
+            sent = self._publish(to_send, confirm=False)
             for key, p in unique.items():
                 if key not in outcomes:
-                    outcomes[key] = self._wait(p, notices, since[key])
+                    outcomes[key] = self._wait(p, notices, since[key], sent)
         return [outcomes[p.key] for p in keyed]
 
     def _queued_ttl(self, pending: PendingStep) -> float:
@@ -126,10 +126,17 @@ class CeleryDispatcher:
         between the marker and the publish strands the key only this long."""
         return min(self._queued_ttl(pending), UNSENT_LEASES * self.cache.flight.lease)
 
-    def _publish(self, items: list[tuple[PendingStep, str]]) -> None:
-        """Send each step's message, then make its marker last ``_queued_ttl``."""
+    def _publish(
+        self, items: list[tuple[PendingStep, str]], *, confirm: bool = True
+    ) -> Unconfirmed:
+        """Send each step's message; its marker then lasts ``_queued_ttl`` once confirmed.
+
+        ``confirm=False`` leaves the confirmation to the caller's first periodic wake-up
+        (``Unconfirmed.confirm``): a step that commits before then costs no extra round
+        trip, and lease/3 is well within the unsent marker's life of two leases."""
+        sent = Unconfirmed()
         if not items:
-            return
+            return sent
         namespace = self.cache.namespace
         with self.app.producer_or_acquire() as producer:
             for p, task_id in items:
@@ -140,13 +147,14 @@ class CeleryDispatcher:
                 if "ignore_result" not in sig.options:
                     extra["ignore_result"] = True  # the outcome lives in the step cache
                 sig.apply_async(task_id=task_id, headers=headers, producer=producer, **extra)
-        self.messages.sent_many(
-            [p.key for p, _ in items],
-            [t for _, t in items],
-            [self._queued_ttl(p) for p, _ in items],
-        )
+                sent.add(p.key, task_id, self._queued_ttl(p))
+        if confirm:
+            sent.confirm(self.messages)
+        return sent
 
-    def _wait(self, pending: PendingStep, notices: Notices, since: int) -> Result[Any, Any]:
+    def _wait(
+        self, pending: PendingStep, notices: Notices, since: int, sent: Unconfirmed
+    ) -> Result[Any, Any]:
         """Wake on the commit notice; without one, every lease/3 run ``enqueue`` again.
 
         While a worker holds the step (known from its start notice, or from ``enqueue``),
@@ -184,13 +192,14 @@ class CeleryDispatcher:
                 log.warning("step %r: the process running it is gone; sending it again", key)
                 self.messages.take_over(key, running)
             gone_at, due = None, now + interval
+            sent.confirm(self.messages)  # the first wake-up: our messages were sent
             state = self.messages.enqueue(key, _task_id(), self._unsent_ttl(pending), since=since)
             running = state.running if isinstance(state, Busy) else None
             if isinstance(state, Done):
                 return pending.decode(state.outcome)
             if isinstance(state, Send):
                 log.warning("step %r: no worker holds it and no message is queued; sent again", key)
-                self._publish([(pending, state.task_id)])
+                sent.merge(self._publish([(pending, state.task_id)], confirm=False))
             if deadline is not None and time.monotonic() > deadline:
                 raise StepWaitTimeout(key, self.queue_of(pending.signature), self.timeout, state)
 
@@ -207,6 +216,32 @@ class CeleryDispatcher:
                 queue = None
         name = getattr(queue, "name", queue)
         return str(name or self.app.conf.task_default_queue)
+
+
+class Unconfirmed:
+    """Messages handed to the broker whose queued markers still have their short life."""
+
+    __slots__ = ("ids", "keys", "ttls")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.ids: list[str] = []
+        self.ttls: list[float] = []
+
+    def add(self, key: str, task_id: str, ttl: float) -> None:
+        self.keys.append(key)
+        self.ids.append(task_id)
+        self.ttls.append(ttl)
+
+    def merge(self, other: Unconfirmed) -> None:
+        for key, task_id, ttl in zip(other.keys, other.ids, other.ttls, strict=True):
+            self.add(key, task_id, ttl)
+
+    def confirm(self, messages: StepMessages) -> None:
+        """Give every marker its queued life (one round trip), once."""
+        if self.keys:
+            messages.sent_many(self.keys, self.ids, self.ttls)
+            self.keys, self.ids, self.ttls = [], [], []
 
 
 class StepWaitTimeout(ClaimTimeout):
