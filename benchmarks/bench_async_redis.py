@@ -21,7 +21,8 @@ garbage; a full collection that still happens during a run stops the loop for te
 milliseconds whatever the code, so the last column counts them and their longest
 pause. On a busy machine compare with the baseline's own lag, which scheduling
 inflates too. With ``--compare-rev REV`` the same scenarios also run on the code of
-that git revision (``git archive``), for comparison.
+that git revision (``git archive``), for comparison, interleaved round by round with
+this code's so that a change in the machine's load reaches both alike.
 """
 
 from __future__ import annotations
@@ -301,19 +302,18 @@ def main() -> None:
         proxied = f"redis://127.0.0.1:{port}/0"
         delay = f"{DELAY_S * 1e3:g} ms"
         print(f"redis behind a {delay}-each-way proxy; n={args.n}, rounds={args.rounds}")
-        for label, src in sources.items():
-            results: dict[str, list[dict[str, float]]] = {
-                "bare": [],
-                "bare_timeouts": [],
-                "hit": [],
-                "miss": [],
-            }
-            for r in range(args.rounds):
+        names = ("bare", "bare_timeouts", "hit", "miss")
+        results: dict[str, dict[str, list[dict[str, float]]]] = {
+            label: {name: [] for name in names} for label in sources
+        }
+        for r in range(args.rounds):  # each round measures every source: load hits them alike
+            for label, src in sources.items():
                 namespace = f"bench{r}{len(label)}"
                 _prepare(server.url, namespace, args.n)
-                for name in ("bare", "bare_timeouts", "hit", "miss"):
-                    results[name].append(scenario(src, proxied, name, args.n, namespace))
-            _report(label, args.n, results)
+                for name in names:
+                    results[label][name].append(scenario(src, proxied, name, args.n, namespace))
+        for label in sources:
+            _report(label, args.n, results[label])
     finally:
         proxy.kill()
         proxy.wait()
