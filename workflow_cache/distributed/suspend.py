@@ -37,7 +37,7 @@ from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
 from workflow_cache.distributed.pending import PendingStep
-from workflow_cache.distributed.runs import RUN_TTL_MS, Runs
+from workflow_cache.distributed.run_lease import RunLease, Superseded
 from workflow_cache.distributed.waiters import Joined, Waiters
 from workflow_cache.envelope import Envelope, EnvelopeError
 from workflow_cache.options import StepOptions
@@ -70,7 +70,7 @@ class SuspendingDispatcher(CeleryDispatcher):
         self,
         app: Celery,
         cache: RedisCache,
-        run_id: str,
+        lease: RunLease,
         history: Sequence[str],
         *,
         queued_ttl: float | None = None,
@@ -79,14 +79,17 @@ class SuspendingDispatcher(CeleryDispatcher):
             super().__init__(app, cache)
         else:
             super().__init__(app, cache, queued_ttl=queued_ttl)
-        self.run_id = run_id
+        self.lease = lease
+        self.run_id = lease.run_id
         self.history = tuple(history)
         self.asked: list[str] = []
-        self.runs = Runs(cache.flight)
+        self.runs = lease.runs
         self.waiters = Waiters(cache.flight)
 
     def identify(self, work: Signature, options: StepOptions) -> StepOptions:
-        """A stable key for the step at this position; ``ReplayDiverged`` if history differs."""
+        """A stable key for the step at this position; ``ReplayDiverged`` if history differs,
+        ``Superseded`` if this delivery no longer holds the run."""
+        self.lease.check()
         position = len(self.asked)
         task = require_task(work).task
         entry = f"{task}|{options.key or ''}"
@@ -104,7 +107,7 @@ class SuspendingDispatcher(CeleryDispatcher):
             return options
         return StepOptions(
             key=step_key(self.run_id, position),
-            ttl=RUN_TTL_MS / 1000,
+            ttl=self.runs.retention_ms / 1000,
             cache_errors=True,
             cache_exceptions=True,
             returns=options.returns,
@@ -118,7 +121,10 @@ class SuspendingDispatcher(CeleryDispatcher):
         pending = list(unique.values())
         keys = [p.key for p in pending]
         history = [*self.asked, *self.history[len(self.asked) :]]
-        batch = self.runs.prepare(self.run_id, history, keys)
+        epoch = self.lease.epoch
+        batch = self.runs.prepare(self.run_id, epoch, history, keys)
+        if batch < 0:
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         ids = [str(uuid.uuid4()) for _ in pending]
         ttls = [self._queued_ttl(p) for p in pending]
         states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
@@ -130,7 +136,9 @@ class SuspendingDispatcher(CeleryDispatcher):
             elif isinstance(state, Joined) and state.send is not None:
                 to_send.append((p, state.send))
         self._publish(to_send)
-        verdict = self.runs.arm(self.run_id, batch, list(outcomes))
+        verdict = self.runs.arm(self.run_id, epoch, batch, list(outcomes))
+        if verdict == "stale":
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         if verdict != "go":
             raise Suspended(self.run_id, batch, [k for k in keys if k not in outcomes])
         # every pending key committed while this run was joining: read them and carry on

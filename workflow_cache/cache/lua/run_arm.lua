@@ -1,17 +1,25 @@
--- KEYS: run, pending   ARGV: batch, keys found done while joining...
+-- KEYS: run, pending, indexes...   ARGV: run id, epoch, batch, recheck_ms, keys done...
 -- The workflow has joined every waiter set: drop '' and the keys already done. Empty ->
--- "go" (everything committed meanwhile: carry on in place); else "wait" (suspended: the
--- commit that empties the set resumes it).
-if redis.call('HGET', KEYS[1], 'batch') ~= ARGV[1] then
+-- "go" (everything committed meanwhile: carry on in place, still leased); else "wait"
+-- (suspended: the lease ends, and the run is due for a recheck by the reconciler in
+-- case the commit that empties the set never resumes it). "stale": fenced.
+local run = KEYS[1]
+local state = redis.call('HGET', run, 'state')
+if redis.call('HGET', run, 'batch') ~= ARGV[3] or not holds(run, ARGV[2])
+    or state ~= 'suspending' then
   return 'stale'
 end
 redis.call('SREM', KEYS[2], '')
-if #ARGV > 1 then
-  redis.call('SREM', KEYS[2], unpack(ARGV, 2, #ARGV))
+if #ARGV > 4 then
+  redis.call('SREM', KEYS[2], unpack(ARGV, 5, #ARGV))
 end
+local now = now_ms()
 if redis.call('SCARD', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'running')
+  enter(run, state, 'running', now)
   return 'go'
 end
-redis.call('HSET', KEYS[1], 'state', 'suspended')
+enter(run, state, 'suspended', now)
+redis.call('HDEL', run, 'lease')
+redis.call('HSET', run, 'checks', 0)
+redis.call('ZADD', DUE, now + tonumber(ARGV[4]), RUN_ID)
 return 'wait'

@@ -1,0 +1,20 @@
+-- KEYS: run, pending, steps, given, indexes...   ARGV: run id, outcome, retention_ms
+-- cancel_run: a live run ends as cancelled with the given (err) outcome; a new epoch
+-- fences the delivery in progress, if any (its renewal, batches and finish are refused,
+-- so it stops at its next step); later commits find it not suspended and resume nothing.
+-- 0 for a finished or unknown run, which stays as it is.
+local run = KEYS[1]
+local state = redis.call('HGET', run, 'state')
+if not LIVE[state] then
+  return 0
+end
+redis.call('HINCRBY', run, 'epoch', 1)
+enter(run, state, 'cancelled', now_ms())
+redis.call('HSET', run, 'outcome', ARGV[2])
+redis.call('HDEL', run, 'lease')
+redis.call('ZREM', DUE, RUN_ID)
+redis.call('DEL', KEYS[2])
+for i = 1, 4 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
+return 1
