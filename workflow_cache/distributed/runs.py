@@ -299,16 +299,19 @@ class Runs:
 
         self.flight.claims.call(write)
 
+    def now_ms(self) -> int:
+        """Redis's clock, in ms: the one every lease and due time is written in."""
+        now_s, now_us = self.flight.claims.call(self.flight.client.time)
+        return int(now_s) * 1000 + int(now_us) // 1000
+
     def due(self, limit: int) -> list[str]:
         """Ids of up to ``limit`` runs whose due time has come (oldest first)."""
+        now = self.now_ms()
         client = self.flight.client
-
-        def read() -> list[Any]:
-            now_s, now_us = client.time()
-            now_ms = int(now_s) * 1000 + int(now_us) // 1000
-            return list(client.zrangebyscore(self.due_key, "-inf", now_ms, start=0, num=limit))
-
-        return [_text(r) for r in self.flight.claims.call(read)]
+        raw: list[Any] = self.flight.claims.call(
+            lambda: client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+        )
+        return [_text(r) for r in raw]
 
     def look(self, run_id: str) -> Due:
         """The reconciler's look at a due run (it is then due again later, or forgotten)."""
