@@ -16,6 +16,7 @@ end
 if removed == 1 and state == 'suspended' and redis.call('SCARD', KEYS[2]) == 0 then
   local now = now_ms()
   enter(run, state, 'resuming', now)
+  redis.call('HSET', run, 'checks', 0)
   redis.call('ZADD', DUE, now + tonumber(ARGV[5]), RUN_ID)
   return {'resume', redis.call('HGET', run, 'task'), redis.call('HGET', run, 'args'),
     redis.call('HGET', run, 'kwargs'), redis.call('HGET', run, 'queue')}

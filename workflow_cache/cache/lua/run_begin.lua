@@ -28,7 +28,7 @@ if asked > 0 then
 end
 local epoch = redis.call('HINCRBY', run, 'epoch', 1)
 local lease = now + tonumber(ARGV[7])
-redis.call('HSET', run, 'lease', lease)
+redis.call('HSET', run, 'lease', lease, 'checks', 0)
 enter(run, state, 'running', now)
 redis.call('ZADD', DUE, lease, RUN_ID)
 for i = 1, 4 do

@@ -1,0 +1,112 @@
+"""Durable runs on real ``celery worker`` processes: nothing depends on one message.
+
+A resume deleted from the broker and a workflow worker killed mid-replay (with the
+default one-hour visibility timeout) are both repaired by the fleet's reconciler from
+the run's record.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+from tests.waiting import wait_until
+from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from workflow_cache.distributed import outcome_of, run_info, waiting_on
+
+LEASE = 1.5
+INTERVAL = 0.5
+
+
+@contextmanager
+def durable_app(redis_url: str) -> Iterator[tuple[ModuleType, dict[str, str]]]:
+    env = {
+        "WORKFLOW_CACHE_BROKER": redis_url,
+        "WORKFLOW_CACHE_NAMESPACE": f"dur-{uuid.uuid4().hex[:8]}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
+        "WORKFLOW_CACHE_RECONCILE_INTERVAL": str(INTERVAL),
+        "WORKFLOW_CACHE_RUN_RECHECK": "1.0",
+    }
+    with configured_test_app(env) as module:
+        yield module, env
+
+
+@contextmanager
+def started(module: ModuleType, *made: CeleryWorker) -> Iterator[list[CeleryWorker]]:
+    running = list(made)
+    try:
+        wait_ready(module.app, running)
+        yield running
+    finally:
+        for w in running:
+            w.stop()
+
+
+def _messages_of(module: ModuleType, queue: str, run_id: str) -> list[bytes]:
+    return [m for m in module._redis.lrange(queue, 0, -1) if run_id.encode() in m]
+
+
+def test_a_resume_deleted_from_the_queue_still_finishes(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, steps, flows) as running:
+            tag = uuid.uuid4().hex[:10]
+            r = module.pausing.delay(tag, 2.0)
+            wait_until(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id], "run waits on a")
+            flows.stop()  # nobody consumes the workflow queue now
+            running.remove(flows)
+            resumed = wait_until(
+                lambda: _messages_of(module, queue, r.id), "the resume to reach the queue"
+            )
+            committed = time.monotonic()
+            for message in resumed:
+                module._redis.lrem(queue, 0, message)  # the broker lost it
+            assert not _messages_of(module, queue, r.id)
+            again = CeleryWorker("tests.celery_app", "flows-2", queue, env, log=tmp_path / "f.log")
+            running.append(again)
+            wait_ready(module.app, [again])
+            outcome = outcome_of(module.cache, r.id, timeout=120)
+            print(f"\nresume deleted: finished {time.monotonic() - committed:.1f} s after it")
+        assert outcome.ok and outcome.value == [1, 1]
+        assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1
+
+
+def test_a_worker_killed_mid_replay_is_finished_by_another(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):  # default visibility timeout: one hour
+        queue = module.settings.workflow_queue
+
+        def flows(name: str) -> CeleryWorker:
+            return CeleryWorker("tests.celery_app", name, queue, env, log=tmp_path / "f.log")
+
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        first, second = flows("flows-1"), flows("flows-2")
+        with started(module, steps, first, second):
+            tag = uuid.uuid4().hex[:10]
+            r = module.pausing.delay(tag, 0.5, 600.0)  # pauses in its first replay past a
+            pid = int(
+                wait_until(
+                    lambda: module._redis.lindex(f"pids:{tag}:pause", 0), "the replay to pause"
+                )
+            )
+            victim = first if pid == first.pid else second
+            assert pid == victim.pid
+            os.kill(victim.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            victim.proc.wait(timeout=10)
+            outcome = outcome_of(module.cache, r.id, timeout=120)
+            print(
+                f"\nkilled mid-replay: finished {time.monotonic() - killed:.1f} s after the "
+                f"kill (lease {LEASE} s, reconciler every {INTERVAL} s)"
+            )
+        assert outcome.ok and outcome.value == [1, 1]
+        assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1
+        info = run_info(module.cache, r.id)
+        assert info is not None and info.state == "done" and info.epoch >= 3
