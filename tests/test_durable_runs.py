@@ -14,6 +14,7 @@ from celery import Celery
 from tests.waiting import wait_until
 from workflow_cache import RedisCache
 from workflow_cache.cache.claims import Done
+from workflow_cache.distributed.cancel import cancel_run
 from workflow_cache.distributed.reconciler import Reconciler
 from workflow_cache.distributed.run_states import STATES, TRANSITIONS, due_action
 from workflow_cache.distributed.runs import Resume, Runs
@@ -171,4 +172,39 @@ def test_run_ids_are_any_text(redis_url, namespace) -> None:
     begun = runs.begin(odd, 0, FLOW)
     assert runs.finish(odd, begun.epoch, '{"v":1,"status":"ok","value":1}')
     assert runs.begin(odd, 0, FLOW).kind == "done"
+    cache.close()
+
+
+def test_cancel_a_suspended_run_a_delivery_in_progress_and_a_finished_one(
+    redis_url, namespace
+) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight)
+    begun = runs.begin("c1", 0, FLOW)
+    batch = runs.prepare("c1", begun.epoch, ["t.step|ck"], ["ck"])
+    Waiters(cache.flight).join_many(["ck"], ["id"], [60.0], "c1", batch)
+    assert runs.arm("c1", begun.epoch, batch, []) == "wait"
+    assert cancel_run(cache, "c1", reason="order withdrawn")
+    outcome = cache.get("run:c1")
+    assert not outcome.ok
+    assert "was cancelled: order withdrawn" in str(outcome.error)
+    assert _states(runs, "c1") == ["cancelled"]
+    _commit(cache, "ck")
+    for who, b in Waiters(cache.flight).take_handoff("ck"):
+        assert runs.arrive(who, b, "ck", b"") is None  # a later commit resumes nothing
+    assert runs.begin("c1", batch, FLOW).kind == "done"  # a late resume reports the outcome
+    assert not cancel_run(cache, "c1")  # once
+
+    live = runs.begin("c2", 0, FLOW)  # a delivery in progress
+    assert cancel_run(cache, "c2")
+    assert not runs.renew("c2", live.epoch)  # so it stops at its next step
+    assert not runs.finish("c2", live.epoch, '{"v":1,"status":"ok","value":1}')
+    assert "cancelled" in str(cache.get("run:c2").error)
+
+    done = runs.begin("c3", 0, FLOW)
+    assert runs.finish("c3", done.epoch, '{"v":1,"status":"ok","value":3}')
+    assert not cancel_run(cache, "c3") and not cancel_run(cache, "nobody")
+    assert cache.get("run:c3").value == 3
+    info = runs.info("c3")
+    assert info is not None and info.state == "done"
     cache.close()

@@ -18,7 +18,8 @@ from types import ModuleType
 
 from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, wait_ready
-from workflow_cache.distributed import outcome_of, run_info, waiting_on
+from workflow_cache.distributed import outcome_of, result_of, run_info, waiting_on
+from workflow_cache.distributed.cancel import cancel_run
 
 LEASE = 1.5
 INTERVAL = 0.5
@@ -110,3 +111,65 @@ def test_a_worker_killed_mid_replay_is_finished_by_another(redis_url, tmp_path: 
         assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1
         info = run_info(module.cache, r.id)
         assert info is not None and info.state == "done" and info.epoch >= 3
+
+
+def test_cancel_suspended_replaying_and_finished_runs(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, steps, flows):
+            # while suspended: the outcome says so, and the step's commit resumes nothing
+            tag = uuid.uuid4().hex[:10]
+            r = module.pausing.delay(tag, 2.0)
+            wait_until(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id], "run waits on a")
+            assert cancel_run(module.cache, r.id, reason="not needed")
+            cancelled = result_of(r, timeout=60)  # reported by the reconciler's last delivery
+            assert not cancelled.ok and "cancelled: not needed" in str(cancelled.error)
+            assert outcome_of(module.cache, r.id, timeout=5) == cancelled
+            wait_until(lambda: module.count(f"{tag}:a") == 1, "the step to run anyway")
+            wait_until(lambda: not waiting_on(module.cache, f"{tag}:a"), "its commit")
+            info = run_info(module.cache, r.id)
+            assert info is not None and info.state == "cancelled"
+
+            # while replaying: the delivery stops at its next step (the only flows slot
+            # serves the reconciler's last delivery only after it stopped)
+            tag = uuid.uuid4().hex[:10]
+            r = module.pausing.delay(tag, 0.2, 3.0)
+            wait_until(lambda: module._redis.lindex(f"pids:{tag}:pause", 0), "the replay pause")
+            assert cancel_run(module.cache, r.id)
+            assert "cancelled" in str(result_of(r, timeout=60).error)
+            assert module.count(f"{tag}:b") == 0
+
+            # after finishing: unchanged
+            tag = uuid.uuid4().hex[:10]
+            r = module.pausing.delay(tag)
+            assert result_of(r, timeout=60).value == [1, 1]
+            assert not cancel_run(module.cache, r.id)
+            assert outcome_of(module.cache, r.id, timeout=5).value == [1, 1]
+        assert module.count(f"{tag}:b") == 1
+
+
+def test_the_same_task_id_enqueued_three_times_runs_once(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker(
+            "tests.celery_app",
+            "flows",
+            queue,
+            env,
+            pool="threads",
+            concurrency=3,
+            log=tmp_path / "f.log",
+        )
+        with started(module, steps, flows):
+            tag = uuid.uuid4().hex[:10]
+            run_id = f"order-{tag}"
+            sent = [module.pausing.apply_async((tag, 0.5), task_id=run_id) for _ in range(3)]
+            outcomes = [result_of(s, timeout=60) for s in sent]
+            assert all(o.ok and o.value == [1, 1] for o in outcomes)
+            assert outcome_of(module.cache, run_id, timeout=5).value == [1, 1]
+            again = module.pausing.apply_async((tag, 0.5), task_id=run_id)  # after it finished
+            assert result_of(again, timeout=60).value == [1, 1]
+        assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1

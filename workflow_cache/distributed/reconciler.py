@@ -158,6 +158,8 @@ def reconcile_in_workers(app: Celery, cache: RedisCache) -> None:
 
 
 def _why(state: str) -> str:
+    if state == "cancelled":
+        return "cancelled (a last delivery reports its outcome)"
     if state == "resuming":
         return "resumed but not begun (its resume may be lost)"
     return "the lease of its delivery lapsed (the worker died or stalled)"

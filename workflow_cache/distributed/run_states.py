@@ -78,14 +78,15 @@ Action = Literal["resend", "check", "wait", "forget"]
 def due_action(state: str | None, lease_lapsed: bool) -> Action:
     """What the reconciler does with a run whose due time has come (``run_due.lua``).
 
-    ``resend``: the run's task again (its lease lapsed mid-delivery, or its resume may be
-    lost); ``check``: a suspended run, whose pending keys are read and arrived if done;
-    ``wait``: a delivery holds a live lease; ``forget``: the run is finished or gone, it
-    leaves the due index.
+    ``resend``: the run's task again (its lease lapsed mid-delivery, its resume may be
+    lost, or it was cancelled: that last delivery reports the outcome to the result
+    backend); ``check``: a suspended run, whose pending keys are read and arrived if
+    done; ``wait``: a delivery holds a live lease; ``forget``: the run is finished or
+    gone, it leaves the due index.
     """
     if state in LEASED:
         return "resend" if lease_lapsed else "wait"
-    if state == "resuming":
+    if state in ("resuming", "cancelled"):
         return "resend"
     if state == "suspended":
         return "check"
