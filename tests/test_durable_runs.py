@@ -8,6 +8,7 @@ alone, the runs a lost message or a dead machine would strand.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from celery import Celery
 
@@ -208,3 +209,19 @@ def test_cancel_a_suspended_run_a_delivery_in_progress_and_a_finished_one(
     info = runs.info("c3")
     assert info is not None and info.state == "done"
     cache.close()
+
+
+def test_the_docs_draw_every_transition_of_the_table() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "distributed.md").read_text()
+    section = text[text.index("### The run's states") : text.index("### Limits")]
+    rows = {
+        (cells[0], cells[4].strip("`"))
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith(("| arrow", "| ---"))
+        )
+    }
+    assert rows == {(t.name, t.script) for t in TRANSITIONS}
+    for t in TRANSITIONS:
+        assert f"{t.script}" in section.split("```text")[1]  # drawn too
