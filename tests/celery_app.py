@@ -235,3 +235,10 @@ NOBODY_QUEUE = "nobody"  # no worker ever consumes it
 def blocking(step, tag: str) -> object:
     """Blocking mode: waits in its slot, at most 3 s, for a step nobody will run."""
     return step(work.s(tag).set(queue=NOBODY_QUEUE), key=tag)
+
+
+@workflow_task(app, name="tests.awaits_nobody")
+def awaits_nobody(step, key: str) -> object:
+    """Suspends on a step sent to a queue no worker consumes: only another commit of the
+    key (a producer's local step) can resume it."""
+    return step(work.s(key).set(queue=NOBODY_QUEUE), key=key)

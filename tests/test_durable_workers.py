@@ -18,6 +18,7 @@ from types import ModuleType
 
 from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from workflow_cache import create_workflow
 from workflow_cache.distributed import outcome_of, result_of, run_info, waiting_on
 from workflow_cache.distributed.cancel import cancel_run
 
@@ -173,3 +174,19 @@ def test_the_same_task_id_enqueued_three_times_runs_once(redis_url, tmp_path: Pa
             again = module.pausing.apply_async((tag, 0.5), task_id=run_id)  # after it finished
             assert result_of(again, timeout=60).value == [1, 1]
         assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1
+
+
+def test_a_local_commit_resumes_the_runs_waiting_on_its_key(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, flows):
+            key = f"local-{uuid.uuid4().hex[:10]}"
+            r = module.awaits_nobody.delay(key)
+            wait_until(lambda: waiting_on(module.cache, key) == [r.id], "the run to wait")
+            local = create_workflow(None, cache=module.cache)
+            assert local(lambda step: step(lambda: "made here", key=key)).value == "made here"
+            committed = time.monotonic()
+            outcome = outcome_of(module.cache, r.id, timeout=60)
+            print(f"\nlocal commit: the run finished {time.monotonic() - committed:.1f} s later")
+        assert outcome.ok and outcome.value == "made here"
