@@ -242,3 +242,14 @@ def awaits_nobody(step, key: str) -> object:
     """Suspends on a step sent to a queue no worker consumes: only another commit of the
     key (a producer's local step) can resume it."""
     return step(work.s(key).set(queue=NOBODY_QUEUE), key=key)
+
+
+@workflow_task(app, name="tests.async_steps", on_event=record_run_event)
+async def async_steps(step, tag: str) -> list[object]:
+    """An ``async def`` workflow task: a dispatched step, then two side by side."""
+    a = await step(work.s(f"{tag}:a"), key=f"{tag}:a")
+    both = await step.all(
+        [work.s(f"{tag}:b", 0.0, "b"), work.s(f"{tag}:c", 0.0, "c")],
+        keys=[f"{tag}:b", f"{tag}:c"],
+    )
+    return [a["count"], *both]

@@ -190,3 +190,20 @@ def test_a_local_commit_resumes_the_runs_waiting_on_its_key(redis_url, tmp_path:
             outcome = outcome_of(module.cache, r.id, timeout=60)
             print(f"\nlocal commit: the run finished {time.monotonic() - committed:.1f} s later")
         assert outcome.ok and outcome.value == "made here"
+
+
+def test_an_async_workflow_task_suspends_and_replays(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, steps, flows):
+            tag = uuid.uuid4().hex[:10]
+            r = module.async_steps.delay(tag)
+            outcome = result_of(r, timeout=60)
+            assert outcome.ok and outcome.value == [1, "b", "c"]
+            info = run_info(module.cache, r.id)
+            assert info is not None and info.state == "done" and info.replays >= 2
+        assert [module.count(f"{tag}:{k}") for k in "abc"] == [1, 1, 1]
+        seen = [e.decode().split("|")[0] for e in module._redis.lrange(f"runevents:{r.id}", 0, -1)]
+        assert "suspended" in seen and "resumed" in seen and seen[-1] == "finished"

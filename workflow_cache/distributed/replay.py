@@ -18,6 +18,8 @@ A delivery (the first message, or a resume) runs the workflow function from the 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -136,7 +138,7 @@ def run_delivery(
             None, cache=store, dispatcher=dispatcher, on_event=on_event, **options
         )
         try:
-            result: Result[Any, Any] = workflow(lambda step: fn(step, *args, **kwargs))
+            result = run_body(workflow, fn, args, kwargs)
         except Suspended as suspended:
             emit(RunEvent("suspended", run_id, begun.replays, suspended.batch, suspended.keys))
             raise Ignore() from None
@@ -156,6 +158,22 @@ def run_delivery(
         )
     )
     return data
+
+
+def run_body(
+    workflow: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Result[Any, Any]:
+    """``fn(step, *args, **kwargs)`` as a workflow, to its end; an ``async def`` function runs
+    on an event loop of its own (a worker slot runs one delivery at a time)."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def body(step: Any) -> Any:
+            return await fn(step, *args, **kwargs)
+
+        outcome: Result[Any, Any] = asyncio.run(workflow(body))
+        return outcome
+    done: Result[Any, Any] = workflow(lambda step: fn(step, *args, **kwargs))
+    return done
 
 
 def _finish(runs: Runs, lease: RunLease, result: Result[Any, Any]) -> dict[str, Any]:
@@ -179,4 +197,4 @@ def _emitter(on_event: EventHook | None) -> Callable[[RunEvent], None]:
     return on_event  # type: ignore[return-value]
 
 
-__all__ = ["ReplayStore", "known_outcomes", "run_delivery"]
+__all__ = ["ReplayStore", "known_outcomes", "run_body", "run_delivery"]

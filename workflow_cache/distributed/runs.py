@@ -245,7 +245,8 @@ class Runs:
         return int(self._call("run_prepare", [k.run, k.pending, k.steps], args))
 
     def arm(self, run_id: str, epoch: int, batch: int, done: Sequence[str]) -> str:
-        """``"wait"`` (suspended), ``"go"`` (all committed meanwhile) or ``"stale"``."""
+        """``"wait"`` (suspended), ``"go"`` (all committed meanwhile), ``"stale"`` (a later
+        batch replaced it) or ``"fenced"`` (another delivery holds the run)."""
         k = self.keys(run_id)
         args = [run_id, epoch, batch, self.recheck_ms, *done]
         return _text(self._call("run_arm", [k.run, k.pending], args))

@@ -137,7 +137,7 @@ class SuspendingDispatcher(CeleryDispatcher):
                 to_send.append((p, state.send))
         self._publish(to_send)
         verdict = self.runs.arm(self.run_id, epoch, batch, list(outcomes))
-        if verdict == "stale":
+        if verdict == "fenced":
             raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         if verdict != "go":
             raise Suspended(self.run_id, batch, [k for k in keys if k not in outcomes])

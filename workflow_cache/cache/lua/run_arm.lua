@@ -2,11 +2,15 @@
 -- The workflow has joined every waiter set: drop '' and the keys already done. Empty ->
 -- "go" (everything committed meanwhile: carry on in place, still leased); else "wait"
 -- (suspended: the lease ends, and the run is due for a recheck by the reconciler in
--- case the commit that empties the set never resumes it). "stale": fenced.
+-- case the commit that empties the set never resumes it). "fenced": another delivery
+-- holds the run; "stale": a later batch of this delivery replaced this one (concurrent
+-- steps of an async workflow), which suspends the run itself.
 local run = KEYS[1]
 local state = redis.call('HGET', run, 'state')
-if redis.call('HGET', run, 'batch') ~= ARGV[3] or not holds(run, ARGV[2])
-    or state ~= 'suspending' then
+if not holds(run, ARGV[2]) then
+  return 'fenced'
+end
+if redis.call('HGET', run, 'batch') ~= ARGV[3] or state ~= 'suspending' then
   return 'stale'
 end
 redis.call('SREM', KEYS[2], '')
