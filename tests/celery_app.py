@@ -253,3 +253,13 @@ async def async_steps(step, tag: str) -> list[object]:
         keys=[f"{tag}:b", f"{tag}:c"],
     )
     return [a["count"], *both]
+
+
+@workflow_task(app, name="tests.napping", on_event=record_run_event)
+def napping(step, tag: str, seconds: float) -> list[int]:
+    """Step a, a durable sleep, step b; records the time of each replay past the sleep."""
+    a = step(work.s(f"{tag}:a"), key=f"{tag}:a")
+    step.sleep(seconds)
+    _redis.rpush(f"woke:{tag}", time.time())
+    b = step(work.s(f"{tag}:b"), key=f"{tag}:b")
+    return [a["count"], b["count"]]

@@ -13,7 +13,7 @@ from pathlib import Path
 from celery import Celery
 
 from tests.waiting import wait_until
-from workflow_cache import RedisCache
+from workflow_cache import LocalCache, RedisCache, create_workflow
 from workflow_cache.cache.claims import Done
 from workflow_cache.distributed.cancel import cancel_run
 from workflow_cache.distributed.reconciler import Reconciler
@@ -225,3 +225,36 @@ def test_the_docs_draw_every_transition_of_the_table() -> None:
     assert rows == {(t.name, t.script) for t in TRANSITIONS}
     for t in TRANSITIONS:
         assert f"{t.script}" in section.split("```text")[1]  # drawn too
+
+
+def test_a_timer_sleeps_once_and_a_replay_past_it_goes_on(redis_url, namespace) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=60)
+    flow = _flow()
+    begun = runs.begin("nap", 0, flow)
+    slept = runs.sleep("nap", begun.epoch, ["sleep|"], "t0", 0.2)
+    assert slept.kind == "sleep" and slept.resume == flow and 0 < slept.delay_ms <= 200
+    info = runs.info("nap")
+    assert info is not None and info.state == "sleeping" and info.wake_ms is not None
+    assert _due(runs, "nap") == info.wake_ms + runs.recheck_ms  # a lost timer still fires
+    assert runs.sleep("nap", begun.epoch, ["sleep|"], "t0", 0.2).kind == "fenced"
+    early = runs.begin("nap", slept.batch, flow)  # a replay before the wake time sleeps again
+    again = runs.sleep("nap", early.epoch, ["sleep|"], "t0", 0.2)
+    assert again.kind == "sleep" and again.delay_ms <= slept.delay_ms
+    wait_until(lambda: runs.now_ms() >= (info.wake_ms or 0), "the wake time")
+    late = runs.begin("nap", again.batch, flow)
+    assert runs.sleep("nap", late.epoch, ["sleep|"], "t0", 0.2).kind == "go"
+    cache.close()
+
+
+def test_a_keyed_local_sleep_does_not_sleep_again(monkeypatch, tmp_path) -> None:
+    import workflow_cache.step as step_module
+
+    asked: list[float] = []
+    real = step_module.time.sleep
+    monkeypatch.setattr(step_module.time, "sleep", lambda s: asked.append(s) or real(s))
+    workflow = create_workflow({}, cache=LocalCache(tmp_path))
+    assert workflow(lambda step: step.sleep(0.05, key="nap") or "up").value == "up"
+    assert len(asked) == 1 and 0 < asked[0] <= 0.05
+    assert workflow(lambda step: step.sleep(0.05, key="nap") or "up").value == "up"
+    assert len(asked) == 1  # the wake time had passed: no sleep

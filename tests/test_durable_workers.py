@@ -207,3 +207,28 @@ def test_an_async_workflow_task_suspends_and_replays(redis_url, tmp_path: Path) 
         assert [module.count(f"{tag}:{k}") for k in "abc"] == [1, 1, 1]
         seen = [e.decode().split("|")[0] for e in module._redis.lrange(f"runevents:{r.id}", 0, -1)]
         assert "suspended" in seen and "resumed" in seen and seen[-1] == "finished"
+
+
+def test_a_durable_sleep_holds_no_slot_and_wakes_once(redis_url, tmp_path: Path) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, steps, flows):
+            tag = uuid.uuid4().hex[:10]
+            r = module.napping.delay(tag, 2.0)
+            info = wait_until(
+                lambda: (i := run_info(module.cache, r.id)) and i.state == "sleeping" and i,
+                "the run to sleep",
+            )
+            # while it sleeps, the one flows slot is free: another run finishes meanwhile
+            other = module.pausing.delay(uuid.uuid4().hex[:10])
+            assert result_of(other, timeout=60).ok
+            assert run_info(module.cache, r.id).state == "sleeping"
+            outcome = result_of(r, timeout=60)
+            woke = [float(t) for t in module._redis.lrange(f"woke:{tag}", 0, -1)]
+            late = woke[0] - info.wake_ms / 1000
+            print(f"\ndurable sleep: the replay past the timer began {late:.3f} s after it")
+        assert outcome.ok and outcome.value == [1, 1]
+        assert len(woke) == 2  # past the sleep once, then once more after b: never early
+        assert all(t >= info.wake_ms / 1000 - 0.05 for t in woke)

@@ -50,6 +50,15 @@ class Identifying(Protocol):
         ...
 
 
+class Timing(Protocol):
+    """A dispatcher that can pause a workflow durably (``step.sleep`` in a workflow task)."""
+
+    def sleep(self, seconds: float, key: str | None) -> None:
+        """Return once ``seconds`` have passed since the run first asked (which a replay
+        after the wake-up finds at once), or end this delivery until then."""
+        ...
+
+
 def is_signature(work: object) -> bool:
     """True for a Celery signature, told apart without importing Celery (the core stays light).
 

@@ -16,19 +16,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-RunState = Literal["running", "suspending", "suspended", "resuming", "done", "cancelled"]
+RunState = Literal[
+    "running", "suspending", "suspended", "sleeping", "resuming", "done", "cancelled"
+]
 
 STATES: tuple[RunState, ...] = (
     "running",
     "suspending",
     "suspended",
+    "sleeping",
     "resuming",
     "done",
     "cancelled",
 )
 """Every state, in the order of the index keys each run script is given."""
 
-LIVE: frozenset[RunState] = frozenset({"running", "suspending", "suspended", "resuming"})
+LIVE: frozenset[RunState] = frozenset(
+    {"running", "suspending", "suspended", "sleeping", "resuming"}
+)
 """States whose record never expires; the others are kept for the retention setting."""
 
 LEASED: frozenset[RunState] = frozenset({"running", "suspending"})
@@ -50,20 +55,21 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("start", (None,), "running", "a delivery (the first message)", "run_begin"),
     Transition(
         "replay",
-        ("resuming", "suspended", "suspending", "running"),
+        ("resuming", "sleeping", "suspended", "suspending", "running"),
         "running",
-        "a delivery (a resume, or a re-send after a lapsed lease)",
+        "a delivery (a resume, a timer's, or a re-send after a lapsed lease)",
         "run_begin",
     ),
     Transition("renew", ("running", "suspending"), "running", "the delivery", "run_renew"),
     Transition("prepare", ("running",), "suspending", "the delivery", "run_prepare"),
     Transition("carry on", ("suspending",), "running", "the delivery", "run_arm"),
     Transition("suspend", ("suspending",), "suspended", "the delivery", "run_arm"),
+    Transition("sleep", ("running",), "sleeping", "the delivery (step.sleep)", "run_sleep"),
     Transition("arrive", ("suspended",), "resuming", "a committer or the reconciler", "run_arrive"),
     Transition("finish", ("running",), "done", "the delivery", "run_finish"),
     Transition(
         "cancel",
-        ("running", "suspending", "suspended", "resuming"),
+        ("running", "suspending", "suspended", "sleeping", "resuming"),
         "cancelled",
         "cancel_run",
         "run_cancel",
@@ -79,14 +85,14 @@ def due_action(state: str | None, lease_lapsed: bool) -> Action:
     """What the reconciler does with a run whose due time has come (``run_due.lua``).
 
     ``resend``: the run's task again (its lease lapsed mid-delivery, its resume may be
-    lost, or it was cancelled: that last delivery reports the outcome to the result
-    backend); ``check``: a suspended run, whose pending keys are read and arrived if
-    done; ``wait``: a delivery holds a live lease; ``forget``: the run is finished or
-    gone, it leaves the due index.
+    lost, its timer is due, or it was cancelled: that last delivery reports the outcome
+    to the result backend); ``check``: a suspended run, whose pending keys are read and
+    arrived if done; ``wait``: a delivery holds a live lease; ``forget``: the run is
+    finished or gone, it leaves the due index.
     """
     if state in LEASED:
         return "resend" if lease_lapsed else "wait"
-    if state in ("resuming", "cancelled"):
+    if state in ("resuming", "sleeping", "cancelled"):
         return "resend"
     if state == "suspended":
         return "check"

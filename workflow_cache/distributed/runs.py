@@ -88,6 +88,17 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class Slept:
+    """What ``sleep`` decided: carry on (``go``), the caller is fenced, or the run sleeps as
+    ``batch`` for ``delay_ms`` and ``resume`` is the message to send with that countdown."""
+
+    kind: Literal["go", "fenced", "sleep"]
+    batch: int = 0
+    delay_ms: int = 0
+    resume: Resume | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Due:
     """What the reconciler found on a due run (``run_due.lua``): its state, whether its
     lease lapsed, its batch, the message that resumes it and the keys it still waits on."""
@@ -112,6 +123,8 @@ class RunInfo:
     epoch: int = 0
     lease_ms: int | None = None
     """Until when (ms of Redis time) the delivery holding the run has it, while one does."""
+    wake_ms: int | None = None
+    """When (ms of Redis time) a sleeping run's timer fires."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +179,7 @@ class Runs:
                 "run_finish",
                 "run_due",
                 "run_cancel",
+                "run_sleep",
             )
         }
         base = flight.keyspace.for_step(RUNS_TAG).out[: -len(":out")]
@@ -250,6 +264,22 @@ class Runs:
         k = self.keys(run_id)
         args = [run_id, epoch, batch, self.recheck_ms, *done]
         return _text(self._call("run_arm", [k.run, k.pending], args))
+
+    def sleep(
+        self, run_id: str, epoch: int, history: Sequence[str], timer: str, seconds: float
+    ) -> Slept:
+        """``step.sleep`` under the timer key ``timer``: go on, or sleep as a new batch."""
+        k = self.keys(run_id)
+        args = [run_id, epoch, timer, max(0, round(seconds * 1000)), self.recheck_ms]
+        reply = self._call(
+            "run_sleep", [k.run, k.pending, k.steps], [*args, len(history), *history]
+        )
+        kind = _text(reply[0])
+        if kind == "go":
+            return Slept("go")
+        if kind != "sleep":
+            return Slept("fenced")
+        return Slept("sleep", int(reply[1]), int(reply[2]), _resume(run_id, reply[3:7]))
 
     def arrive(self, run_id: str, batch: int, key: str, outcome: bytes | str) -> Resume | None:
         """``key`` committed: the resume to send if this arrival completes the batch."""
@@ -357,15 +387,17 @@ class Runs:
             return None
         fields = {_text(a): _text(b) for a, b in record.items()}
         lease = fields.get("lease")
+        state = fields.get("state", "?")
         return RunInfo(
             run_id=run_id,
-            state=fields.get("state", "?"),
+            state=state,
             batch=_int(fields.get("batch")),
             replays=_int(fields.get("replays")),
             steps=tuple(_text(s) for s in steps),
             waiting_on=tuple(sorted(_text(p) for p in pending if _text(p))),
             epoch=_int(fields.get("epoch")),
             lease_ms=_int(lease) if lease is not None else None,
+            wake_ms=_int(fields.get("wake")) if state == "sleeping" else None,
         )
 
 

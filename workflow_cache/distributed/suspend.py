@@ -37,6 +37,7 @@ from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
 from workflow_cache.distributed.pending import PendingStep
+from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_lease import RunLease, Superseded
 from workflow_cache.distributed.waiters import Joined, Waiters
 from workflow_cache.envelope import Envelope, EnvelopeError
@@ -44,6 +45,8 @@ from workflow_cache.options import StepOptions
 from workflow_cache.result import Result
 
 RUN_STEP_PREFIX = "_run:"
+SLEEP_ENTRY = "sleep"
+"""The task name a ``step.sleep`` is recorded under in a run's history."""
 
 
 class Suspended(BaseException):
@@ -89,20 +92,7 @@ class SuspendingDispatcher(CeleryDispatcher):
     def identify(self, work: Signature, options: StepOptions) -> StepOptions:
         """A stable key for the step at this position; ``ReplayDiverged`` if history differs,
         ``Superseded`` if this delivery no longer holds the run."""
-        self.lease.check()
-        position = len(self.asked)
-        task = require_task(work).task
-        entry = f"{task}|{options.key or ''}"
-        if position < len(self.history) and self.history[position] != entry:
-            was_task, _, was_key = self.history[position].partition("|")
-            raise ReplayDiverged(
-                f"workflow run {self.run_id} diverged from its history at dispatched step "
-                f"#{position}: it recorded task {was_task} with key {was_key or '(none)'!s}, "
-                f"this replay asked for task {task} with key {options.key or '(none)'!s}. "
-                "A workflow must ask for its dispatched steps in the same order on every "
-                "replay (no branching on the clock, randomness or data read outside steps)."
-            )
-        self.asked.append(entry)
+        position = self._record(require_task(work).task, options.key)
         if options.key is not None:
             return options
         return StepOptions(
@@ -112,6 +102,39 @@ class SuspendingDispatcher(CeleryDispatcher):
             cache_exceptions=True,
             returns=options.returns,
         )
+
+    def _record(self, task: str, key: str | None) -> int:
+        """This delivery's next position in the run's history, checked against what earlier
+        deliveries recorded there; ``Superseded`` if this delivery no longer holds the run."""
+        self.lease.check()
+        position = len(self.asked)
+        entry = f"{task}|{key or ''}"
+        if position < len(self.history) and self.history[position] != entry:
+            was_task, _, was_key = self.history[position].partition("|")
+            raise ReplayDiverged(
+                f"workflow run {self.run_id} diverged from its history at dispatched step "
+                f"#{position}: it recorded task {was_task} with key {was_key or '(none)'!s}, "
+                f"this replay asked for task {task} with key {key or '(none)'!s}. "
+                "A workflow must ask for its dispatched steps in the same order on every "
+                "replay (no branching on the clock, randomness or data read outside steps)."
+            )
+        self.asked.append(entry)
+        return position
+
+    def sleep(self, seconds: float, key: str | None) -> None:
+        """``step.sleep``: the run sleeps as a batch of its own, resumed by a message sent
+        with a countdown (and by the reconciler if that message is lost); a replay past
+        the wake time goes on."""
+        position = self._record(SLEEP_ENTRY, key)
+        timer = key or step_key(self.run_id, position)
+        history = [*self.asked, *self.history[len(self.asked) :]]
+        slept = self.runs.sleep(self.run_id, self.lease.epoch, history, timer, seconds)
+        if slept.kind == "go":
+            return
+        if slept.kind == "fenced" or slept.resume is None:
+            raise Superseded(f"run {self.run_id}: epoch {self.lease.epoch} no longer holds it")
+        send_resume(self.app, self.run_id, slept.batch, slept.resume, slept.delay_ms / 1000)
+        raise Suspended(self.run_id, slept.batch, [])
 
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         for sig, _ in works:
@@ -160,11 +183,13 @@ def step_key(run_id: str, position: int) -> str:
 
 
 def history_keys(run_id: str, history: Sequence[str]) -> list[str]:
-    """The step keys a recorded history names, in order (derived ones included)."""
+    """The step keys a recorded history names, in order (derived ones included; timers
+    left out)."""
     keys = []
     for position, entry in enumerate(history):
-        key = entry.partition("|")[2]
-        keys.append(key or step_key(run_id, position))
+        task, _, key = entry.partition("|")
+        if task != SLEEP_ENTRY:  # a timer has no outcome to read
+            keys.append(key or step_key(run_id, position))
     return keys
 
 
