@@ -263,3 +263,11 @@ def napping(step, tag: str, seconds: float) -> list[int]:
     _redis.rpush(f"woke:{tag}", time.time())
     b = step(work.s(f"{tag}:b"), key=f"{tag}:b")
     return [a["count"], b["count"]]
+
+
+@workflow_task(app, name="tests.approval", on_event=record_run_event)
+def approval(step, tag: str, timeout: float | None = None) -> list[object]:
+    """Step a, then waits for the event ``approve:<tag>`` (at most ``timeout`` seconds)."""
+    a = step(work.s(f"{tag}:a"), key=f"{tag}:a")
+    payload = step.wait_event(f"approve:{tag}", timeout=timeout)
+    return [a["count"], payload]

@@ -16,10 +16,11 @@ from tests.waiting import wait_until
 from workflow_cache import LocalCache, RedisCache, create_workflow
 from workflow_cache.cache.claims import Done
 from workflow_cache.distributed.cancel import cancel_run
+from workflow_cache.distributed.events import event_key, send_event
 from workflow_cache.distributed.reconciler import Reconciler
 from workflow_cache.distributed.run_states import STATES, TRANSITIONS, due_action
 from workflow_cache.distributed.runs import Resume, Runs
-from workflow_cache.distributed.waiters import Waiters
+from workflow_cache.distributed.waiters import Joined, Waiters
 
 FLOW = Resume("t.flow", ["a"], {}, "wq")
 
@@ -258,3 +259,40 @@ def test_a_keyed_local_sleep_does_not_sleep_again(monkeypatch, tmp_path) -> None
     assert len(asked) == 1 and 0 < asked[0] <= 0.05
     assert workflow(lambda step: step.sleep(0.05, key="nap") or "up").value == "up"
     assert len(asked) == 1  # the wake time had passed: no sleep
+
+
+def test_events_first_send_wins_and_hands_the_waiting_run_over(redis_url, namespace) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=60)
+    assert send_event(cache, "early", {"ok": 1})
+    assert not send_event(cache, "early", {"ok": 2})  # first send wins
+    assert cache.get(event_key("early")).value == {"ok": 1}
+
+    begun = runs.begin("w", 0, FLOW)
+    batch = runs.prepare("w", begun.epoch, ["event|event:late"], ["event:late"])
+    (joined,) = Waiters(cache.flight).join_many(["event:late"], [""], [1.0], "w", batch, send=False)
+    assert isinstance(joined, Joined) and joined.send is None  # nothing to send for an event
+    assert runs.arm("w", begun.epoch, batch, [], waiting=True, deadline="d", timeout=3600) == "wait"
+    info = runs.info("w")
+    assert info is not None and info.state == "waiting" and "w" not in runs.due(10)
+    assert send_event(cache, "late", "approved")
+    assert _states(runs, "w") == ["resuming"] and "w" in runs.due(10)  # the reconciler sends it
+    cache.close()
+
+
+def test_a_waiting_run_past_its_deadline_is_resumed_to_time_out(redis_url, namespace) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=60)
+    flow = _flow()
+    begun = runs.begin("t", 0, flow)
+    batch = runs.prepare("t", begun.epoch, ["event|event:never"], ["event:never"])
+    Waiters(cache.flight).join_many(["event:never"], [""], [1.0], "t", batch, send=False)
+    assert runs.arm("t", begun.epoch, batch, [], waiting=True, deadline="d", timeout=0.1) == "wait"
+    assert not runs.deadline_passed("t", "d")
+    reconciler = Reconciler(_app(redis_url), cache, interval=0.05)
+    reconciler.runs = runs
+    wait_until(lambda: "t" in runs.due(10), "the deadline to be due")
+    assert runs.deadline_passed("t", "d")
+    assert reconciler.settle_due().resent == 1
+    assert cache.flight.client.llen(flow.queue) == 1
+    cache.close()

@@ -21,6 +21,7 @@ from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import create_workflow
 from workflow_cache.distributed import outcome_of, result_of, run_info, waiting_on
 from workflow_cache.distributed.cancel import cancel_run
+from workflow_cache.distributed.events import send_event
 
 LEASE = 1.5
 INTERVAL = 0.5
@@ -232,3 +233,39 @@ def test_a_durable_sleep_holds_no_slot_and_wakes_once(redis_url, tmp_path: Path)
         assert outcome.ok and outcome.value == [1, 1]
         assert len(woke) == 2  # past the sleep once, then once more after b: never early
         assert all(t >= info.wake_ms / 1000 - 0.05 for t in woke)
+
+
+def test_events_before_and_after_the_wait_a_timeout_and_a_second_send(
+    redis_url, tmp_path: Path
+) -> None:
+    with durable_app(redis_url) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, steps, flows):
+            # sent before the run waits: found when it asks
+            tag = uuid.uuid4().hex[:10]
+            assert send_event(module.cache, f"approve:{tag}", {"by": "ann"})
+            r = module.approval.delay(tag)
+            assert result_of(r, timeout=60).value == [1, {"by": "ann"}]
+
+            # sent while it waits, holding no slot; a second send changes nothing
+            tag = uuid.uuid4().hex[:10]
+            r = module.approval.delay(tag)
+            wait_until(
+                lambda: (i := run_info(module.cache, r.id)) and i.state == "waiting",
+                "the run to wait for its event",
+            )
+            assert send_event(module.cache, f"approve:{tag}", "yes")
+            sent = time.monotonic()
+            assert result_of(r, timeout=60).value == [1, "yes"]
+            print(f"\nevent: the run finished {time.monotonic() - sent:.1f} s after send_event")
+            assert not send_event(module.cache, f"approve:{tag}", "no")
+            assert outcome_of(module.cache, r.id, timeout=5).value == [1, "yes"]
+
+            # never sent: the wait times out with an error naming the event and the timeout
+            tag = uuid.uuid4().hex[:10]
+            r = module.approval.delay(tag, 1.0)
+            timed_out = result_of(r, timeout=60)
+            assert not timed_out.ok
+            assert f"event 'approve:{tag}' did not arrive within 1 s" in str(timed_out.error)

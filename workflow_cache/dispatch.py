@@ -59,6 +59,15 @@ class Timing(Protocol):
         ...
 
 
+class Awaiting(Protocol):
+    """A dispatcher that can wait for an event from outside (``step.wait_event``)."""
+
+    def wait_event(self, name: str, timeout: float | None, key: str | None) -> Result[Any, Any]:
+        """The event's payload as an outcome (an ``err`` past ``timeout`` seconds from the
+        run's first ask), or end this delivery until it arrives."""
+        ...
+
+
 def is_signature(work: object) -> bool:
     """True for a Celery signature, told apart without importing Celery (the core stays light).
 

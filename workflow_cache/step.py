@@ -211,6 +211,34 @@ class Step:
             time.sleep(seconds)
         return None
 
+    def wait_event(
+        self, name: str, /, *, timeout: TTL | None = None, key: str | None = None
+    ) -> Any:
+        """The payload of the event ``name`` sent by ``send_event`` (awaitable in an async
+        workflow); in a workflow task the run waits for it holding no slot. Past
+        ``timeout`` (seconds or ISO 8601, from the run's first ask) the workflow ends
+        with an ``err`` naming the event and the timeout."""
+        seconds = to_seconds(timeout, name="timeout")
+        key = check_key(key)
+        waiter = getattr(self._workflow.dispatcher, "wait_event", None)
+        if waiter is None:  # see dispatch.Awaiting
+            raise TypeError(
+                "step.wait_event needs a workflow task (workflow_task(app, fn)): the run "
+                "waits for the event in Redis, resumed by send_event"
+            )
+        if self._is_async:
+            return self._wait_event_async(waiter, name, seconds, key)
+        return _unwrap(waiter(name, seconds, key))
+
+    async def _wait_event_async(
+        self,
+        waiter: Callable[..., Result[Any, Any]],
+        name: str,
+        timeout: float | None,
+        key: str | None,
+    ) -> Any:
+        return _unwrap(await asyncio.to_thread(waiter, name, timeout, key))
+
     async def _sleep_async(self, seconds: float, key: str | None) -> None:
         if key is not None:
             wake: float = await self(partial(_wake_time, seconds), key=key)

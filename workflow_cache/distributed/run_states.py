@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 RunState = Literal[
-    "running", "suspending", "suspended", "sleeping", "resuming", "done", "cancelled"
+    "running", "suspending", "suspended", "sleeping", "waiting", "resuming", "done", "cancelled"
 ]
 
 STATES: tuple[RunState, ...] = (
@@ -25,6 +25,7 @@ STATES: tuple[RunState, ...] = (
     "suspending",
     "suspended",
     "sleeping",
+    "waiting",
     "resuming",
     "done",
     "cancelled",
@@ -32,7 +33,7 @@ STATES: tuple[RunState, ...] = (
 """Every state, in the order of the index keys each run script is given."""
 
 LIVE: frozenset[RunState] = frozenset(
-    {"running", "suspending", "suspended", "sleeping", "resuming"}
+    {"running", "suspending", "suspended", "sleeping", "waiting", "resuming"}
 )
 """States whose record never expires; the others are kept for the retention setting."""
 
@@ -55,7 +56,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("start", (None,), "running", "a delivery (the first message)", "run_begin"),
     Transition(
         "replay",
-        ("resuming", "sleeping", "suspended", "suspending", "running"),
+        ("resuming", "sleeping", "waiting", "suspended", "suspending", "running"),
         "running",
         "a delivery (a resume, a timer's, or a re-send after a lapsed lease)",
         "run_begin",
@@ -64,12 +65,19 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("prepare", ("running",), "suspending", "the delivery", "run_prepare"),
     Transition("carry on", ("suspending",), "running", "the delivery", "run_arm"),
     Transition("suspend", ("suspending",), "suspended", "the delivery", "run_arm"),
+    Transition("wait", ("suspending",), "waiting", "the delivery (step.wait_event)", "run_arm"),
     Transition("sleep", ("running",), "sleeping", "the delivery (step.sleep)", "run_sleep"),
-    Transition("arrive", ("suspended",), "resuming", "a committer or the reconciler", "run_arrive"),
+    Transition(
+        "arrive",
+        ("suspended", "waiting"),
+        "resuming",
+        "a committer, send_event or the reconciler",
+        "run_arrive",
+    ),
     Transition("finish", ("running",), "done", "the delivery", "run_finish"),
     Transition(
         "cancel",
-        ("running", "suspending", "suspended", "sleeping", "resuming"),
+        ("running", "suspending", "suspended", "sleeping", "waiting", "resuming"),
         "cancelled",
         "cancel_run",
         "run_cancel",
@@ -94,7 +102,7 @@ def due_action(state: str | None, lease_lapsed: bool) -> Action:
         return "resend" if lease_lapsed else "wait"
     if state in ("resuming", "sleeping", "cancelled"):
         return "resend"
-    if state == "suspended":
+    if state in ("suspended", "waiting"):
         return "check"
     return "forget"
 

@@ -258,11 +258,24 @@ class Runs:
         args = [run_id, epoch, len(history), *history, *keys]
         return int(self._call("run_prepare", [k.run, k.pending, k.steps], args))
 
-    def arm(self, run_id: str, epoch: int, batch: int, done: Sequence[str]) -> str:
-        """``"wait"`` (suspended), ``"go"`` (all committed meanwhile), ``"stale"`` (a later
-        batch replaced it) or ``"fenced"`` (another delivery holds the run)."""
+    def arm(
+        self,
+        run_id: str,
+        epoch: int,
+        batch: int,
+        done: Sequence[str],
+        *,
+        waiting: bool = False,
+        deadline: str = "",
+        timeout: float = 0.0,
+    ) -> str:
+        """``"wait"`` (suspended, or ``waiting`` for an event until the ``deadline`` named
+        so, written once ``timeout`` seconds from the first ask), ``"go"`` (all committed
+        meanwhile), ``"stale"`` (a later batch replaced it) or ``"fenced"`` (another
+        delivery holds the run)."""
         k = self.keys(run_id)
-        args = [run_id, epoch, batch, self.recheck_ms, *done]
+        state = "waiting" if waiting else "suspended"
+        args = [run_id, epoch, batch, self.recheck_ms, state, deadline, _ms(timeout), *done]
         return _text(self._call("run_arm", [k.run, k.pending], args))
 
     def sleep(
@@ -281,17 +294,35 @@ class Runs:
             return Slept("fenced")
         return Slept("sleep", int(reply[1]), int(reply[2]), _resume(run_id, reply[3:7]))
 
-    def arrive(self, run_id: str, batch: int, key: str, outcome: bytes | str) -> Resume | None:
-        """``key`` committed: the resume to send if this arrival completes the batch."""
+    def arrive(
+        self, run_id: str, batch: int, key: str, outcome: bytes | str, *, at_once: bool = False
+    ) -> Resume | None:
+        """``key`` committed: the resume to send if this arrival completes the batch
+        (``at_once``: the caller cannot send it, so the run is due for the reconciler now)."""
         k = self.keys(run_id)
         reply = self._call(
             "run_arrive",
             [k.run, k.pending, k.given],
-            [run_id, batch, key, outcome, self.recheck_ms],
+            [run_id, batch, key, outcome, 0 if at_once else self.recheck_ms],
         )
         if _text(reply[0]) != "resume":
             return None
         return _resume(run_id, reply[1:5])
+
+    def deadline_passed(self, run_id: str, deadline: str) -> bool:
+        """Whether the deadline named ``deadline`` (set by ``arm``) has passed."""
+        client = self.flight.client
+        run = self.keys(run_id).run
+
+        def read() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.hget(run, f"deadline:{deadline}")
+            pipe.time()
+            return pipe.execute()
+
+        raw, (now_s, now_us) = self.flight.claims.call(read)
+        now = int(now_s) * 1000 + int(now_us) // 1000
+        return raw is not None and int(raw) <= now
 
     def given(self, run_id: str) -> dict[str, bytes]:
         raw = self.flight.claims.call(lambda: self.flight.client.hgetall(self.keys(run_id).given))

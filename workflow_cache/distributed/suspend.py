@@ -36,15 +36,18 @@ from workflow_cache.cache.claims import Done
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
+from workflow_cache.distributed.events import EventTimeout, event_key
 from workflow_cache.distributed.pending import PendingStep
 from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_lease import RunLease, Superseded
 from workflow_cache.distributed.waiters import Joined, Waiters
 from workflow_cache.envelope import Envelope, EnvelopeError
 from workflow_cache.options import StepOptions
-from workflow_cache.result import Result
+from workflow_cache.result import Result, UnexpectedError, err
 
 RUN_STEP_PREFIX = "_run:"
+EVENT_ENTRY = "event"
+"""The task name a ``step.wait_event`` is recorded under in a run's history."""
 SLEEP_ENTRY = "sleep"
 """The task name a ``step.sleep`` is recorded under in a run's history."""
 
@@ -136,6 +139,52 @@ class SuspendingDispatcher(CeleryDispatcher):
         send_resume(self.app, self.run_id, slept.batch, slept.resume, slept.delay_ms / 1000)
         raise Suspended(self.run_id, slept.batch, [])
 
+    def wait_event(self, name: str, timeout: float | None, key: str | None) -> Result[Any, Any]:
+        """``step.wait_event``: the event's payload, or the run waits for it (suspended as
+        ``waiting``, due at its deadline); past the deadline, an ``err`` saying so."""
+        event = event_key(name)
+        position = self._record(EVENT_ENTRY, key or event)
+        deadline = key or step_key(self.run_id, position)
+        raw = self.cache.flight.read(event)
+        if raw is not None:
+            return Envelope.loads(event, raw).to_result(event)
+        if timeout is not None and self.runs.deadline_passed(self.run_id, deadline):
+            return err(
+                UnexpectedError.from_exception(
+                    EventTimeout(
+                        f"workflow run {self.run_id}: event {name!r} did not arrive within "
+                        f"{timeout:g} s"
+                    )
+                )
+            )
+        epoch = self.lease.epoch
+        history = [*self.asked, *self.history[len(self.asked) :]]
+        batch = self.runs.prepare(self.run_id, epoch, history, [event])
+        if batch < 0:
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+        (joined,) = self.waiters.join_many([event], [""], [1.0], self.run_id, batch, send=False)
+        done = [event] if isinstance(joined, Done) else []
+        verdict = self.runs.arm(
+            self.run_id,
+            epoch,
+            batch,
+            done,
+            waiting=True,
+            deadline=deadline if timeout is not None else "",
+            timeout=timeout or 0.0,
+        )
+        if verdict == "fenced":
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+        if verdict != "go":
+            raise Suspended(self.run_id, batch, [event])
+        # sent while this run was joining: it carries on with the payload
+        raw = joined.outcome if isinstance(joined, Done) else self.cache.flight.read(event)
+        if raw is None:
+            raise RuntimeError(
+                f"event {name!r} was committed, then deleted, as run {self.run_id} read it"
+            )
+        return Envelope.loads(event, raw).to_result(event)
+
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         for sig, _ in works:
             require_task(sig)
@@ -184,11 +233,11 @@ def step_key(run_id: str, position: int) -> str:
 
 def history_keys(run_id: str, history: Sequence[str]) -> list[str]:
     """The step keys a recorded history names, in order (derived ones included; timers
-    left out)."""
+    and events left out)."""
     keys = []
     for position, entry in enumerate(history):
         task, _, key = entry.partition("|")
-        if task != SLEEP_ENTRY:  # a timer has no outcome to read
+        if task not in (SLEEP_ENTRY, EVENT_ENTRY):  # timers and events are read apart
             keys.append(key or step_key(run_id, position))
     return keys
 

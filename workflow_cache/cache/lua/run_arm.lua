@@ -1,4 +1,8 @@
--- KEYS: run, pending, indexes...   ARGV: run id, epoch, batch, recheck_ms, keys done...
+-- KEYS: run, pending, indexes...
+-- ARGV: run id, epoch, batch, recheck_ms, state ('suspended', or 'waiting' for an event),
+--       deadline field ('' for none), timeout_ms, keys done...
+-- A deadline (wait_event's timeout) is written once in the record under its field; the
+-- run is then due no later than it, so the reconciler resumes it to time out.
 -- The workflow has joined every waiter set: drop '' and the keys already done. Empty ->
 -- "go" (everything committed meanwhile: carry on in place, still leased); else "wait"
 -- (suspended: the lease ends, and the run is due for a recheck by the reconciler in
@@ -14,16 +18,27 @@ if redis.call('HGET', run, 'batch') ~= ARGV[3] or state ~= 'suspending' then
   return 'stale'
 end
 redis.call('SREM', KEYS[2], '')
-if #ARGV > 4 then
-  redis.call('SREM', KEYS[2], unpack(ARGV, 5, #ARGV))
+if #ARGV > 7 then
+  redis.call('SREM', KEYS[2], unpack(ARGV, 8, #ARGV))
 end
 local now = now_ms()
 if redis.call('SCARD', KEYS[2]) == 0 then
   enter(run, state, 'running', now)
   return 'go'
 end
-enter(run, state, 'suspended', now)
-redis.call('HDEL', run, 'lease')
+enter(run, state, ARGV[5], now)
+redis.call('HDEL', run, 'lease', 'deadline')
 redis.call('HSET', run, 'checks', 0)
-redis.call('ZADD', DUE, now + tonumber(ARGV[4]), RUN_ID)
+local due = now + tonumber(ARGV[4])
+if ARGV[6] ~= '' then
+  local field = 'deadline:' .. ARGV[6]
+  local deadline = tonumber(redis.call('HGET', run, field) or '0')
+  if deadline == 0 then
+    deadline = now + tonumber(ARGV[7])
+    redis.call('HSET', run, field, deadline)
+  end
+  redis.call('HSET', run, 'deadline', deadline)
+  due = math.min(due, deadline)
+end
+redis.call('ZADD', DUE, due, RUN_ID)
 return 'wait'

@@ -25,7 +25,16 @@ if LEASED[state] and lease > now then
 end
 local checks = redis.call('HINCRBY', run, 'checks', 1)
 local delay = math.min(tonumber(ARGV[2]) * 2 ^ math.min(checks - 1, 30), tonumber(ARGV[3]))
-redis.call('ZADD', DUE, now + delay, RUN_ID)
+local deadline = tonumber(redis.call('HGET', run, 'deadline') or '0')
+local due = now + delay
+if state == 'waiting' and deadline > 0 then
+  if deadline <= now then
+    state = 'resuming'  -- its wait timed out: the replay says so
+  else
+    due = math.min(due, deadline)
+  end
+end
+redis.call('ZADD', DUE, due, RUN_ID)
 return {state, LEASED[state] and 1 or 0, redis.call('HGET', run, 'batch') or '0',
   redis.call('HGET', run, 'task'), redis.call('HGET', run, 'args'),
   redis.call('HGET', run, 'kwargs'), redis.call('HGET', run, 'queue'),

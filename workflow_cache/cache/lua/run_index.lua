@@ -2,8 +2,8 @@
 -- namespace: one sorted set per state (run_states.STATES order, scored by when the run
 -- entered it) and the due set (scored by when the reconciler must look at the run).
 -- ARGV[1] is always the run id, the member of those sets.
-local STATE_NAMES = {'running', 'suspending', 'suspended', 'sleeping', 'resuming', 'done',
-  'cancelled'}
+local STATE_NAMES = {'running', 'suspending', 'suspended', 'sleeping', 'waiting', 'resuming',
+  'done', 'cancelled'}
 local INDEX = {}
 for i, name in ipairs(STATE_NAMES) do
   INDEX[name] = KEYS[#KEYS - #STATE_NAMES - 1 + i]
@@ -11,7 +11,8 @@ end
 local DUE = KEYS[#KEYS]
 local RUN_ID = ARGV[1]
 local LIVE = {running = true, suspending = true, suspended = true, sleeping = true,
-  resuming = true}
+  waiting = true, resuming = true}
+local PARKED = {suspended = true, waiting = true}
 local LEASED = {running = true, suspending = true}
 
 local function now_ms()
