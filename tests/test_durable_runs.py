@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -43,6 +44,20 @@ def _commit(cache: RedisCache, key: str) -> None:
     holder = cache.flight.acquire(key)
     assert not isinstance(holder, Done)
     assert holder.commit(b'{"v":1,"status":"ok","value":1}')
+
+
+def _parked(
+    cache: RedisCache, runs: Runs, run_id: str, key: str, flow: Resume = FLOW, **arm: Any
+) -> int:
+    """A run begun, then suspended on ``key`` (waiting for it as an event when ``arm`` says
+    ``waiting=True``); returns its batch."""
+    begun = runs.begin(run_id, 0, flow)
+    event = bool(arm.get("waiting"))
+    entry = f"event|{key}" if event else f"t.step|{key}"
+    batch = runs.prepare(run_id, begun.epoch, [entry], [key])
+    Waiters(cache.flight).join_many([key], ["id"], [60.0], run_id, batch, send=not event)
+    assert runs.arm(run_id, begun.epoch, batch, [], **arm) == "wait"
+    return batch
 
 
 def _app(redis_url: str) -> Celery:
@@ -107,10 +122,7 @@ def test_the_reconciler_resumes_a_run_whose_handoff_was_lost(redis_url, namespac
     cache = RedisCache(redis_url, namespace=namespace)
     runs = Runs(cache.flight, recheck=0.05)
     flow = _flow()
-    begun = runs.begin("lost", 0, flow)
-    batch = runs.prepare("lost", begun.epoch, ["t.step|k"], ["k"])
-    Waiters(cache.flight).join_many(["k"], ["id"], [60.0], "lost", batch)
-    assert runs.arm("lost", begun.epoch, batch, []) == "wait"
+    _parked(cache, runs, "lost", "k", flow)
     _commit(cache, "k")
     assert Waiters(cache.flight).take_handoff("k")  # the committer dies right here
     reconciler = Reconciler(_app(redis_url), cache, interval=0.05)
@@ -182,10 +194,7 @@ def test_cancel_a_suspended_run_a_delivery_in_progress_and_a_finished_one(
 ) -> None:
     cache = RedisCache(redis_url, namespace=namespace)
     runs = Runs(cache.flight)
-    begun = runs.begin("c1", 0, FLOW)
-    batch = runs.prepare("c1", begun.epoch, ["t.step|ck"], ["ck"])
-    Waiters(cache.flight).join_many(["ck"], ["id"], [60.0], "c1", batch)
-    assert runs.arm("c1", begun.epoch, batch, []) == "wait"
+    batch = _parked(cache, runs, "c1", "ck")
     assert cancel_run(cache, "c1", reason="order withdrawn")
     outcome = cache.get("run:c1")
     assert not outcome.ok
@@ -284,10 +293,7 @@ def test_a_waiting_run_past_its_deadline_is_resumed_to_time_out(redis_url, names
     cache = RedisCache(redis_url, namespace=namespace)
     runs = Runs(cache.flight, recheck=60)
     flow = _flow()
-    begun = runs.begin("t", 0, flow)
-    batch = runs.prepare("t", begun.epoch, ["event|event:never"], ["event:never"])
-    Waiters(cache.flight).join_many(["event:never"], [""], [1.0], "t", batch, send=False)
-    assert runs.arm("t", begun.epoch, batch, [], waiting=True, deadline="d", timeout=0.1) == "wait"
+    _parked(cache, runs, "t", "event:never", flow, waiting=True, deadline="d", timeout=0.1)
     assert not runs.deadline_passed("t", "d")
     reconciler = Reconciler(_app(redis_url), cache, interval=0.05)
     reconciler.runs = runs

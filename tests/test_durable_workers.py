@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+from tests.test_workflows_suspend import workers as started
 from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import create_workflow
@@ -41,14 +42,15 @@ def durable_app(redis_url: str) -> Iterator[tuple[ModuleType, dict[str, str]]]:
 
 
 @contextmanager
-def started(module: ModuleType, *made: CeleryWorker) -> Iterator[list[CeleryWorker]]:
-    running = list(made)
-    try:
-        wait_ready(module.app, running)
-        yield running
-    finally:
-        for w in running:
-            w.stop()
+def fleet(
+    module: ModuleType, env: dict[str, str], logs: Path
+) -> Iterator[tuple[CeleryWorker, CeleryWorker]]:
+    """A steps worker and a one-slot workflows worker, ready."""
+    queue = module.settings.workflow_queue
+    steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=logs / "s.log")
+    flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=logs / "f.log")
+    with started(module, steps, flows):
+        yield steps, flows
 
 
 def _messages_of(module: ModuleType, queue: str, run_id: str) -> list[bytes]:
@@ -117,10 +119,7 @@ def test_a_worker_killed_mid_replay_is_finished_by_another(redis_url, tmp_path: 
 
 def test_cancel_suspended_replaying_and_finished_runs(redis_url, tmp_path: Path) -> None:
     with durable_app(redis_url) as (module, env):
-        queue = module.settings.workflow_queue
-        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
-        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
-        with started(module, steps, flows):
+        with fleet(module, env, tmp_path):
             # while suspended: the outcome says so, and the step's commit resumes nothing
             tag = uuid.uuid4().hex[:10]
             r = module.pausing.delay(tag, 2.0)
@@ -195,10 +194,7 @@ def test_a_local_commit_resumes_the_runs_waiting_on_its_key(redis_url, tmp_path:
 
 def test_an_async_workflow_task_suspends_and_replays(redis_url, tmp_path: Path) -> None:
     with durable_app(redis_url) as (module, env):
-        queue = module.settings.workflow_queue
-        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
-        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
-        with started(module, steps, flows):
+        with fleet(module, env, tmp_path):
             tag = uuid.uuid4().hex[:10]
             r = module.async_steps.delay(tag)
             outcome = result_of(r, timeout=60)
@@ -212,10 +208,7 @@ def test_an_async_workflow_task_suspends_and_replays(redis_url, tmp_path: Path) 
 
 def test_a_durable_sleep_holds_no_slot_and_wakes_once(redis_url, tmp_path: Path) -> None:
     with durable_app(redis_url) as (module, env):
-        queue = module.settings.workflow_queue
-        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
-        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
-        with started(module, steps, flows):
+        with fleet(module, env, tmp_path):
             tag = uuid.uuid4().hex[:10]
             r = module.napping.delay(tag, 2.0)
             info = wait_until(
@@ -238,34 +231,30 @@ def test_a_durable_sleep_holds_no_slot_and_wakes_once(redis_url, tmp_path: Path)
 def test_events_before_and_after_the_wait_a_timeout_and_a_second_send(
     redis_url, tmp_path: Path
 ) -> None:
-    with durable_app(redis_url) as (module, env):
-        queue = module.settings.workflow_queue
-        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
-        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
-        with started(module, steps, flows):
-            # sent before the run waits: found when it asks
-            tag = uuid.uuid4().hex[:10]
-            assert send_event(module.cache, f"approve:{tag}", {"by": "ann"})
-            r = module.approval.delay(tag)
-            assert result_of(r, timeout=60).value == [1, {"by": "ann"}]
+    with durable_app(redis_url) as (module, env), fleet(module, env, tmp_path):
+        # sent before the run waits: found when it asks
+        tag = uuid.uuid4().hex[:10]
+        assert send_event(module.cache, f"approve:{tag}", {"by": "ann"})
+        r = module.approval.delay(tag)
+        assert result_of(r, timeout=60).value == [1, {"by": "ann"}]
 
-            # sent while it waits, holding no slot; a second send changes nothing
-            tag = uuid.uuid4().hex[:10]
-            r = module.approval.delay(tag)
-            wait_until(
-                lambda: (i := run_info(module.cache, r.id)) and i.state == "waiting",
-                "the run to wait for its event",
-            )
-            assert send_event(module.cache, f"approve:{tag}", "yes")
-            sent = time.monotonic()
-            assert result_of(r, timeout=60).value == [1, "yes"]
-            print(f"\nevent: the run finished {time.monotonic() - sent:.1f} s after send_event")
-            assert not send_event(module.cache, f"approve:{tag}", "no")
-            assert outcome_of(module.cache, r.id, timeout=5).value == [1, "yes"]
+        # sent while it waits, holding no slot; a second send changes nothing
+        tag = uuid.uuid4().hex[:10]
+        r = module.approval.delay(tag)
+        wait_until(
+            lambda: (i := run_info(module.cache, r.id)) and i.state == "waiting",
+            "the run to wait for its event",
+        )
+        assert send_event(module.cache, f"approve:{tag}", "yes")
+        sent = time.monotonic()
+        assert result_of(r, timeout=60).value == [1, "yes"]
+        print(f"\nevent: the run finished {time.monotonic() - sent:.1f} s after send_event")
+        assert not send_event(module.cache, f"approve:{tag}", "no")
+        assert outcome_of(module.cache, r.id, timeout=5).value == [1, "yes"]
 
-            # never sent: the wait times out with an error naming the event and the timeout
-            tag = uuid.uuid4().hex[:10]
-            r = module.approval.delay(tag, 1.0)
-            timed_out = result_of(r, timeout=60)
-            assert not timed_out.ok
-            assert f"event 'approve:{tag}' did not arrive within 1 s" in str(timed_out.error)
+        # never sent: the wait times out with an error naming the event and the timeout
+        tag = uuid.uuid4().hex[:10]
+        r = module.approval.delay(tag, 1.0)
+        timed_out = result_of(r, timeout=60)
+        assert not timed_out.ok
+        assert f"event 'approve:{tag}' did not arrive within 1 s" in str(timed_out.error)

@@ -31,12 +31,7 @@ redis.call('HDEL', run, 'lease', 'deadline')
 redis.call('HSET', run, 'checks', 0)
 local due = now + tonumber(ARGV[4])
 if ARGV[6] ~= '' then
-  local field = 'deadline:' .. ARGV[6]
-  local deadline = tonumber(redis.call('HGET', run, field) or '0')
-  if deadline == 0 then
-    deadline = now + tonumber(ARGV[7])
-    redis.call('HSET', run, field, deadline)
-  end
+  local deadline = once(run, 'deadline:' .. ARGV[6], now, ARGV[7])
   redis.call('HSET', run, 'deadline', deadline)
   due = math.min(due, deadline)
 end

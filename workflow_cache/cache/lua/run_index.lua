@@ -29,6 +29,17 @@ local function enter(run, from, to, now)
   redis.call('HSET', run, 'state', to, 'since', now)
 end
 
+-- a time written once in the record (a timer's wake-up, an event's deadline): the first
+-- ask sets it `ms` from now, every replay reads the same
+local function once(run, field, now, ms)
+  local at = tonumber(redis.call('HGET', run, field) or '0')
+  if at == 0 then
+    at = now + tonumber(ms)
+    redis.call('HSET', run, field, at)
+  end
+  return at
+end
+
 local function holds(run, epoch)
   return redis.call('HGET', run, 'epoch') == epoch
 end

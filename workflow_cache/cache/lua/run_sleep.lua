@@ -14,12 +14,7 @@ if not holds(run, ARGV[2]) or state ~= 'running' then
   return {'fenced'}
 end
 local now = now_ms()
-local field = 'timer:' .. ARGV[3]
-local wake = tonumber(redis.call('HGET', run, field) or '0')
-if wake == 0 then
-  wake = now + tonumber(ARGV[4])
-  redis.call('HSET', run, field, wake)
-end
+local wake = once(run, 'timer:' .. ARGV[3], now, ARGV[4])
 if wake <= now then
   return {'go'}
 end
