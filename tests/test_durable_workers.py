@@ -200,7 +200,8 @@ def test_an_async_workflow_task_suspends_and_replays(redis_url, tmp_path: Path) 
             outcome = result_of(r, timeout=60)
             assert outcome.ok and outcome.value == [1, "b", "c"]
             info = run_info(module.cache, r.id)
-            assert info is not None and info.state == "done" and info.replays >= 2
+            assert info is not None and info.state == "done" and info.replays >= 1  # steps b, c may
+            # commit while the replay joins them: it then carries on in place
         assert [module.count(f"{tag}:{k}") for k in "abc"] == [1, 1, 1]
         seen = [e.decode().split("|")[0] for e in module._redis.lrange(f"runevents:{r.id}", 0, -1)]
         assert "suspended" in seen and "resumed" in seen and seen[-1] == "finished"
