@@ -235,3 +235,54 @@ NOBODY_QUEUE = "nobody"  # no worker ever consumes it
 def blocking(step, tag: str) -> object:
     """Blocking mode: waits in its slot, at most 3 s, for a step nobody will run."""
     return step(work.s(tag).set(queue=NOBODY_QUEUE), key=tag)
+
+
+@workflow_task(app, name="tests.awaits_nobody")
+def awaits_nobody(step, key: str) -> object:
+    """Suspends on a step sent to a queue no worker consumes: only another commit of the
+    key (a producer's local step) can resume it."""
+    return step(work.s(key).set(queue=NOBODY_QUEUE), key=key)
+
+
+@workflow_task(app, name="tests.async_steps", on_event=record_run_event)
+async def async_steps(step, tag: str) -> list[object]:
+    """An ``async def`` workflow task: a dispatched step, then two side by side."""
+    a = await step(work.s(f"{tag}:a"), key=f"{tag}:a")
+    both = await step.all(
+        [work.s(f"{tag}:b", 0.0, "b"), work.s(f"{tag}:c", 0.0, "c")],
+        keys=[f"{tag}:b", f"{tag}:c"],
+    )
+    return [a["count"], *both]
+
+
+@workflow_task(app, name="tests.napping", on_event=record_run_event)
+def napping(step, tag: str, seconds: float) -> list[int]:
+    """Step a, a durable sleep, step b; records the time of each replay past the sleep."""
+    a = step(work.s(f"{tag}:a"), key=f"{tag}:a")
+    step.sleep(seconds)
+    _redis.rpush(f"woke:{tag}", time.time())
+    b = step(work.s(f"{tag}:b"), key=f"{tag}:b")
+    return [a["count"], b["count"]]
+
+
+@workflow_task(app, name="tests.approval", on_event=record_run_event)
+def approval(step, tag: str, timeout: float | None = None) -> list[object]:
+    """Step a, then waits for the event ``approve:<tag>`` (at most ``timeout`` seconds)."""
+    a = step(work.s(f"{tag}:a"), key=f"{tag}:a")
+    payload = step.wait_event(f"approve:{tag}", timeout=timeout)
+    return [a["count"], payload]
+
+
+@workflow_task(app, name="tests.five_steps")
+def five_steps(step, tag: str) -> int:
+    """Five trivial dispatched steps one after another (benchmarks/bench_durable.py)."""
+    for i in range(5):
+        step(work.s(f"{tag}:{i}", 0.0, i), key=f"{tag}:{i}")
+    return 5
+
+
+@workflow_task(app, name="tests.nap_only")
+def nap_only(step, tag: str, seconds: float) -> None:
+    """A durable sleep, then the time the replay got past it (benchmarks/bench_durable.py)."""
+    step.sleep(seconds)
+    _redis.rpush(f"woke:{tag}", time.time())

@@ -10,11 +10,13 @@ from workflow_cache.cache.claims import Done
 from workflow_cache.distributed.runs import Resume, Runs
 from workflow_cache.distributed.waiters import Joined, Waiters
 
+EPOCH = 1  # the first delivery's
+
 
 def _suspend(cache: RedisCache, run_id: str, keys: list[str]) -> tuple[int, list]:
     runs, waiters = Runs(cache.flight), Waiters(cache.flight)
-    runs.begin(run_id, 0, Resume("t.flow", ["a"], {}, "workflows"))
-    batch = runs.prepare(run_id, [f"t.step|{k}" for k in keys], keys)
+    assert runs.begin(run_id, 0, Resume("t.flow", ["a"], {}, "workflows")).epoch == EPOCH
+    batch = runs.prepare(run_id, EPOCH, [f"t.step|{k}" for k in keys], keys)
     ids = [uuid.uuid4().hex for _ in keys]
     joined = waiters.join_many(keys, ids, [60.0] * len(keys), run_id, batch)
     return batch, joined
@@ -36,7 +38,7 @@ def test_racing_commits_of_a_batch_resume_the_run_exactly_once(redis_url, namesp
         run_id = f"run-{attempt}"
         batch, joined = _suspend(cache, run_id, [f"{attempt}:{k}" for k in keys])
         assert all(isinstance(j, Joined) and j.send for j in joined)  # one sender per key
-        assert runs.arm(run_id, batch, []) == "wait"
+        assert runs.arm(run_id, EPOCH, batch, []) == "wait"
         found: list[Resume] = []
 
         def commit(key: str, found: list[Resume] = found) -> None:
@@ -63,7 +65,7 @@ def test_several_runs_on_one_key_each_resume_once(redis_url, namespace) -> None:
     for i in range(5):
         batch, joined = _suspend(cache, f"r{i}", ["shared"])
         sends.append(joined[0].send)
-        assert runs.arm(f"r{i}", batch, []) == "wait"
+        assert runs.arm(f"r{i}", EPOCH, batch, []) == "wait"
     assert sum(s is not None for s in sends) == 1  # one message for the key
     assert Waiters(cache.flight).waiting_on("shared") == [f"r{i}" for i in range(5)]
     handed = _commit(cache, "shared")
@@ -82,7 +84,7 @@ def test_a_commit_racing_the_suspension_lets_the_run_carry_on(redis_url, namespa
         for who, b in _commit(cache, key):
             assert runs.arrive(who, b, key, b"") is None  # still suspending: no resume
     # both keys committed before the run finished suspending: it carries on itself
-    assert runs.arm("early", batch, []) == "go"
+    assert runs.arm("early", EPOCH, batch, []) == "go"
     cache.close()
 
 
@@ -99,7 +101,7 @@ def test_a_stale_batch_and_a_stale_resume_are_refused(redis_url, namespace) -> N
     cache = RedisCache(redis_url, namespace=namespace)
     runs = Runs(cache.flight)
     batch, _ = _suspend(cache, "s", ["a"])
-    assert runs.arm("s", batch, []) == "wait"
+    assert runs.arm("s", EPOCH, batch, []) == "wait"
     assert runs.arrive("s", batch + 1, "a", b"") is None  # an entry of another batch
     resume = runs.arrive("s", batch, "a", b'{"not":"kept"}')
     assert resume is not None and runs.given("s") == {"a": b'{"not":"kept"}'}
@@ -107,7 +109,7 @@ def test_a_stale_batch_and_a_stale_resume_are_refused(redis_url, namespace) -> N
     assert begun.kind == "run" and begun.replays == 1 and begun.steps == ("t.step|a",)
     assert begun.given == {"a": b'{"not":"kept"}'}
     assert runs.begin("s", batch - 1, resume).kind == "stale"  # an older message
-    runs.finish("s", '{"v":1,"status":"ok","value":3}')
+    assert runs.finish("s", begun.epoch, '{"v":1,"status":"ok","value":3}')
     assert runs.begin("s", batch, resume).kind == "done"
     info = runs.info("s")
     assert info is not None and info.state == "done" and info.replays == 1

@@ -50,6 +50,24 @@ class Identifying(Protocol):
         ...
 
 
+class Timing(Protocol):
+    """A dispatcher that can pause a workflow durably (``step.sleep`` in a workflow task)."""
+
+    def sleep(self, seconds: float, key: str | None) -> None:
+        """Return once ``seconds`` have passed since the run first asked (which a replay
+        after the wake-up finds at once), or end this delivery until then."""
+        ...
+
+
+class Awaiting(Protocol):
+    """A dispatcher that can wait for an event from outside (``step.wait_event``)."""
+
+    def wait_event(self, name: str, timeout: float | None, key: str | None) -> Result[Any, Any]:
+        """The event's payload as an outcome (an ``err`` past ``timeout`` seconds from the
+        run's first ask), or end this delivery until it arrives."""
+        ...
+
+
 def is_signature(work: object) -> bool:
     """True for a Celery signature, told apart without importing Celery (the core stays light).
 

@@ -142,6 +142,24 @@ class Settings(BaseSettings):
         description="Seconds an unacknowledged task must wait before a worker's sweep "
         "redelivers it (crashed machine); the sweep adds up to 100 s (docs/faults.md).",
     )
+    run_retention: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="Seconds a finished (or cancelled) workflow run's record and outcome "
+        "are kept; a live run's record never expires.",
+    )
+    reconcile_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two looks of the fleet's run reconciler (one worker "
+        "per interval) at the runs that are due: lapsed leases, lost resumes.",
+    )
+    run_recheck: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds after a run suspends (or is resumed) before the reconciler "
+        "checks it from state; each further check waits twice as long, up to 60 s.",
+    )
     redis_connect_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to open a connection to the step cache's Redis."
     )

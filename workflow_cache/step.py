@@ -187,6 +187,65 @@ class Step:
             values.append(_unwrap(result))
         return values
 
+    def sleep(self, duration: TTL, /, *, key: str | None = None) -> Any:
+        """Pause the workflow ``duration`` (seconds or ISO 8601; awaitable in an async one).
+
+        In a workflow task the run suspends, holding no slot, and is resumed when the
+        time has come; a replay after the wake-up does not sleep again. Elsewhere it
+        sleeps in this process; with a ``key`` the wake time is a step outcome, so a
+        re-run whose wake time has passed does not sleep.
+        """
+        seconds = to_seconds(duration, name="duration")
+        if seconds is None or seconds < 0:
+            raise ValueError(f"step.sleep needs a duration of 0 or more, got {duration!r}")
+        key = check_key(key)
+        timer = getattr(self._workflow.dispatcher, "sleep", None)
+        if timer is not None:  # see dispatch.Timing
+            return asyncio.to_thread(timer, seconds, key) if self._is_async else timer(seconds, key)
+        if self._is_async:
+            return self._sleep_async(seconds, key)
+        if key is not None:
+            wake: float = self(partial(_wake_time, seconds), key=key)
+            seconds = wake - time.time()
+        if seconds > 0:
+            time.sleep(seconds)
+        return None
+
+    def wait_event(
+        self, name: str, /, *, timeout: TTL | None = None, key: str | None = None
+    ) -> Any:
+        """The payload of the event ``name`` sent by ``send_event`` (awaitable in an async
+        workflow); in a workflow task the run waits for it holding no slot. Past
+        ``timeout`` (seconds or ISO 8601, from the run's first ask) the workflow ends
+        with an ``err`` naming the event and the timeout."""
+        seconds = to_seconds(timeout, name="timeout")
+        key = check_key(key)
+        waiter = getattr(self._workflow.dispatcher, "wait_event", None)
+        if waiter is None:  # see dispatch.Awaiting
+            raise TypeError(
+                "step.wait_event needs a workflow task (workflow_task(app, fn)): the run "
+                "waits for the event in Redis, resumed by send_event"
+            )
+        if self._is_async:
+            return self._wait_event_async(waiter, name, seconds, key)
+        return _unwrap(waiter(name, seconds, key))
+
+    async def _wait_event_async(
+        self,
+        waiter: Callable[..., Result[Any, Any]],
+        name: str,
+        timeout: float | None,
+        key: str | None,
+    ) -> Any:
+        return _unwrap(await asyncio.to_thread(waiter, name, timeout, key))
+
+    async def _sleep_async(self, seconds: float, key: str | None) -> None:
+        if key is not None:
+            wake: float = await self(partial(_wake_time, seconds), key=key)
+            seconds = wake - time.time()
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
     # -- signatures -------------------------------------------------------------------
 
     def _local_or_refuse(self, thunk: Any, run_locally: bool) -> Any:
@@ -499,6 +558,11 @@ class Step:
         if result is not None:
             outcome = "ok" if result.ok else "err"
         hook(StepEvent(kind, key, time.perf_counter() - started, outcome))
+
+
+def _wake_time(seconds: float) -> float:
+    """When a keyed local ``step.sleep`` ends (a Unix time, stored as the step's value)."""
+    return time.time() + seconds
 
 
 def _execute(thunk: Any) -> Plan[Result[Any, Any]]:

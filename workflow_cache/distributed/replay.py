@@ -18,6 +18,8 @@ A delivery (the first message, or a resume) runs the workflow function from the 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ from celery.exceptions import Ignore
 
 from workflow_cache.cache.redis import RedisCache, RedisClaim
 from workflow_cache.distributed.resume import resumed_batch
+from workflow_cache.distributed.run_lease import RunLease, Superseded
 from workflow_cache.distributed.runs import Begun, Resume, RunEvent, Runs, outcome_key
 from workflow_cache.distributed.suspend import (
     ReplayDiverged,
@@ -110,37 +113,45 @@ def run_delivery(
         raise Ignore() from None
     runs = Runs(cache.flight)
     begun = runs.begin(run_id, batch, Resume(name, list(args), dict(kwargs), queue))
-    if begun.kind == "stale":
+    if begun.kind in ("stale", "busy"):
         log.info(
-            "workflow %s[%s]: resume of batch %d is stale (now %d)",
+            "workflow %s[%s]: delivery of batch %d is %s (now batch %d)",
             name,
             run_id,
             batch,
+            "stale" if begun.kind == "stale" else "not needed: another delivery holds the run",
             begun.batch,
         )
         raise Ignore()
     if begun.kind == "done":
-        return Envelope.loads(outcome_key(run_id), begun.outcome).detached(outcome_key(run_id))
+        key = outcome_key(run_id)
+        if cache.flight.read(key) is None:  # the finisher died before writing it: repair
+            runs.publish(run_id, begun.outcome)
+        return Envelope.loads(key, begun.outcome).detached(key)
     emit = _emitter(on_event)
     if batch > 0:
         emit(RunEvent("resumed", run_id, begun.replays, begun.batch))
-    dispatcher = SuspendingDispatcher(app, cache, run_id, begun.steps)
-    store = ReplayStore(cache, known_outcomes(cache, run_id, begun))
-    workflow = create_workflow(
-        None, cache=store, dispatcher=dispatcher, on_event=on_event, **options
-    )
-    try:
-        result: Result[Any, Any] = workflow(lambda step: fn(step, *args, **kwargs))
-    except Suspended as suspended:
-        emit(RunEvent("suspended", run_id, begun.replays, suspended.batch, suspended.keys))
-        raise Ignore() from None
-    except ReplayDiverged as exc:
-        log.error("workflow %s[%s]: %s", name, run_id, exc)
-        result = err(UnexpectedError.from_exception(exc))
-    except Exception as exc:
-        _finish(runs, run_id, err(UnexpectedError.from_exception(exc)))
-        raise
-    data = _finish(runs, run_id, result)
+    with RunLease(runs, run_id, begun.epoch) as lease:
+        dispatcher = SuspendingDispatcher(app, cache, lease, begun.steps)
+        store = ReplayStore(cache, known_outcomes(cache, run_id, begun))
+        workflow = create_workflow(
+            None, cache=store, dispatcher=dispatcher, on_event=on_event, **options
+        )
+        try:
+            result = run_body(workflow, fn, args, kwargs)
+        except Suspended as suspended:
+            emit(RunEvent("suspended", run_id, begun.replays, suspended.batch, suspended.keys))
+            raise Ignore() from None
+        except Superseded as exc:
+            log.info("workflow %s[%s]: delivery stopped: %s", name, run_id, exc)
+            raise Ignore() from None
+        except ReplayDiverged as exc:
+            log.error("workflow %s[%s]: %s", name, run_id, exc)
+            result = err(UnexpectedError.from_exception(exc))
+        except Exception as exc:
+            _finish(runs, lease, err(UnexpectedError.from_exception(exc)))
+            raise
+        data = _finish(runs, lease, result)
     emit(
         RunEvent(
             "finished", run_id, begun.replays, begun.batch, outcome="ok" if result.ok else "err"
@@ -149,11 +160,35 @@ def run_delivery(
     return data
 
 
-def _finish(runs: Runs, run_id: str, result: Result[Any, Any]) -> dict[str, Any]:
-    key = outcome_key(run_id)
+def run_body(
+    workflow: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Result[Any, Any]:
+    """``fn(step, *args, **kwargs)`` as a workflow, to its end; an ``async def`` function runs
+    on an event loop of its own (a worker slot runs one delivery at a time)."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def body(step: Any) -> Any:
+            return await fn(step, *args, **kwargs)
+
+        outcome: Result[Any, Any] = asyncio.run(workflow(body))
+        return outcome
+    done: Result[Any, Any] = workflow(lambda step: fn(step, *args, **kwargs))
+    return done
+
+
+def _finish(runs: Runs, lease: RunLease, result: Result[Any, Any]) -> dict[str, Any]:
+    """Store the run's outcome; a fenced delivery stops instead (``Ignore``): the delivery
+    that holds the run, or the cancellation, gives the outcome."""
+    key = outcome_key(lease.run_id)
     envelope = Envelope.from_result(key, result, ttl=None)
-    runs.finish(run_id, envelope.dumps(key))
+    if not runs.finish(lease.run_id, lease.epoch, envelope.dumps(key)):
+        log.info("run %s: epoch %d no longer holds the run; outcome not stored", *_who(lease))
+        raise Ignore()
     return envelope.detached(key)
+
+
+def _who(lease: RunLease) -> tuple[str, int]:
+    return lease.run_id, lease.epoch
 
 
 def _emitter(on_event: EventHook | None) -> Callable[[RunEvent], None]:
@@ -162,4 +197,4 @@ def _emitter(on_event: EventHook | None) -> Callable[[RunEvent], None]:
     return on_event  # type: ignore[return-value]
 
 
-__all__ = ["ReplayStore", "known_outcomes", "run_delivery"]
+__all__ = ["ReplayStore", "known_outcomes", "run_body", "run_delivery"]

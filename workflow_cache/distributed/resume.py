@@ -52,8 +52,11 @@ def hand_over(app: Celery, flight: SingleFlight, key: str, outcome: bytes | str 
         return 0
 
 
-def send_resume(app: Celery, run_id: str, batch: int, resume: Resume) -> None:
-    """The workflow task again, same id and arguments, to replay after batch ``batch``."""
+def send_resume(
+    app: Celery, run_id: str, batch: int, resume: Resume, countdown: float | None = None
+) -> None:
+    """The workflow task again, same id and arguments, to replay after batch ``batch``
+    (``countdown`` seconds from now: a timer's wake-up)."""
     app.send_task(
         resume.task,
         args=resume.args,
@@ -61,6 +64,7 @@ def send_resume(app: Celery, run_id: str, batch: int, resume: Resume) -> None:
         task_id=run_id,
         queue=resume.queue,
         headers={RUN_HEADER: {"batch": batch}},
+        countdown=countdown,
     )
 
 

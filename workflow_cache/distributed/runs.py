@@ -2,25 +2,32 @@
 
 A run is one enqueued workflow task; its id is the task id of the first message, and
 every resume is sent again with that id (so Celery's result backend sees one task). Its
-keys share the hash tag ``{run:<id>}``:
+record and the namespace's run indexes share the hash tag ``{_runs}``, so each
+transition is one Lua script on one cluster slot (``wfc:<ns>:{_runs}:...``):
 
-``:run`` (hash)
-    ``state`` (running, suspending, suspended, resuming, done), ``batch`` (how many
-    times it suspended), ``replays`` (deliveries after the first), and what a resume
+``run:<id>`` (hash)
+    ``state`` (``run_states.STATES``), ``since``, ``batch`` (how many times it
+    suspended), ``replays`` (deliveries after the first), ``epoch`` and ``lease`` (the
+    delivery that holds the run, and until when, in ms of Redis time), ``checks``
+    (reconciler looks since it suspended), ``outcome`` once finished, and what a resume
     sends: ``task``, ``args``, ``kwargs`` (JSON), ``queue``.
-``:steps`` (list)
+``steps:<id>`` (list)
     ``"<task>|<key>"`` of each dispatched step in the order the run asked for it: the
     history a replay must repeat (see ``suspend.py``).
-``:pending`` (set)
+``pending:<id>`` (set)
     The keys the current batch still waits on, plus ``""`` until the run has finished
     suspending.
-``:given`` (hash)
+``given:<id>`` (hash)
     Outcomes that are not kept in the cache (an error the step's policy drops),
     delivered with the commit so the replay sees the outcome it waited for.
-``:out``
-    The run's own outcome once done: a normal cache entry under the key ``run:<id>``.
+``state:<state>``, ``due`` (sorted sets)
+    The indexes: runs by state (scored by when they entered it) and by due time (when
+    the reconciler must look at them: a lease's end, a recheck).
 
-Each transition is one Lua script on those keys (``lua/run_*.lua``).
+The run's own outcome is also a normal cache entry under the key ``run:<id>``, written
+after the record says finished (``finish``). The transitions are ``run_states.py``'s.
+
+A live run's record never expires; a finished one is kept ``retention`` seconds.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from workflow_cache import settings
 from workflow_cache.cache.claims import SingleFlight
 from workflow_cache.cache.lua import script
+from workflow_cache.distributed.run_states import STATES
 
-RUN_TTL_MS = 7 * 24 * 3600 * 1000
-"""A run's record (and its outcome key) lives a week after its last change."""
+RUNS_TAG = "_runs"
+"""The hash tag of every run record and index of a namespace."""
 
 
 def outcome_key(run_id: str) -> str:
@@ -50,18 +59,22 @@ class RunKeys:
     given: str
     out: str
     channel: str
+    indexes: tuple[str, ...]
+    """One sorted set per state (``STATES`` order), then the due set."""
 
 
 @dataclass(frozen=True, slots=True)
 class Begun:
-    """What ``begin`` found: run it (with its history), done already, or a stale delivery."""
+    """What ``begin`` found: run it (with its history and epoch), finished already (its
+    outcome), a stale delivery, or one another live delivery holds (busy)."""
 
-    kind: Literal["run", "done", "stale"]
+    kind: Literal["run", "done", "stale", "busy"]
     batch: int = 0
     replays: int = 0
     steps: tuple[str, ...] = ()
     given: dict[str, bytes] = field(default_factory=dict)
     outcome: bytes = b""
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,29 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class Slept:
+    """What ``sleep`` decided: carry on (``go``), the caller is fenced, or the run sleeps as
+    ``batch`` for ``delay_ms`` and ``resume`` is the message to send with that countdown."""
+
+    kind: Literal["go", "fenced", "sleep"]
+    batch: int = 0
+    delay_ms: int = 0
+    resume: Resume | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """What the reconciler found on a due run (``run_due.lua``): its state, whether its
+    lease lapsed, its batch, the message that resumes it and the keys it still waits on."""
+
+    state: str
+    lease_lapsed: bool = False
+    batch: int = 0
+    resume: Resume | None = None
+    pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     """A run as its record shows it: for ``run_info`` and operators."""
 
@@ -84,6 +120,11 @@ class RunInfo:
     replays: int
     steps: tuple[str, ...]
     waiting_on: tuple[str, ...]
+    epoch: int = 0
+    lease_ms: int | None = None
+    """Until when (ms of Redis time) the delivery holding the run has it, while one does."""
+    wake_ms: int | None = None
+    """When (ms of Redis time) a sleeping run's timer fires."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,54 +143,99 @@ class RunEvent:
     outcome: Literal["ok", "err"] | None = None
 
 
-class Runs:
-    """The run-record scripts bound to one ``SingleFlight`` (its client and key space)."""
+MAX_RECHECK_MS = 60_000
+"""The longest wait between two reconciler looks at one suspended run."""
 
-    def __init__(self, flight: SingleFlight) -> None:
+
+class Runs:
+    """The run-record scripts bound to one ``SingleFlight`` (its client and key space).
+
+    ``lease`` (default: the flight's claim lease), ``retention`` and ``recheck`` (default:
+    the process's settings) are in seconds."""
+
+    def __init__(
+        self,
+        flight: SingleFlight,
+        *,
+        lease: float | None = None,
+        retention: float | None = None,
+        recheck: float | None = None,
+    ) -> None:
         self.flight = flight
+        configured = settings.current()
+        self.lease_ms = _ms(flight.lease if lease is None else lease)
+        self.retention_ms = _ms(configured.run_retention if retention is None else retention)
+        self.recheck_ms = _ms(configured.run_recheck if recheck is None else recheck)
         client = flight.client
-        self._begin = client.register_script(script("run_begin"))
-        self._prepare = client.register_script(script("run_prepare"))
-        self._arm = client.register_script(script("run_arm"))
-        self._arrive = client.register_script(script("run_arrive"))
-        self._finish = client.register_script(script("run_finish"))
+        index = script("run_index")
+        self._scripts = {
+            name: client.register_script(index + script(name))
+            for name in (
+                "run_begin",
+                "run_renew",
+                "run_prepare",
+                "run_arm",
+                "run_arrive",
+                "run_finish",
+                "run_due",
+                "run_cancel",
+                "run_sleep",
+            )
+        }
+        base = flight.keyspace.for_step(RUNS_TAG).out[: -len(":out")]
+        self.base = base
+        self.indexes = (*(f"{base}:state:{s}" for s in STATES), f"{base}:due")
 
     def keys(self, run_id: str) -> RunKeys:
         k = self.flight.keyspace.for_step(outcome_key(run_id))
-        base = k.out[: -len(":out")]
+        base = self.base
         return RunKeys(
-            run=f"{base}:run",
-            steps=f"{base}:steps",
-            pending=f"{base}:pending",
-            given=f"{base}:given",
+            run=f"{base}:run:{run_id}",
+            steps=f"{base}:steps:{run_id}",
+            pending=f"{base}:pending:{run_id}",
+            given=f"{base}:given:{run_id}",
             out=k.out,
             channel=k.channel,
+            indexes=self.indexes,
         )
 
-    def _call(self, fn: Any, keys: list[str], args: list[Any]) -> Any:
-        return self.flight.claims.call(lambda: fn(keys=keys, args=args))
+    @property
+    def due_key(self) -> str:
+        return self.indexes[-1]
+
+    def state_key(self, state: str) -> str:
+        return f"{self.base}:state:{state}"
+
+    @property
+    def lock_key(self) -> str:
+        """The reconciler's tick lock of this namespace."""
+        return f"{self.base}:reconciler"
+
+    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        fn = self._scripts[name]
+        return self.flight.claims.call(lambda: fn(keys=[*keys, *self.indexes], args=args))
 
     def begin(self, run_id: str, batch: int, resume: Resume) -> Begun:
         """A delivery starts (``batch`` 0 = the first message, n = the resume of batch n)."""
         k = self.keys(run_id)
         reply = self._call(
-            self._begin,
-            [k.run, k.steps, k.given, k.out],
+            "run_begin",
+            [k.run, k.steps, k.given, k.pending],
             [
+                run_id,
                 batch,
                 resume.task,
                 json.dumps(resume.args),
                 json.dumps(resume.kwargs),
                 resume.queue,
-                RUN_TTL_MS,
+                self.lease_ms,
             ],
         )
         kind = _text(reply[0])
         if kind == "done":
-            raw = reply[1]
-            return Begun("done", outcome=raw if isinstance(raw, bytes) else str(raw).encode())
-        if kind == "stale":
-            return Begun("stale", batch=int(reply[1]))
+            return Begun("done", outcome=_bytes(reply[1]))
+        if kind in ("stale", "busy"):
+            return Begun("stale" if kind == "stale" else "busy", batch=int(reply[1]))
         flat = reply[4]
         given = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
         return Begun(
@@ -158,41 +244,163 @@ class Runs:
             replays=int(reply[2]),
             steps=tuple(_text(s) for s in reply[3]),
             given=given,
+            epoch=int(reply[5]),
         )
 
-    def prepare(self, run_id: str, history: Sequence[str], keys: Sequence[str]) -> int:
-        """Open a new batch waiting on ``keys``; returns its number."""
+    def renew(self, run_id: str, epoch: int) -> bool:
+        """Extend the lease of the delivery holding ``epoch``; False once it no longer does."""
         k = self.keys(run_id)
-        args = [RUN_TTL_MS, len(history), *history, *keys]
-        return int(self._call(self._prepare, [k.run, k.pending, k.steps], args))
+        return bool(self._call("run_renew", [k.run], [run_id, epoch, self.lease_ms]))
 
-    def arm(self, run_id: str, batch: int, done: Sequence[str]) -> str:
-        """``"wait"`` (suspended), ``"go"`` (all committed meanwhile) or ``"stale"``."""
+    def prepare(self, run_id: str, epoch: int, history: Sequence[str], keys: Sequence[str]) -> int:
+        """Open a new batch waiting on ``keys``; returns its number, or -1 when fenced."""
         k = self.keys(run_id)
-        return _text(self._call(self._arm, [k.run, k.pending], [batch, *done]))
+        args = [run_id, epoch, len(history), *history, *keys]
+        return int(self._call("run_prepare", [k.run, k.pending, k.steps], args))
 
-    def arrive(self, run_id: str, batch: int, key: str, outcome: bytes | str) -> Resume | None:
-        """``key`` committed: the resume to send if this arrival completes the batch."""
+    def arm(
+        self,
+        run_id: str,
+        epoch: int,
+        batch: int,
+        done: Sequence[str],
+        *,
+        waiting: bool = False,
+        deadline: str = "",
+        timeout: float = 0.0,
+    ) -> str:
+        """``"wait"`` (suspended, or ``waiting`` for an event until the ``deadline`` named
+        so, written once ``timeout`` seconds from the first ask), ``"go"`` (all committed
+        meanwhile), ``"stale"`` (a later batch replaced it) or ``"fenced"`` (another
+        delivery holds the run)."""
+        k = self.keys(run_id)
+        state = "waiting" if waiting else "suspended"
+        args = [run_id, epoch, batch, self.recheck_ms, state, deadline, _ms(timeout), *done]
+        return _text(self._call("run_arm", [k.run, k.pending], args))
+
+    def sleep(
+        self, run_id: str, epoch: int, history: Sequence[str], timer: str, seconds: float
+    ) -> Slept:
+        """``step.sleep`` under the timer key ``timer``: go on, or sleep as a new batch."""
+        k = self.keys(run_id)
+        args = [run_id, epoch, timer, max(0, round(seconds * 1000)), self.recheck_ms]
+        reply = self._call(
+            "run_sleep", [k.run, k.pending, k.steps], [*args, len(history), *history]
+        )
+        kind = _text(reply[0])
+        if kind == "go":
+            return Slept("go")
+        if kind != "sleep":
+            return Slept("fenced")
+        return Slept("sleep", int(reply[1]), int(reply[2]), _resume(run_id, reply[3:7]))
+
+    def arrive(
+        self, run_id: str, batch: int, key: str, outcome: bytes | str, *, at_once: bool = False
+    ) -> Resume | None:
+        """``key`` committed: the resume to send if this arrival completes the batch
+        (``at_once``: the caller cannot send it, so the run is due for the reconciler now)."""
         k = self.keys(run_id)
         reply = self._call(
-            self._arrive, [k.run, k.pending, k.given], [batch, key, outcome, RUN_TTL_MS]
+            "run_arrive",
+            [k.run, k.pending, k.given],
+            [run_id, batch, key, outcome, 0 if at_once else self.recheck_ms],
         )
         if _text(reply[0]) != "resume":
             return None
-        args = json.loads(reply[2])
-        kwargs = json.loads(reply[3])
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError(f"run {run_id}: stored arguments are not a list and a dict")
-        return Resume(_text(reply[1]), args, kwargs, _text(reply[4]))
+        return _resume(run_id, reply[1:5])
+
+    def deadline_passed(self, run_id: str, deadline: str) -> bool:
+        """Whether the deadline named ``deadline`` (set by ``arm``) has passed."""
+        client = self.flight.client
+        run = self.keys(run_id).run
+
+        def read() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.hget(run, f"deadline:{deadline}")
+            pipe.time()
+            return pipe.execute()
+
+        raw, (now_s, now_us) = self.flight.claims.call(read)
+        now = int(now_s) * 1000 + int(now_us) // 1000
+        return raw is not None and int(raw) <= now
 
     def given(self, run_id: str) -> dict[str, bytes]:
         raw = self.flight.claims.call(lambda: self.flight.client.hgetall(self.keys(run_id).given))
         return {_text(k): _bytes(v) for k, v in raw.items()}
 
-    def finish(self, run_id: str, outcome: str) -> None:
-        """Store and announce the run's outcome under ``run:<id>``; the run is done."""
+    def finish(self, run_id: str, epoch: int, outcome: str) -> bool:
+        """The delivery holding ``epoch`` ends the run with ``outcome``, stored and announced
+        under ``run:<id>``; False (nothing written) when that delivery is fenced."""
         k = self.keys(run_id)
-        self._call(self._finish, [k.run, k.out, k.pending], [outcome, k.channel, RUN_TTL_MS])
+        args = [run_id, epoch, outcome, self.retention_ms]
+        if not self._call("run_finish", [k.run, k.pending, k.steps, k.given], args):
+            return False
+        self.publish(run_id, outcome)
+        return True
+
+    def cancel(self, run_id: str, outcome: str) -> bool:
+        """End a live run with ``outcome`` (cancelled); False for a finished or unknown run."""
+        k = self.keys(run_id)
+        args = [run_id, outcome, self.retention_ms]
+        if not self._call("run_cancel", [k.run, k.pending, k.steps, k.given], args):
+            return False
+        self.publish(run_id, outcome)
+        return True
+
+    def publish(self, run_id: str, outcome: bytes | str) -> None:
+        """Write the finished run's outcome under ``run:<id>`` and announce it to waiters."""
+        k = self.keys(run_id)
+        client = self.flight.client
+        data = _bytes(outcome)
+
+        def write() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(k.out, data, px=self.retention_ms)
+            pipe.publish(k.channel, b"o" + data)
+            return pipe.execute()
+
+        self.flight.claims.call(write)
+
+    def now_ms(self) -> int:
+        """Redis's clock, in ms: the one every lease and due time is written in."""
+        now_s, now_us = self.flight.claims.call(self.flight.client.time)
+        return int(now_s) * 1000 + int(now_us) // 1000
+
+    def due(self, limit: int) -> list[str]:
+        """Ids of up to ``limit`` runs whose due time has come (oldest first)."""
+        now = self.now_ms()
+        client = self.flight.client
+        raw: list[Any] = self.flight.claims.call(
+            lambda: client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+        )
+        return [_text(r) for r in raw]
+
+    def look(self, run_id: str) -> Due:
+        """The reconciler's look at a due run (it is then due again later, or forgotten)."""
+        k = self.keys(run_id)
+        reply = self._call("run_due", [k.run, k.pending], [run_id, self.recheck_ms, MAX_RECHECK_MS])
+        state = _text(reply[0])
+        if state in ("forget", "wait"):
+            return Due(state)
+        return Due(
+            state,
+            lease_lapsed=bool(int(reply[1])),
+            batch=int(reply[2]),
+            resume=_resume(run_id, reply[3:7]),
+            pending=tuple(sorted(_text(p) for p in reply[7] if _text(p))),
+        )
+
+    def forget_finished(self, before_ms: int) -> int:
+        """Drop finished and cancelled runs that left their retention from the indexes."""
+        client = self.flight.client
+
+        def trim() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for state in ("done", "cancelled"):
+                pipe.zremrangebyscore(self.state_key(state), "-inf", before_ms)
+            return pipe.execute()
+
+        return sum(int(n) for n in self.flight.claims.call(trim))
 
     def info(self, run_id: str) -> RunInfo | None:
         k = self.keys(run_id)
@@ -209,14 +417,31 @@ class Runs:
         if not record:
             return None
         fields = {_text(a): _text(b) for a, b in record.items()}
+        lease = fields.get("lease")
+        state = fields.get("state", "?")
         return RunInfo(
             run_id=run_id,
-            state=fields.get("state", "?"),
+            state=state,
             batch=_int(fields.get("batch")),
             replays=_int(fields.get("replays")),
             steps=tuple(_text(s) for s in steps),
             waiting_on=tuple(sorted(_text(p) for p in pending if _text(p))),
+            epoch=_int(fields.get("epoch")),
+            lease_ms=_int(lease) if lease is not None else None,
+            wake_ms=_int(fields.get("wake")) if state == "sleeping" else None,
         )
+
+
+def _resume(run_id: str, raw: Sequence[Any]) -> Resume:
+    args = json.loads(raw[1])
+    kwargs = json.loads(raw[2])
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError(f"run {run_id}: stored arguments are not a list and a dict")
+    return Resume(_text(raw[0]), args, kwargs, _text(raw[3]))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _int(value: str | None) -> int:

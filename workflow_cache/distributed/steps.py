@@ -2,7 +2,8 @@
 
 A Celery signature given to ``step(...)`` is sent as the user's own task (see
 ``dispatcher.py``); on the worker, the step's claim wraps the task's execution (see
-``execution.py``). ``install`` records the cache on the app and wraps the app's
+``execution.py``). Each worker's main process also runs the run reconciler
+(``reconciler.py``). ``install`` records the cache on the app and wraps the app's
 tasks when the app is finalized and again when a worker starts, so tasks defined
 before or after the call are covered and stay unchanged for every other use.
 """
@@ -16,6 +17,7 @@ from celery.signals import task_revoked, worker_init
 
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.execution import StepRunner, guard, on_revoked
+from workflow_cache.distributed.reconciler import reconcile_in_workers
 
 
 def require_single_flight(cache: Any, who: str) -> RedisCache:
@@ -48,6 +50,7 @@ def install(app: Celery, cache: RedisCache) -> None:
     app.on_after_finalize.connect(on_finalize, weak=False)
     worker_init.connect(on_worker_init, weak=False)
     task_revoked.connect(on_task_revoked, weak=False)
+    reconcile_in_workers(app, cache)
     if app.finalized:
         guard(app)
 

@@ -36,14 +36,20 @@ from workflow_cache.cache.claims import Done
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
+from workflow_cache.distributed.events import EventTimeout, event_key
 from workflow_cache.distributed.pending import PendingStep
-from workflow_cache.distributed.runs import RUN_TTL_MS, Runs
+from workflow_cache.distributed.resume import send_resume
+from workflow_cache.distributed.run_lease import RunLease, Superseded
 from workflow_cache.distributed.waiters import Joined, Waiters
 from workflow_cache.envelope import Envelope, EnvelopeError
 from workflow_cache.options import StepOptions
-from workflow_cache.result import Result
+from workflow_cache.result import Result, UnexpectedError, err
 
 RUN_STEP_PREFIX = "_run:"
+EVENT_ENTRY = "event"
+"""The task name a ``step.wait_event`` is recorded under in a run's history."""
+SLEEP_ENTRY = "sleep"
+"""The task name a ``step.sleep`` is recorded under in a run's history."""
 
 
 class Suspended(BaseException):
@@ -70,7 +76,7 @@ class SuspendingDispatcher(CeleryDispatcher):
         self,
         app: Celery,
         cache: RedisCache,
-        run_id: str,
+        lease: RunLease,
         history: Sequence[str],
         *,
         queued_ttl: float | None = None,
@@ -79,36 +85,105 @@ class SuspendingDispatcher(CeleryDispatcher):
             super().__init__(app, cache)
         else:
             super().__init__(app, cache, queued_ttl=queued_ttl)
-        self.run_id = run_id
+        self.lease = lease
+        self.run_id = lease.run_id
         self.history = tuple(history)
         self.asked: list[str] = []
-        self.runs = Runs(cache.flight)
+        self.runs = lease.runs
         self.waiters = Waiters(cache.flight)
 
     def identify(self, work: Signature, options: StepOptions) -> StepOptions:
-        """A stable key for the step at this position; ``ReplayDiverged`` if history differs."""
+        """A stable key for the step at this position; ``ReplayDiverged`` if history differs,
+        ``Superseded`` if this delivery no longer holds the run."""
+        position = self._record(require_task(work).task, options.key)
+        if options.key is not None:
+            return options
+        return StepOptions(
+            key=step_key(self.run_id, position),
+            ttl=self.runs.retention_ms / 1000,
+            cache_errors=True,
+            cache_exceptions=True,
+            returns=options.returns,
+        )
+
+    def _record(self, task: str, key: str | None) -> int:
+        """This delivery's next position in the run's history, checked against what earlier
+        deliveries recorded there; ``Superseded`` if this delivery no longer holds the run."""
+        self.lease.check()
         position = len(self.asked)
-        task = require_task(work).task
-        entry = f"{task}|{options.key or ''}"
+        entry = f"{task}|{key or ''}"
         if position < len(self.history) and self.history[position] != entry:
             was_task, _, was_key = self.history[position].partition("|")
             raise ReplayDiverged(
                 f"workflow run {self.run_id} diverged from its history at dispatched step "
                 f"#{position}: it recorded task {was_task} with key {was_key or '(none)'!s}, "
-                f"this replay asked for task {task} with key {options.key or '(none)'!s}. "
+                f"this replay asked for task {task} with key {key or '(none)'!s}. "
                 "A workflow must ask for its dispatched steps in the same order on every "
                 "replay (no branching on the clock, randomness or data read outside steps)."
             )
         self.asked.append(entry)
-        if options.key is not None:
-            return options
-        return StepOptions(
-            key=step_key(self.run_id, position),
-            ttl=RUN_TTL_MS / 1000,
-            cache_errors=True,
-            cache_exceptions=True,
-            returns=options.returns,
+        return position
+
+    def sleep(self, seconds: float, key: str | None) -> None:
+        """``step.sleep``: the run sleeps as a batch of its own, resumed by a message sent
+        with a countdown (and by the reconciler if that message is lost); a replay past
+        the wake time goes on."""
+        position = self._record(SLEEP_ENTRY, key)
+        timer = key or step_key(self.run_id, position)
+        history = [*self.asked, *self.history[len(self.asked) :]]
+        slept = self.runs.sleep(self.run_id, self.lease.epoch, history, timer, seconds)
+        if slept.kind == "go":
+            return
+        if slept.kind == "fenced" or slept.resume is None:
+            raise Superseded(f"run {self.run_id}: epoch {self.lease.epoch} no longer holds it")
+        send_resume(self.app, self.run_id, slept.batch, slept.resume, slept.delay_ms / 1000)
+        raise Suspended(self.run_id, slept.batch, [])
+
+    def wait_event(self, name: str, timeout: float | None, key: str | None) -> Result[Any, Any]:
+        """``step.wait_event``: the event's payload, or the run waits for it (suspended as
+        ``waiting``, due at its deadline); past the deadline, an ``err`` saying so."""
+        event = event_key(name)
+        position = self._record(EVENT_ENTRY, key or event)
+        deadline = key or step_key(self.run_id, position)
+        raw = self.cache.flight.read(event)
+        if raw is not None:
+            return Envelope.loads(event, raw).to_result(event)
+        if timeout is not None and self.runs.deadline_passed(self.run_id, deadline):
+            return err(
+                UnexpectedError.from_exception(
+                    EventTimeout(
+                        f"workflow run {self.run_id}: event {name!r} did not arrive within "
+                        f"{timeout:g} s"
+                    )
+                )
+            )
+        epoch = self.lease.epoch
+        history = [*self.asked, *self.history[len(self.asked) :]]
+        batch = self.runs.prepare(self.run_id, epoch, history, [event])
+        if batch < 0:
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+        (joined,) = self.waiters.join_many([event], [""], [1.0], self.run_id, batch, send=False)
+        done = [event] if isinstance(joined, Done) else []
+        verdict = self.runs.arm(
+            self.run_id,
+            epoch,
+            batch,
+            done,
+            waiting=True,
+            deadline=deadline if timeout is not None else "",
+            timeout=timeout or 0.0,
         )
+        if verdict == "fenced":
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+        if verdict != "go":
+            raise Suspended(self.run_id, batch, [event])
+        # sent while this run was joining: it carries on with the payload
+        raw = joined.outcome if isinstance(joined, Done) else self.cache.flight.read(event)
+        if raw is None:
+            raise RuntimeError(
+                f"event {name!r} was committed, then deleted, as run {self.run_id} read it"
+            )
+        return Envelope.loads(event, raw).to_result(event)
 
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         for sig, _ in works:
@@ -118,7 +193,10 @@ class SuspendingDispatcher(CeleryDispatcher):
         pending = list(unique.values())
         keys = [p.key for p in pending]
         history = [*self.asked, *self.history[len(self.asked) :]]
-        batch = self.runs.prepare(self.run_id, history, keys)
+        epoch = self.lease.epoch
+        batch = self.runs.prepare(self.run_id, epoch, history, keys)
+        if batch < 0:
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         ids = [str(uuid.uuid4()) for _ in pending]
         ttls = [self._queued_ttl(p) for p in pending]
         states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
@@ -130,7 +208,9 @@ class SuspendingDispatcher(CeleryDispatcher):
             elif isinstance(state, Joined) and state.send is not None:
                 to_send.append((p, state.send))
         self._publish(to_send)
-        verdict = self.runs.arm(self.run_id, batch, list(outcomes))
+        verdict = self.runs.arm(self.run_id, epoch, batch, list(outcomes))
+        if verdict == "fenced":
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         if verdict != "go":
             raise Suspended(self.run_id, batch, [k for k in keys if k not in outcomes])
         # every pending key committed while this run was joining: read them and carry on
@@ -152,11 +232,13 @@ def step_key(run_id: str, position: int) -> str:
 
 
 def history_keys(run_id: str, history: Sequence[str]) -> list[str]:
-    """The step keys a recorded history names, in order (derived ones included)."""
+    """The step keys a recorded history names, in order (derived ones included; timers
+    and events left out)."""
     keys = []
     for position, entry in enumerate(history):
-        key = entry.partition("|")[2]
-        keys.append(key or step_key(run_id, position))
+        task, _, key = entry.partition("|")
+        if task not in (SLEEP_ENTRY, EVENT_ENTRY):  # timers and events are read apart
+            keys.append(key or step_key(run_id, position))
     return keys
 
 

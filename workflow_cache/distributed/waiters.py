@@ -61,8 +61,11 @@ class Waiters:
         queued_ttls: Sequence[float],
         run_id: str,
         batch: int,
+        *,
+        send: bool = True,
     ) -> list[Done | Joined]:
-        """For each key: its stored outcome, or joined (and whether to send); one round trip."""
+        """For each key: its stored outcome, or joined (and whether to send; never when
+        ``send`` is False: something outside the fleet commits the key); one round trip."""
         if not keys:
             return []
         who = member(run_id, batch)
@@ -75,7 +78,7 @@ class Waiters:
                 k = space.for_step(key)
                 self._wait(
                     keys=[k.out, k.lock, k.queued, k.epoch, k.waiters],
-                    args=[task_id, max(1, round(ttl * 1000)), who, WAITERS_TTL_MS],
+                    args=[task_id, max(1, round(ttl * 1000)), who, WAITERS_TTL_MS, int(send)],
                     client=pipe,
                 )
             return pipe.execute()

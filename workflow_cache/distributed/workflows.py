@@ -32,7 +32,7 @@ from workflow_cache import settings
 from workflow_cache.cache.claims import ClaimTimeout
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
-from workflow_cache.distributed.replay import run_delivery
+from workflow_cache.distributed.replay import run_body, run_delivery
 from workflow_cache.distributed.runs import RunInfo, Runs, outcome_key
 from workflow_cache.distributed.steps import route
 from workflow_cache.distributed.waiters import Waiters
@@ -56,7 +56,8 @@ def workflow_task(
     block_timeout: float | None = None,
     **workflow_options: Any,
 ) -> Any:
-    """Register ``fn(step, *args, **kwargs)`` as a task that runs it as a workflow.
+    """Register ``fn(step, *args, **kwargs)`` (a function or an ``async def`` one) as a task
+    that runs it as a workflow.
 
     Use as ``workflow_task(app, fn)`` or ``@workflow_task(app)``. ``cache`` defaults to
     the one given to :func:`install`. ``suspend`` (default True): a pending dispatched
@@ -117,7 +118,7 @@ def workflow_task(
             None, cache=store, dispatcher=dispatcher, on_event=on_event, **workflow_options
         )
         try:
-            result = workflow(lambda step: fn(step, *args, **kwargs))
+            result = run_body(workflow, fn, args, kwargs)
         except ClaimTimeout as exc:  # past block_timeout: the workflow fails, saying why
             log.error("workflow %s[%s]: %s", task_name, self.request.id, exc)
             result = err(UnexpectedError.from_exception(exc))

@@ -1,28 +1,38 @@
--- KEYS: run (hash), steps (list), given (hash), out
--- ARGV: batch of this delivery (0 = first), task, args, kwargs, queue, ttl_ms
--- A delivery of workflow run W starts: done -> its outcome; a delivery for an older
--- batch (a stale resume) -> stale; otherwise the run is "running" and its recorded
--- history comes back in the same reply.
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' then
-  return {'done', redis.call('GET', KEYS[4]) or ''}
+-- KEYS: run (hash), steps (list), given (hash), pending (set), indexes...
+-- ARGV: run id, batch of this delivery (0 = first), task, args, kwargs, queue, lease_ms
+-- A delivery of run W starts. Finished (done or cancelled) -> its outcome; a delivery for
+-- an older batch (a stale resume) -> stale; another delivery holds a live lease -> busy.
+-- Otherwise this delivery takes the run: a new epoch (which fences every earlier one),
+-- a lease (renewed by run_renew), the run running, and its history in the same reply.
+local run = KEYS[1]
+local state = redis.call('HGET', run, 'state')
+if state == 'done' or state == 'cancelled' then
+  return {'done', redis.call('HGET', run, 'outcome') or ''}
 end
-local batch = tonumber(redis.call('HGET', KEYS[1], 'batch') or '0')
-local asked = tonumber(ARGV[1])
+local batch = tonumber(redis.call('HGET', run, 'batch') or '0')
+local asked = tonumber(ARGV[2])
 if state and asked ~= batch and state ~= 'suspending' then
   return {'stale', batch}
 end
+local now = now_ms()
+if LEASED[state] and tonumber(redis.call('HGET', run, 'lease') or '0') > now then
+  return {'busy', batch}
+end
 if not state then
-  redis.call('HSET', KEYS[1], 'task', ARGV[2], 'args', ARGV[3], 'kwargs', ARGV[4],
-    'queue', ARGV[5], 'batch', 0, 'replays', 0)
+  redis.call('HSET', run, 'task', ARGV[3], 'args', ARGV[4], 'kwargs', ARGV[5],
+    'queue', ARGV[6], 'batch', 0, 'replays', 0, 'epoch', 0, 'started', now)
 end
-local replays = tonumber(redis.call('HGET', KEYS[1], 'replays') or '0')
+local replays = tonumber(redis.call('HGET', run, 'replays') or '0')
 if asked > 0 then
-  replays = redis.call('HINCRBY', KEYS[1], 'replays', 1)
+  replays = redis.call('HINCRBY', run, 'replays', 1)
 end
-redis.call('HSET', KEYS[1], 'state', 'running')
-for i = 1, 3 do
-  redis.call('PEXPIRE', KEYS[i], ARGV[6])
+local epoch = redis.call('HINCRBY', run, 'epoch', 1)
+local lease = now + tonumber(ARGV[7])
+redis.call('HSET', run, 'lease', lease, 'checks', 0)
+enter(run, state, 'running', now)
+redis.call('ZADD', DUE, lease, RUN_ID)
+for i = 1, 4 do
+  redis.call('PERSIST', KEYS[i])
 end
 return {'run', batch, replays, redis.call('LRANGE', KEYS[2], 0, -1),
-  redis.call('HGETALL', KEYS[3])}
+  redis.call('HGETALL', KEYS[3]), epoch}

@@ -1,8 +1,18 @@
--- KEYS: run, out, pending   ARGV: outcome, channel, ttl_ms (record and outcome)
--- The run is done: its outcome is stored under its own key and announced.
-redis.call('HSET', KEYS[1], 'state', 'done')
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
-redis.call('DEL', KEYS[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[2], 'o' .. ARGV[1])
+-- KEYS: run, pending, steps, given, indexes...   ARGV: run id, epoch, outcome, retention_ms
+-- The delivery holding epoch ends the run: done, its outcome in the record, out of the
+-- due index, the record kept for the retention. 0 when the delivery is fenced (a later
+-- delivery took the run, or it was cancelled). The caller then writes ``run:<id>``.
+local run = KEYS[1]
+local state = redis.call('HGET', run, 'state')
+if not holds(run, ARGV[2]) or state ~= 'running' then
+  return 0
+end
+enter(run, state, 'done', now_ms())
+redis.call('HSET', run, 'outcome', ARGV[3])
+redis.call('HDEL', run, 'lease')
+redis.call('ZREM', DUE, RUN_ID)
+redis.call('DEL', KEYS[2])
+for i = 1, 4 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
 return 1

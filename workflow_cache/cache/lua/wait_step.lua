@@ -1,5 +1,6 @@
 -- KEYS: out, lock, queued, epoch, waiters
--- ARGV: task_id, queued_ttl_ms, member ("<run id>|<batch>"), waiters_ttl_ms
+-- ARGV: task_id, queued_ttl_ms, member ("<run id>|<batch>"), waiters_ttl_ms,
+--       send ('0': nothing to send, e.g. an event that only send_event commits)
 -- enqueue for a suspending workflow: outcome stored -> done; otherwise the workflow joins
 -- the key's waiter set in this same step (so the commit, which moves that set, cannot be
 -- missed), and sends the message when nothing is queued or running yet.
@@ -9,6 +10,9 @@ if out then
 end
 redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('PEXPIRE', KEYS[5], ARGV[4])
+if ARGV[5] == '0' then
+  return {'busy', 'external'}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'busy', 'claimed'}
 end

@@ -1,0 +1,173 @@
+"""What durability costs: the reconciler's tick, a step's overhead, a timer's lateness.
+
+    python benchmarks/bench_durable.py [--suspended 10000] [--runs 200] [--naps 50]
+
+Starts its own redis-server (and, for parts 2 and 3, one ``celery -A tests.celery_app
+worker`` on the workflows and steps queues, prefork pool, 4 slots: with the threads
+pool, Celery acknowledges an ignored message only at the event loop's next wake-up, so
+suspended deliveries fill the prefetch window for seconds).
+
+1. reconciler cost: Redis commands of one tick (``INFO`` total_commands_processed,
+   before and after) with 10 runs due, beside --suspended runs that are suspended and
+   not due, then 10 times as few. Target: the same count, whatever the number of runs
+   not yet due.
+2. durable overhead: --runs workflow runs of 5 trivial dispatched steps, end to end,
+   against a plain Celery ``chain`` of the same 5 tasks on the same worker, in
+   interleaved rounds. Target: at most 2x the chain's time.
+3. wake-up delay of ``step.sleep(1)``: for --naps runs, the time from the timer's wake
+   time (in the run's record) to the replay that got past it. Target: p99 under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import RedisServer  # noqa: E402
+from tests.workers import CeleryWorker, wait_ready  # noqa: E402
+
+APP_MODULE = "tests.celery_app"
+DUE = 10
+
+
+def load_app(env: dict[str, str]) -> ModuleType:
+    os.environ.update(env)
+    return importlib.import_module(APP_MODULE)
+
+
+def commands(client: Any) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def tick_cost(module: ModuleType, suspended: int) -> tuple[int, int]:
+    """(runs looked at, Redis commands) of one reconciler tick beside ``suspended`` idle runs."""
+    from workflow_cache import RedisCache
+    from workflow_cache.distributed.reconciler import Reconciler
+    from workflow_cache.distributed.runs import Resume, Runs
+
+    cache = RedisCache(module.settings.cache, namespace=f"tick-{uuid.uuid4().hex[:6]}")
+    flow = Resume("bench.flow", [], {}, "bench-nobody")
+    idle = Runs(cache.flight, recheck=3600)
+    pipe_size = 500
+    for start in range(0, suspended, pipe_size):
+        for i in range(start, min(suspended, start + pipe_size)):
+            begun = idle.begin(f"idle-{i}", 0, flow)
+            batch = idle.prepare(f"idle-{i}", begun.epoch, ["t|k"], [f"k{i}"])
+            idle.arm(f"idle-{i}", begun.epoch, batch, [])
+    quick = Runs(cache.flight, lease=0.001)
+    for i in range(DUE):
+        quick.begin(f"due-{i}", 0, flow)
+    while len(quick.due(DUE + 1)) < DUE:
+        time.sleep(0.01)
+    reconciler = Reconciler(module.app, cache, interval=60)
+    client = cache.flight.client
+    before = commands(client)
+    tick = reconciler.tick()
+    after = commands(client)
+    cache.close()
+    assert tick is not None
+    return tick.looked, after - before - 1  # the second INFO counts itself
+
+
+def overhead(module: ModuleType, runs: int, rounds: int = 4) -> tuple[float, float]:
+    from celery import chain
+
+    from workflow_cache.distributed import result_of
+
+    durable = plain = 0.0
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        tags = [uuid.uuid4().hex[:10] for _ in range(per_round)]
+        started = time.perf_counter()
+        sent = [
+            chain(*(module.work.si(f"c{t}:{i}", 0.0, i) for i in range(5))).delay() for t in tags
+        ]
+        for s in sent:
+            s.get(timeout=600)
+        plain += time.perf_counter() - started
+        started = time.perf_counter()
+        flows = [module.five_steps.delay(t) for t in tags]
+        for f in flows:
+            assert result_of(f, timeout=600).ok
+        durable += time.perf_counter() - started
+    return durable, plain
+
+
+def lateness(module: ModuleType, naps: int) -> list[float]:
+    from workflow_cache.distributed import result_of
+    from workflow_cache.distributed.runs import Runs
+    from workflow_cache.distributed.suspend import step_key
+
+    runs = Runs(module.cache.flight)
+    tags = [uuid.uuid4().hex[:10] for _ in range(naps)]
+    sent = [module.nap_only.delay(t, 1.0) for t in tags]
+    late = []
+    for tag, s in zip(tags, sent, strict=True):
+        assert result_of(s, timeout=120).ok
+        wake = module._redis.hget(runs.keys(s.id).run, f"timer:{step_key(s.id, 0)}")
+        woke = float(module._redis.lindex(f"woke:{tag}", 0))
+        late.append(woke - int(wake) / 1000)
+    return sorted(late)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suspended", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--naps", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp))
+        env = {
+            "WORKFLOW_CACHE_BROKER": server.url,
+            "WORKFLOW_CACHE_NAMESPACE": "bench-durable",
+        }
+        module = load_app(env)
+        worker = CeleryWorker(
+            APP_MODULE,
+            "fleet",
+            f"{module.settings.workflow_queue},{module.settings.step_queue}",
+            env,
+            pool="prefork",
+            concurrency=4,
+            log=Path(tmp) / "worker.log",
+        )
+        try:
+            print("1. reconciler: Redis commands of one tick with 10 runs due")
+            tick_cost(module, 0)  # loads the scripts
+            for n in (args.suspended, args.suspended // 10):
+                looked, spent = tick_cost(module, n)
+                print(
+                    f"   beside {n:6d} suspended runs not due: {looked} looked at, {spent} commands"
+                )
+            wait_ready(module.app, [worker])
+            durable, plain = overhead(module, args.runs)
+            print(f"2. {args.runs} runs of 5 dispatched steps, one worker (prefork, 4 slots)")
+            print(f"   chain (baseline): {plain:6.2f} s   durable runs: {durable:6.2f} s")
+            print(f"   ratio durable/chain: {durable / plain:.2f}x (target at most 2x)")
+            late = lateness(module, args.naps)
+            p99 = late[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
+            print(f"3. step.sleep(1) in {len(late)} runs: lateness after the wake time")
+            print(
+                f"   median {statistics.median(late) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+                f"max {late[-1] * 1000:.0f} ms (target p99 under 1 s)"
+            )
+        finally:
+            worker.stop()
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+-- Prepended to every run script (runs.py). The last 7 KEYS are the run indexes of the
+-- namespace: one sorted set per state (run_states.STATES order, scored by when the run
+-- entered it) and the due set (scored by when the reconciler must look at the run).
+-- ARGV[1] is always the run id, the member of those sets.
+local STATE_NAMES = {'running', 'suspending', 'suspended', 'sleeping', 'waiting', 'resuming',
+  'done', 'cancelled'}
+local INDEX = {}
+for i, name in ipairs(STATE_NAMES) do
+  INDEX[name] = KEYS[#KEYS - #STATE_NAMES - 1 + i]
+end
+local DUE = KEYS[#KEYS]
+local RUN_ID = ARGV[1]
+local LIVE = {running = true, suspending = true, suspended = true, sleeping = true,
+  waiting = true, resuming = true}
+local PARKED = {suspended = true, waiting = true}
+local LEASED = {running = true, suspending = true}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- the run enters state `to` (from `from`, or from nothing): record and indexes at once
+local function enter(run, from, to, now)
+  if from and INDEX[from] and from ~= to then
+    redis.call('ZREM', INDEX[from], RUN_ID)
+  end
+  redis.call('ZADD', INDEX[to], now, RUN_ID)
+  redis.call('HSET', run, 'state', to, 'since', now)
+end
+
+-- a time written once in the record (a timer's wake-up, an event's deadline): the first
+-- ask sets it `ms` from now, every replay reads the same
+local function once(run, field, now, ms)
+  local at = tonumber(redis.call('HGET', run, field) or '0')
+  if at == 0 then
+    at = now + tonumber(ms)
+    redis.call('HSET', run, field, at)
+  end
+  return at
+end
+
+local function holds(run, epoch)
+  return redis.call('HGET', run, 'epoch') == epoch
+end

@@ -1,0 +1,165 @@
+"""The fleet's reconciler: runs are resumed from state, not only from one message.
+
+A resume message can be lost (a broker restarted without fsync, a committer killed
+after it took a key's handoff set) and a delivery can die with its machine. The run
+record says what should happen next, so each worker's main process runs a
+``Reconciler`` thread; once per ``reconcile_interval`` one of them (a lock in Redis,
+never released, expiring with the interval) looks at the runs whose due time has come
+(``ZRANGEBYSCORE`` with ``LIMIT`` on the due index: never a scan) and does what
+``run_states.due_action`` says:
+
+- a delivery whose lease lapsed, and a run resumed but not yet begun: its task is sent
+  again for its current batch (``begin`` fences the old delivery, and a duplicate of a
+  live one is dropped as busy or stale);
+- a suspended run: its pending keys are read, and those already committed arrive as
+  their commit would have made them, which resumes the run when it empties the batch.
+
+Each look pushes the run's due time further (doubling up to a minute while it stays
+suspended), so a tick costs what the due runs cost, whatever the number of runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from workflow_cache import settings
+from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.resume import send_resume
+from workflow_cache.distributed.run_states import due_action
+from workflow_cache.distributed.runs import Runs
+
+log = logging.getLogger(__name__)
+
+TICK_LIMIT = 500
+"""The most due runs one tick looks at; the rest stay due for the next tick."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What one tick did: runs looked at, tasks sent again, runs resumed from state."""
+
+    looked: int = 0
+    resent: int = 0
+    resumed: int = 0
+
+
+class Reconciler:
+    """Looks at the due runs of one cache's namespace, once per ``interval`` per fleet."""
+
+    def __init__(
+        self, app: Celery, cache: RedisCache, *, interval: float, limit: int = TICK_LIMIT
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"reconcile interval must be positive, got {interval}")
+        self.app = app
+        self.cache = cache
+        self.interval = interval
+        self.limit = limit
+        self.runs = Runs(cache.flight)
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> Tick | None:
+        """One look at the due runs, or None when another process had this interval."""
+        flight = self.cache.flight
+        interval_ms = max(1, round(self.interval * 1000))
+        took = flight.claims.call(
+            lambda: flight.client.set(self.runs.lock_key, self.token, nx=True, px=interval_ms)
+        )
+        if not took:
+            return None
+        return self.settle_due()
+
+    def settle_due(self) -> Tick:
+        """Settle every due run now (what a tick does once it holds the interval)."""
+        looked = resent = resumed = 0
+        for run_id in self.runs.due(self.limit):
+            looked += 1
+            try:
+                sent, woke = self.settle(run_id)
+            except Exception as exc:  # one odd record must not stop the others
+                log.warning("run %s: reconciler could not settle it: %s", run_id, exc)
+                continue
+            resent += sent
+            resumed += woke
+        self.runs.forget_finished(self.runs.now_ms() - self.runs.retention_ms)
+        return Tick(looked, resent, resumed)
+
+    def settle(self, run_id: str) -> tuple[int, int]:
+        """Do what the run's state asks for; returns (tasks re-sent, runs resumed)."""
+        due = self.runs.look(run_id)
+        action = due_action(due.state, due.lease_lapsed)
+        if action == "resend" and due.resume is not None:
+            log.info("run %s: %s; its task is sent again", run_id, _why(due.state))
+            send_resume(self.app, run_id, due.batch, due.resume)
+            return 1, 0
+        if action != "check" or not due.pending:
+            return 0, 0
+        stored = self.cache.flight.read_many(due.pending)
+        for key, raw in zip(due.pending, stored, strict=True):
+            if raw is None:
+                continue
+            resume = self.runs.arrive(run_id, due.batch, key, b"")
+            if resume is not None:
+                log.info("run %s: its keys are all committed; resumed from state", run_id)
+                send_resume(self.app, run_id, due.batch, resume)
+                return 0, 1
+        return 0, 0
+
+    def start(self) -> None:
+        """Tick every ``interval`` in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="wfc-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self.interval + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # Redis away for a while: try again next interval
+                log.warning("run reconciler tick failed: %s", exc)
+            self._stop.wait(self.interval)
+
+
+def reconcile_in_workers(app: Celery, cache: RedisCache) -> None:
+    """Run a :class:`Reconciler` in the main process of every worker of ``app``."""
+    running: dict[str, Reconciler] = {}
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app or "it" in running:
+            return
+        interval = settings.current().reconcile_interval
+        running["it"] = reconciler = Reconciler(app, cache, interval=interval)
+        reconciler.start()
+
+    def on_shutdown(sender: Any = None, **_: Any) -> None:
+        reconciler = running.pop("it", None)
+        if reconciler is not None:
+            reconciler.stop()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+
+
+def _why(state: str) -> str:
+    if state == "cancelled":
+        return "cancelled (a last delivery reports its outcome)"
+    if state == "resuming":
+        return "resumed but not begun (its resume may be lost)"
+    return "the lease of its delivery lapsed (the worker died or stalled)"
