@@ -1,6 +1,8 @@
 """Celery glue: steps dispatched to workers, whole workflows enqueued by producers."""
 
+from workflow_cache.distributed.cancel import RunCancelled, cancel_run, cancel_run_async
 from workflow_cache.distributed.dispatcher import CeleryDispatcher, StepWaitTimeout
+from workflow_cache.distributed.events import EventTimeout, send_event, send_event_async
 from workflow_cache.distributed.fleet import fleet_app
 from workflow_cache.distributed.runs import RunEvent, RunInfo
 from workflow_cache.distributed.signature_key import signature_key
@@ -16,15 +18,21 @@ from workflow_cache.distributed.workflows import (
 
 __all__ = [
     "CeleryDispatcher",
+    "EventTimeout",
     "ReplayDiverged",
+    "RunCancelled",
     "RunEvent",
     "RunInfo",
     "StepWaitTimeout",
+    "cancel_run",
+    "cancel_run_async",
     "fleet_app",
     "install",
     "outcome_of",
     "result_of",
     "run_info",
+    "send_event",
+    "send_event_async",
     "signature_key",
     "waiting_on",
     "workflow_task",
