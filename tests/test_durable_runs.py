@@ -7,6 +7,7 @@ alone, the runs a lost message or a dead machine would strand.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,14 @@ def test_a_keyed_local_sleep_does_not_sleep_again(monkeypatch, tmp_path) -> None
 
     asked: list[float] = []
     real = step_module.time.sleep
-    monkeypatch.setattr(step_module.time, "sleep", lambda s: asked.append(s) or real(s))
+    me = threading.get_ident()  # time.sleep is patched process-wide: count this thread's
+
+    def sleep(seconds: float) -> None:
+        if threading.get_ident() == me:
+            asked.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(step_module.time, "sleep", sleep)
     workflow = create_workflow({}, cache=LocalCache(tmp_path))
     assert workflow(lambda step: step.sleep(0.05, key="nap") or "up").value == "up"
     assert len(asked) == 1 and 0 < asked[0] <= 0.05
