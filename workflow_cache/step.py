@@ -12,11 +12,12 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal, Protocol, cast
 
 from workflow_cache import pacing
+from workflow_cache.awaits import refuse_awaitables
 from workflow_cache.dispatch import Dispatcher, is_signature, member_keys, no_dispatcher
 from workflow_cache.drive import Plan, drive_async, drive_sync
 from workflow_cache.duration import TTL, to_seconds
@@ -613,32 +614,10 @@ def _stored(result: Result[Any, Any], options: StepOptions) -> tuple[Envelope, R
         stored = Envelope.from_result(key, result, ttl=options.ttl, returns=options.returns)
         text = stored.dumps(key)
     except NotStorableError:
-        _refuse_awaitables(key, result)
+        refuse_awaitables(result.value if result.ok else result.error, f"step {key!r}")
         raise
     back = Envelope.from_data(key, json.loads(text))
     return stored, back.to_result(key, options.returns)
-
-
-def _refuse_awaitables(key: str, result: Result[Any, Any]) -> None:
-    """An awaitable where a value belongs is a missing ``await``: a ``TypeError`` naming
-    it, as an unkeyed step gives, rather than an error about JSON."""
-    value = result.value if result.ok else result.error
-    inner: Iterable[Any] = ()
-    if isinstance(value, dict):
-        inner = value.values()
-    elif isinstance(value, list | tuple):
-        inner = value
-    found = [item for item in (value, *inner) if inspect.isawaitable(item)]
-    if not found:
-        return
-    for item in found:
-        if inspect.iscoroutine(item):
-            item.close()  # closed, so Python does not also warn that it was never awaited
-    raise TypeError(
-        f"step {key!r} returned {found[0]!r} where a value was expected: a step in an "
-        "async workflow must be awaited (`value = await step(...)`, "
-        "`values = await step.all(...)`)"
-    ) from None
 
 
 def _unwrap(result: Result[Any, Any]) -> Any:

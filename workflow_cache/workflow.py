@@ -6,15 +6,16 @@ import inspect
 import threading
 import warnings
 from collections.abc import Callable, Coroutine
-from types import CoroutineType, FunctionType
+from types import FunctionType
 from typing import Any, overload
 
 from workflow_cache import pacing
+from workflow_cache.awaits import refuse_awaitables
 from workflow_cache.dispatch import Dispatcher
 from workflow_cache.duration import TTL, to_seconds
 from workflow_cache.events import EventHook
 from workflow_cache.options import StepDefaults
-from workflow_cache.result import Result, ok
+from workflow_cache.result import Err, Ok, Result, is_result, ok
 from workflow_cache.retries import NO_RETRIES, retry_policy
 from workflow_cache.step import CachingSkippedWarning, EarlyExit, Step
 from workflow_cache.store import OutcomeStore, as_store
@@ -158,47 +159,11 @@ def _wants_deps(fn: Callable[..., Any]) -> bool:
 
 
 def _as_result(value: Any, *, deep: bool = True) -> Result[Any, Any]:
-    _refuse_awaitables(value, deep)
-    return value if isinstance(value, Result) else ok(value)
+    """``deep`` (async workflows, whose steps return coroutines) also looks one level in."""
+    if deep or type(value) not in _PLAIN:
+        refuse_awaitables(value, "the workflow function", deep=deep)
+    return value if is_result(value) else ok(value)
 
 
-_PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, Result})
+_PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, Ok, Err})
 """Types that are never awaitable: a sync workflow's result of one of them needs no check."""
-
-
-def _refuse_awaitables(value: Any, deep: bool) -> None:
-    """A coroutine where a value belongs is a missing ``await``: say so instead of
-    returning ``ok(<coroutine ...>)`` with only a ``RuntimeWarning``.
-
-    ``deep`` (async workflows, whose steps return coroutines) also looks one level into
-    a returned list, tuple, dict or ``Result``.
-    """
-    if not deep and type(value) in _PLAIN:
-        return
-    items: Any = ()
-    if not deep:
-        pass
-    elif isinstance(value, Result):
-        items = (value.value, value.error)
-    elif isinstance(value, list | tuple):
-        items = value
-    elif isinstance(value, dict):
-        items = value.values()
-    if not inspect.isawaitable(value) and not any(type(item) is CoroutineType for item in items):
-        return
-    for item in (value, *items):
-        if inspect.isawaitable(item):
-            _close_all(value, items)
-            raise TypeError(
-                f"the workflow function returned {item!r} where a value was expected: "
-                "a step in an async workflow must be awaited (`value = await step(...)`, "
-                "`values = await step.all(...)`)"
-            )
-
-
-def _close_all(value: Any, items: Any) -> None:
-    """Close the unawaited coroutines so Python does not also warn about them."""
-    for item in (value, *items):
-        close = getattr(item, "close", None)
-        if inspect.iscoroutine(item) and callable(close):
-            close()
