@@ -256,6 +256,10 @@ class Holder(Hold):
         (see :meth:`Hold.committing`)."""
         return self._run(self.committing(outcome, ttl_ms, keep))
 
+    def recommit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
+        """The same fenced commit again, after one that could not reach Redis."""
+        return self._run(self.recommitting(outcome, ttl_ms, keep))
+
     def release(self) -> bool:
         """Give up without an outcome so a waiter runs the step now; False if already lost."""
         return self._run(self.releasing())

@@ -496,13 +496,17 @@ class Hold:
         waiters are told now rather than when the lease runs out.
         """
         self.finish()
-        call = Rules.commit(self.keys, self.claim, outcome, ttl_ms, keep)
         try:
-            reply = int((yield call) or 0)
+            return (yield from self.recommitting(outcome, ttl_ms, keep))
         except CacheUnavailable:
             with contextlib.suppress(CacheUnavailable):
                 yield Rules.release(self.keys, self.claim)
             raise
+
+    def recommitting(self, outcome: bytes | str, ttl_ms: int | None, keep: bool) -> Plan[bool]:
+        """The fenced commit alone: also the same commit tried again, once Redis answers,
+        by a holder whose first commit could not reach it."""
+        reply = int((yield Rules.commit(self.keys, self.claim, outcome, ttl_ms, keep)) or 0)
         self.handed_over = reply == 2
         if not reply:
             self.lost = True

@@ -43,7 +43,6 @@ from kombu.utils.imports import symbol_by_name
 from workflow_cache import metrics, tracing
 from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running, SingleFlight
 from workflow_cache.cache.messages import StepMessages
-from workflow_cache.cache.protocol import Rules
 from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
@@ -280,9 +279,8 @@ def _commit(
             tracing.end(run.span, released=True)
             return
         # The same fenced commit again once Redis answers: it lands if nobody took over.
-        call = Rules.commit(holder.keys, holder.claim, text, ttl_ms, keep)
-        reply = int(patiently(runner, header.key, "committing", lambda: flight.claims.run(call)))
-        committed, holder.handed_over = reply > 0, reply == 2
+        again = functools.partial(holder.recommit, text, ttl_ms, keep)
+        committed = patiently(runner, header.key, "committing", again)
     metrics.commit(header.ns, envelope.status, time.perf_counter() - run.begun, accepted=committed)
     tracing.end(run.span, status=envelope.status, committed=committed, stored=keep)
     if not committed:
