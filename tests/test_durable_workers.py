@@ -1,12 +1,14 @@
 """Durable runs on real ``celery worker`` processes: nothing depends on one message.
 
-A resume deleted from the broker and a workflow worker killed mid-replay (with the
-default one-hour visibility timeout) are both repaired by the fleet's reconciler from
-the run's record.
+A resume deleted from the broker, a workflow worker killed mid-replay and a step worker
+killed whole mid-step (with the default one-hour visibility timeout) are all repaired
+by the fleet's reconciler from the run's record; a key committed by a producer's own
+local step resumes its runs through the workers' handoff listener.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -15,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import pytest
 
 from tests.test_workflows_suspend import workers as started
 from tests.waiting import wait_until
@@ -29,15 +34,17 @@ INTERVAL = 0.5
 
 
 @contextmanager
-def durable_app(redis_url: str) -> Iterator[tuple[ModuleType, dict[str, str]]]:
+def durable_app(
+    redis_url: str, app: str = "tests.celery_app", *, recheck: float = 1.0
+) -> Iterator[tuple[ModuleType, dict[str, str]]]:
     env = {
         "WORKFLOW_CACHE_BROKER": redis_url,
         "WORKFLOW_CACHE_NAMESPACE": f"dur-{uuid.uuid4().hex[:8]}",
         "WORKFLOW_CACHE_LEASE": str(LEASE),
         "WORKFLOW_CACHE_RECONCILE_INTERVAL": str(INTERVAL),
-        "WORKFLOW_CACHE_RUN_RECHECK": "1.0",
+        "WORKFLOW_CACHE_RUN_RECHECK": str(recheck),
     }
-    with configured_test_app(env) as module:
+    with configured_test_app(env, app) as module:
         yield module, env
 
 
@@ -176,8 +183,16 @@ def test_the_same_task_id_enqueued_three_times_runs_once(redis_url, tmp_path: Pa
         assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1
 
 
-def test_a_local_commit_resumes_the_runs_waiting_on_its_key(redis_url, tmp_path: Path) -> None:
-    with durable_app(redis_url) as (module, env):
+NEVER = 600.0
+"""A recheck delay no test waits for: a run resumed sooner was not resumed by the
+reconciler's recheck."""
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_local_commit_resumes_the_runs_waiting_on_its_key_at_once(
+    redis_url, tmp_path: Path, face: str
+) -> None:
+    with durable_app(redis_url, recheck=NEVER) as (module, env):
         queue = module.settings.workflow_queue
         flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
         with started(module, flows):
@@ -185,11 +200,74 @@ def test_a_local_commit_resumes_the_runs_waiting_on_its_key(redis_url, tmp_path:
             r = module.awaits_nobody.delay(key)
             wait_until(lambda: waiting_on(module.cache, key) == [r.id], "the run to wait")
             local = create_workflow(None, cache=module.cache)
-            assert local(lambda step: step(lambda: "made here", key=key)).value == "made here"
+            if face == "sync":
+                made = local(lambda step: step(lambda: "made here", key=key))
+            else:
+
+                async def body(step: Any) -> object:
+                    return await step(lambda: "made here", key=key)
+
+                made = asyncio.run(local(body))
+            assert made.value == "made here"
             committed = time.monotonic()
+            # the reconciler would look at the run only NEVER seconds after it suspended:
+            # what resumes it is the worker's handoff listener, told by the commit
             outcome = outcome_of(module.cache, r.id, timeout=60)
-            print(f"\nlocal commit: the run finished {time.monotonic() - committed:.1f} s later")
+            took = time.monotonic() - committed
+            print(f"\nlocal {face} commit: the run finished {took:.2f} s later")
         assert outcome.ok and outcome.value == "made here"
+        assert not waiting_on(module.cache, key)
+        assert "resumed from state" not in (tmp_path / "f.log").read_text()
+
+
+def test_a_step_worker_killed_whole_mid_step_is_sent_again(redis_url, tmp_path: Path) -> None:
+    """kill -9 of a step worker's main process and pool: its message comes back only after
+    the broker's visibility timeout (an hour), so the reconciler sends the run again."""
+    log = tmp_path / "steps.log"
+    log.touch()
+    with durable_app(redis_url, "tests.chaos_app") as (module, env):
+        queue = module.settings.workflow_queue
+
+        def steps(name: str) -> CeleryWorker:
+            return CeleryWorker(
+                "tests.chaos_app", name, "steps", env, pool="prefork", log=tmp_path / "s.log"
+            )
+
+        victim = steps("steps-1")
+        flows = CeleryWorker("tests.chaos_app", "flows", queue, env, log=tmp_path / "f.log")
+        with started(module, victim, flows) as running:
+            key = f"whole-{uuid.uuid4().hex[:10]}"
+            r = module.single.delay(key, 600.0, str(log))
+            pid = int(wait_until(lambda: _started_by(log, key), "the step to start").pop())
+            children = victim.children()
+            assert pid in children  # the pool process runs it
+            os.kill(victim.pid, signal.SIGKILL)
+            for child in children:
+                os.kill(child, signal.SIGKILL)
+            killed = time.monotonic()
+            victim.proc.wait(timeout=10)
+            running.remove(victim)
+            spare = steps("steps-2")
+            running.append(spare)
+            wait_ready(module.app, [spare])
+            outcome = outcome_of(module.cache, r.id, timeout=120)
+            print(
+                f"\nstep worker killed whole: the run finished {time.monotonic() - killed:.1f} s "
+                f"after the kill (lease {LEASE} s, reconciler every {INTERVAL} s)"
+            )
+        assert outcome.ok and outcome.value == key
+        ran_in = _started_by(log, key)
+        assert ran_in[0] == str(pid) and len(ran_in) == 2  # once more, in another process
+        assert int(ran_in[1]) not in (victim.pid, *children)
+
+
+def _started_by(log: Path, key: str) -> list[str]:
+    """Process ids of the executions of ``key`` so far, in order."""
+    return [
+        line.split()[3]
+        for line in log.read_text().splitlines()
+        if line.startswith("start ") and line.split()[1] == key
+    ]
 
 
 def test_an_async_workflow_task_suspends_and_replays(redis_url, tmp_path: Path) -> None:

@@ -72,6 +72,14 @@ class CeleryWorker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        """Process ids of the worker's pool (its direct children), now."""
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
     def kill(self) -> None:
         if self.alive():
             self.proc.kill()
@@ -108,8 +116,11 @@ def wait_ready(app: Celery, workers: list[CeleryWorker], timeout: float = 60.0) 
 
 
 @contextmanager
-def configured_test_app(env: dict[str, str]) -> Iterator[ModuleType]:
-    """``tests.celery_app`` configured from ``env`` (it reads its settings at import).
+def configured_test_app(
+    env: dict[str, str], module: str = "tests.celery_app"
+) -> Iterator[ModuleType]:
+    """``module`` (``tests.celery_app``) configured from ``env`` (it reads its settings at
+    import).
 
     The variables are set for the block and restored after it; worker
     subprocesses get the same ``env`` explicitly.
@@ -117,4 +128,4 @@ def configured_test_app(env: dict[str, str]) -> Iterator[ModuleType]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        yield importlib.reload(importlib.import_module("tests.celery_app"))
+        yield importlib.reload(importlib.import_module(module))

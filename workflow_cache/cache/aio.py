@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from workflow_cache.cache.clients import pubsub_connection
+from workflow_cache.cache.handoffs import handoff_channel, handoff_notice
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.notices_async import AsyncListener, AsyncWatch
@@ -45,10 +47,13 @@ from workflow_cache.cache.protocol import (
 )
 from workflow_cache.cache.reaching import Reaching
 from workflow_cache.drive import drive_async
+from workflow_cache.store import CacheUnavailable
 
 __all__ = ["AsyncFlight", "AsyncHolder", "AsyncListener"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 
 class AsyncHolder(Hold):
@@ -75,8 +80,18 @@ class AsyncHolder(Hold):
         self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True
     ) -> bool:
         """Fenced: store (if ``keep``) and announce ``outcome``, hand over the workflow
-        runs suspended on the key; False if a successor took over."""
-        return await self._run(self.committing(outcome, ttl_ms, keep))
+        runs suspended on the key (announced on the handoff channel: no Celery app
+        here sends their resumes); False if a successor took over."""
+        committed = await self._run(self.committing(outcome, ttl_ms, keep))
+        if committed and self.handed_over:
+            notice = handoff_notice(self.key, None if keep else outcome)
+            channel = handoff_channel(self._flight.keyspace)
+            try:
+                with self._flight.reaching:
+                    await self._flight.client.publish(channel, notice)
+            except CacheUnavailable as exc:  # the commit stands; the reconciler finds them
+                log.warning("step %r: its waiting runs left to the reconciler: %s", self.key, exc)
+        return committed
 
     async def release(self) -> bool:
         """Give the claim up without an outcome; waiters claim at once."""

@@ -89,6 +89,7 @@ from workflow_cache.cache.clients import (
     pubsub_connection,
     read_many,
 )
+from workflow_cache.cache.handoffs import handoff_channel, handoff_notice
 from workflow_cache.cache.keys import Keys, KeySpace
 from workflow_cache.cache.leases import Renewer
 from workflow_cache.cache.lua import register
@@ -237,6 +238,9 @@ class Holder(Hold):
     def __init__(self, flight: SingleFlight, key: str, keys: Keys, claim: Claimed) -> None:
         super().__init__(flight.rules, key, keys, claim)
         self._flight = flight
+        self.hands_over = False
+        """True for a committer that resumes the runs its commit hands over itself (a
+        dispatched step's worker); any other announces them on the handoff channel."""
         flight.renewer().add(self)
 
     def _run(self, plan: Plan[_T]) -> _T:
@@ -254,7 +258,10 @@ class Holder(Hold):
     def commit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
         """Store (if ``keep``) and announce ``outcome``; False if a successor took over
         (see :meth:`Hold.committing`)."""
-        return self._run(self.committing(outcome, ttl_ms, keep))
+        committed = self._run(self.committing(outcome, ttl_ms, keep))
+        if committed and self.handed_over and not self.hands_over:
+            self._flight.announce_handoff(self.key, None if keep else outcome)
+        return committed
 
     def recommit(self, outcome: bytes | str, ttl_ms: int | None = None, keep: bool = True) -> bool:
         """The same fenced commit again, after one that could not reach Redis."""
@@ -412,6 +419,16 @@ class SingleFlight:
             listener.wait_live(watch, effect.confirm_s)
             return None
         return watching[-1][1].get(effect.seconds)
+
+    def announce_handoff(self, key: str, given: bytes | str | None = None) -> None:
+        """Tell the fleet that runs wait in ``key``'s handoff set (see ``handoffs.py``).
+        Never raises: the commit stands, and the reconciler finds the runs otherwise."""
+        notice = handoff_notice(key, given)
+        channel = handoff_channel(self.keyspace)
+        try:
+            self.claims.call(lambda: self.client.publish(channel, notice))
+        except CacheUnavailable as exc:
+            log.warning("step %r: its waiting runs left to the reconciler: %s", key, exc)
 
     def take_over_if_gone(self, key: str, state: Running) -> bool:
         """End ``state``'s claim if its holder's presence stays gone for the grace (see

@@ -192,6 +192,7 @@ def _call(
     if isinstance(started, Done | Running):
         log.debug("step %r: %s already, message %s acknowledged", header.key, started, request.id)
         raise Ignore()
+    started.hands_over = True  # the commit below resumes its waiting runs itself
     # A claim with epoch > 1 follows one that ended without an outcome (crash, release).
     takeover = started.epoch > 1
     metrics.claim_acquired(header.ns, time.perf_counter() - begun, waited=False, takeover=takeover)

@@ -12,10 +12,15 @@ never released, expiring with the interval) looks at the runs whose due time has
   again for its current batch (``begin`` fences the old delivery, and a duplicate of a
   live one is dropped as busy or stale);
 - a suspended run: its pending keys are read, and those already committed arrive as
-  their commit would have made them, which resumes the run when it empties the batch.
+  their commit would have made them, which resumes the run when it empties the batch;
+  a key that nothing will commit (no claim, no queued marker: the worker running it
+  was killed whole, and its message only comes back after the broker's visibility
+  timeout) has the run sent again, and the replay sends the step again.
 
 Each look pushes the run's due time further (doubling up to a minute while it stays
-suspended), so a tick costs what the due runs cost, whatever the number of runs.
+suspended), but never past the end of the claim or queued marker its keys wait on: a
+worker killed mid-step is noticed a lease after its last renewal. A tick costs what the
+due runs cost, whatever the number of runs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +37,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from workflow_cache import settings
 from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.handoffs import HandoffListener
 from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_states import due_action
 from workflow_cache.distributed.runs import Runs
@@ -50,6 +57,27 @@ class Tick:
     resumed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """A pending key as the reconciler sees it: committed, and the ``PTTL`` of its claim
+    and of its queued marker (-2: none, -1: no expiry)."""
+
+    done: bool
+    claim_ms: int
+    queued_ms: int
+
+    @property
+    def orphaned(self) -> bool:
+        """Nothing will commit it: no outcome, no claim, no message known to be queued."""
+        return not self.done and self.claim_ms == -2 and self.queued_ms == -2
+
+    @property
+    def ends_ms(self) -> int | None:
+        """When what holds the key (its claim, else its queued marker) ends at the latest."""
+        live = [ms for ms in (self.claim_ms, self.queued_ms) if ms >= 0]
+        return max(live) if live and not self.done else None
+
+
 class Reconciler:
     """Looks at the due runs of one cache's namespace, once per ``interval`` per fleet."""
 
@@ -63,6 +91,7 @@ class Reconciler:
         self.interval = interval
         self.limit = limit
         self.runs = Runs(cache.flight)
+        self.margin_ms = max(1, round(interval * 1000))
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,16 +132,51 @@ class Reconciler:
             return 1, 0
         if action != "check" or not due.pending:
             return 0, 0
-        stored = self.cache.flight.read_many(due.pending)
-        for key, raw in zip(due.pending, stored, strict=True):
-            if raw is None:
+        steps = self.step_states(due.pending)
+        for key, step in zip(due.pending, steps, strict=True):
+            if not step.done:
                 continue
             resume = self.runs.arrive(run_id, due.batch, key, b"")
             if resume is not None:
                 log.info("run %s: its keys are all committed; resumed from state", run_id)
                 send_resume(self.app, run_id, due.batch, resume)
                 return 0, 1
+        if due.state != "suspended" or due.resume is None:
+            return 0, 0  # an event is sent by someone outside the fleet: nothing to send
+        orphans = [k for k, step in zip(due.pending, steps, strict=True) if step.orphaned]
+        if orphans:
+            log.info(
+                "run %s: step %r is neither committed, running nor queued (its worker died "
+                "with it); the run is sent again to send it again",
+                run_id,
+                orphans[0],
+            )
+            send_resume(self.app, run_id, due.batch, due.resume)
+            return 1, 0
+        ends = [step.ends_ms for step in steps if step.ends_ms is not None]
+        if ends:
+            self.runs.look_again_within(run_id, min(ends) + self.margin_ms)
         return 0, 0
+
+    def step_states(self, keys: Sequence[str]) -> list[StepState]:
+        """Whether each key is committed, and how long its claim or queued marker lives
+        (one pipelined round trip; a race with a commit only costs a harmless re-send)."""
+        flight = self.cache.flight
+        client = flight.client
+
+        def read() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                k = flight.keyspace.for_step(key)
+                pipe.exists(k.out)
+                pipe.pttl(k.lock)
+                pipe.pttl(k.queued)
+            return pipe.execute()
+
+        raw = flight.claims.call(read)
+        return [
+            StepState(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw), 3)
+        ]
 
     def start(self) -> None:
         """Tick every ``interval`` in a daemon thread until :meth:`stop`."""
@@ -138,20 +202,27 @@ class Reconciler:
 
 
 def reconcile_in_workers(app: Celery, cache: RedisCache) -> None:
-    """Run a :class:`Reconciler` in the main process of every worker of ``app``."""
+    """Run a :class:`Reconciler`, and a :class:`HandoffListener` for commits made outside
+    the fleet, in the main process of every worker of ``app``."""
     running: dict[str, Reconciler] = {}
+    listening: dict[str, HandoffListener] = {}
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app or "it" in running:
             return
         interval = settings.current().reconcile_interval
         running["it"] = reconciler = Reconciler(app, cache, interval=interval)
+        listening["it"] = listener = HandoffListener(app, cache)
         reconciler.start()
+        listener.start()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         reconciler = running.pop("it", None)
         if reconciler is not None:
             reconciler.stop()
+        listener = listening.pop("it", None)
+        if listener is not None:
+            listener.stop()
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)

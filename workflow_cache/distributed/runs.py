@@ -180,6 +180,7 @@ class Runs:
                 "run_due",
                 "run_cancel",
                 "run_sleep",
+                "run_soon",
             )
         }
         base = flight.keyspace.for_step(RUNS_TAG).out[: -len(":out")]
@@ -389,6 +390,11 @@ class Runs:
             resume=_resume(run_id, reply[3:7]),
             pending=tuple(sorted(_text(p) for p in reply[7] if _text(p))),
         )
+
+    def look_again_within(self, run_id: str, ms: int) -> bool:
+        """Make a due run due again at most ``ms`` from now (a claim or a queued marker it
+        waits on ends then); False when it was due sooner or is not due at all."""
+        return bool(self._call("run_soon", [], [run_id, max(0, ms)]))
 
     def forget_finished(self, before_ms: int) -> int:
         """Drop finished and cancelled runs that left their retention from the indexes."""

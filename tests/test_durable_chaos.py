@@ -1,0 +1,332 @@
+"""A mixed chaos soak: 120 durable runs finish, each with its one right value, whatever
+is killed, paused or restarted under them.
+
+Real ``redis-server`` (append-only file synced on every write) as broker and cache, real
+prefork ``celery worker`` processes (``tests/chaos_app.py``), and nothing restarts them
+but the test. For ``CHAOS_SECONDS`` the test kills pool children and whole workers with
+``kill -9`` (respawning a worker for each one killed), pauses whole workers past the
+lease with ``SIGSTOP`` before ``SIGCONT``, and kills and restarts Redis twice, while it
+enqueues the runs. Then every run must finish with its expected value, every key must
+have one outcome that every run read, a key may run more than once only in processes
+the test killed or paused, and no worker may have exited on its own.
+
+``WFC_CHAOS_SECONDS`` (read by this test only) lengthens or shortens the chaos for a
+longer soak by hand.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.servers import RedisServer
+from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from workflow_cache.cache.keys import KeySpace
+from workflow_cache.distributed import run_info
+from workflow_cache.distributed.runs import outcome_key
+from workflow_cache.envelope import Envelope
+
+CHAOS_SECONDS = 40.0
+"""How long the faults go on (``WFC_CHAOS_SECONDS`` overrides it for this test)."""
+RUNS = 120
+LEASE = 2.0
+INTERVAL = 0.5
+RECHECK = 1.0
+STEP_SECONDS = 0.15
+STEP_WORKERS = 2
+FLOW_WORKERS = 2
+POOL = 2
+RECOVERY_TIMEOUT = 90.0
+"""How long the runs may take to finish once the chaos ends before the test fails."""
+
+
+def chaos_seconds() -> float:
+    return float(os.environ.get("WFC_CHAOS_SECONDS", CHAOS_SECONDS))
+
+
+@dataclass
+class Fleet:
+    """The workers of the soak, and every process the test killed or paused."""
+
+    module: ModuleType
+    env: dict[str, str]
+    logs: Path
+    workers: dict[str, list[CeleryWorker]] = field(default_factory=dict)
+    killed_workers: list[CeleryWorker] = field(default_factory=list)
+    killed: set[int] = field(default_factory=set)
+    paused: set[int] = field(default_factory=set)
+    stopped_now: dict[int, list[int]] = field(default_factory=dict)
+    actions: collections.Counter[str] = field(default_factory=collections.Counter)
+    made: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spawn(self, role: str) -> CeleryWorker:
+        self.made += 1
+        queue = "steps" if role == "steps" else self.module.settings.workflow_queue
+        worker = CeleryWorker(
+            "tests.chaos_app",
+            f"{role}-{self.made}",
+            queue,
+            self.env,
+            pool="prefork",
+            concurrency=POOL,
+            log=self.logs / f"{role}-{self.made}.log",
+        )
+        self.workers.setdefault(role, []).append(worker)
+        return worker
+
+    def all(self) -> list[CeleryWorker]:
+        return [w for ws in self.workers.values() for w in ws]
+
+    def running(self) -> list[CeleryWorker]:
+        with self.lock:
+            return [w for w in self.all() if w.alive() and w.pid not in self.stopped_now]
+
+    def kill_child(self, rng: random.Random) -> None:
+        choices = [(w, c) for w in self.running() for c in w.children()]
+        if not choices:
+            return
+        _, child = rng.choice(choices)
+        self.killed.add(child)
+        _signal(child, signal.SIGKILL)
+        self.actions["pool child killed"] += 1
+
+    def kill_worker(self, rng: random.Random) -> None:
+        choices = self.running()
+        if not choices:
+            return
+        worker = rng.choice(choices)
+        role = next(r for r, ws in self.workers.items() if worker in ws)
+        children = worker.children()
+        self.killed.update([worker.pid, *children])
+        _signal(worker.pid, signal.SIGKILL)
+        for child in children:
+            _signal(child, signal.SIGKILL)
+        worker.proc.wait(timeout=10)
+        self.workers[role].remove(worker)
+        self.killed_workers.append(worker)
+        self.spawn(role)
+        self.actions["whole worker killed and respawned"] += 1
+
+    def pause_worker(self, rng: random.Random) -> None:
+        choices = self.running()
+        if not choices:
+            return
+        worker = rng.choice(choices)
+        pids = [worker.pid, *worker.children()]
+        with self.lock:
+            self.stopped_now[worker.pid] = pids
+        self.paused.update(pids)
+        for pid in pids:
+            _signal(pid, signal.SIGSTOP)
+        self.actions["whole worker paused past the lease"] += 1
+        timer = threading.Timer(LEASE + 1.0, self.resume, args=(worker.pid,))
+        timer.daemon = True
+        timer.start()
+
+    def resume(self, pid: int) -> None:
+        with self.lock:
+            pids = self.stopped_now.pop(pid, [])
+        for p in pids:
+            _signal(p, signal.SIGCONT)
+
+    def resume_all(self) -> None:
+        with self.lock:
+            stopped = list(self.stopped_now)
+        for pid in stopped:
+            self.resume(pid)
+
+    def stop(self) -> None:
+        self.resume_all()
+        for worker in self.all():
+            worker.stop()
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _enqueue(module: ModuleType, waiting: list[tuple[int, str]], args: dict[str, Any]) -> None:
+    """Send what can be sent now; what Redis refused stays for the next round (same task
+    id: a message that did get through starts one run however often it is sent)."""
+    sent = []
+    for run, run_id in waiting[:6]:
+        try:
+            module.flow.apply_async(
+                (run, args["tag"], STEP_SECONDS, args["log"]), task_id=run_id, retry=False
+            )
+        except Exception:  # Redis is down for a moment: try again next round
+            break
+        sent.append((run, run_id))
+    for item in sent:
+        waiting.remove(item)
+
+
+def _finished(module: ModuleType, run_ids: list[str], done: dict[str, float]) -> bool:
+    left = [r for r in run_ids if r not in done]
+    try:
+        raw = module.cache.flight.read_many([outcome_key(r) for r in left])
+    except Exception:
+        return False
+    now = time.monotonic()
+    for run_id, value in zip(left, raw, strict=True):
+        if value is not None:
+            done[run_id] = now
+    return len(done) == len(run_ids)
+
+
+def _stranded(module: ModuleType, run_ids: list[str], done: dict[str, float]) -> str:
+    """What the unfinished runs' records and their keys show, for the failure message."""
+    client = module.cache.flight.client
+    space = KeySpace(module.settings.namespace)
+    lines = []
+    for run_id in [r for r in run_ids if r not in done][:10]:
+        info = run_info(module.cache, run_id)
+        lines.append(f"run {run_id}: {info}")
+        for key in info.waiting_on if info else ():
+            k = space.for_step(key)
+            lines.append(
+                f"  {key}: out={client.exists(k.out)} lock={client.get(k.lock)!r} "
+                f"queued={client.get(k.queued)!r} waiters={client.smembers(k.waiters)!r} "
+                f"handoff={client.smembers(k.handoff)!r}"
+            )
+    return "\n".join(lines)
+
+
+def _executions(log: Path) -> dict[str, list[tuple[str, int, bool]]]:
+    """Per key: (execution id, process id, finished) of each execution, from the step log."""
+    started: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    ended: set[str] = set()
+    for line in log.read_text().splitlines():
+        what, key, execution, pid = line.split()
+        if what == "start":
+            started[key].append((execution, int(pid)))
+        else:
+            ended.add(execution)
+    return {k: [(e, p, e in ended) for e, p in v] for k, v in started.items()}
+
+
+@pytest.mark.timeout(600)
+def test_runs_finish_once_whatever_is_killed_paused_or_restarted(tmp_path: Path) -> None:
+    seconds = chaos_seconds()
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    log = tmp_path / "steps.log"
+    log.touch()
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "WORKFLOW_CACHE_BROKER": server.url,
+        "WORKFLOW_CACHE_NAMESPACE": f"chaos-{tag}",
+        "WORKFLOW_CACHE_LEASE": str(LEASE),
+        "WORKFLOW_CACHE_RECONCILE_INTERVAL": str(INTERVAL),
+        "WORKFLOW_CACHE_RUN_RECHECK": str(RECHECK),
+    }
+    rng = random.Random(os.environ.get("WFC_CHAOS_SEED") or None)
+    try:
+        with configured_test_app(env, "tests.chaos_app") as module:
+            fleet = Fleet(module, env, tmp_path)
+            for _ in range(STEP_WORKERS):
+                fleet.spawn("steps")
+            for _ in range(FLOW_WORKERS):
+                fleet.spawn("flows")
+            try:
+                wait_ready(module.app, fleet.all())
+                _soak(module, fleet, server, rng, seconds, tag, log)
+            finally:
+                fleet.stop()
+    finally:
+        server.stop()
+
+
+def _soak(
+    module: ModuleType,
+    fleet: Fleet,
+    server: RedisServer,
+    rng: random.Random,
+    seconds: float,
+    tag: str,
+    log: Path,
+) -> None:
+    runs = {f"chaos-{tag}-{n}": n for n in range(RUNS)}
+    run_ids = list(runs)
+    waiting = [(n, run_id) for run_id, n in runs.items()]
+    args = {"tag": tag, "log": str(log)}
+    restarts = [seconds / 3, 2 * seconds / 3]
+    faults = (fleet.kill_child, fleet.kill_worker, fleet.pause_worker)
+    begun = time.monotonic()
+    while (elapsed := time.monotonic() - begun) < seconds:
+        _enqueue(module, waiting, args)
+        if restarts and elapsed >= restarts[0]:
+            restarts.pop(0)
+            server.kill()
+            server.restart(down_for=0.5)
+            fleet.actions["redis killed and restarted"] += 1
+        else:
+            rng.choice(faults)(rng)
+        time.sleep(rng.uniform(0.4, 1.2))
+    fleet.resume_all()
+    calm = time.monotonic()
+    while waiting:
+        _enqueue(module, waiting, args)
+    done: dict[str, float] = {}
+    deadline = calm + RECOVERY_TIMEOUT
+    while not _finished(module, run_ids, done):
+        assert time.monotonic() < deadline, (
+            f"{len(run_ids) - len(done)} of {RUNS} runs stranded {RECOVERY_TIMEOUT:g} s after "
+            f"the chaos ({dict(fleet.actions)}):\n{_stranded(module, run_ids, done)}"
+        )
+        time.sleep(0.1)
+    last = max(done.values()) - calm
+    print(
+        f"\nchaos {seconds:g} s: {dict(fleet.actions)}; the last of {RUNS} runs finished "
+        f"{max(last, 0.0):.1f} s after the chaos ended (lease {LEASE:g} s, "
+        f"reconciler every {INTERVAL:g} s; busy machine)"
+    )
+
+    # every run finished with its value; every key has one outcome, the one runs read
+    readers: dict[str, set[str]] = collections.defaultdict(set)
+    for run_id, n in runs.items():
+        raw = module.cache.flight.read(outcome_key(run_id))
+        assert raw is not None
+        result = Envelope.loads(outcome_key(run_id), raw).to_result(outcome_key(run_id))
+        assert result.ok, f"run {run_id}: {result.error}"
+        assert result.value["values"] == module.expected(n), run_id
+        for key, by in result.value["by"].items():
+            readers[key].add(by)
+    executions = _executions(log)
+    for key, seen in readers.items():
+        assert len(seen) == 1, f"{key}: runs read different outcomes {seen}"
+        stored = module.cache.flight.read(key)
+        assert stored is not None, key
+        by = Envelope.loads(key, stored).to_result(key).value["by"]
+        assert seen == {by}, f"{key}: stored {by}, runs read {seen}"
+        finished = {e for e, _, ended in executions[key] if ended}
+        assert by in finished, f"{key}: its outcome names an execution that never finished"
+
+    # a key ran more than once only in processes the test killed or paused
+    spared = fleet.killed | fleet.paused
+    extra = {
+        key: runs_of
+        for key, runs_of in executions.items()
+        if sum(1 for _, pid, _ in runs_of if pid not in spared) > 1
+    }
+    assert not extra, f"keys run more than once by processes nobody disturbed: {extra}"
+    repeated = sum(len(v) - 1 for v in executions.values())
+    print(f"{len(executions)} keys, {repeated} extra executions (all in killed/paused processes)")
+
+    # no worker exited on its own
+    gone = [w.name for w in fleet.all() if not w.alive()]
+    assert not gone, f"workers exited on their own: {gone}"
