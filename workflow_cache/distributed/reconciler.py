@@ -37,6 +37,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from workflow_cache import settings
 from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.enqueues import record_enqueues
 from workflow_cache.distributed.handoffs import HandoffListener
 from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_states import due_action
@@ -203,7 +204,9 @@ class Reconciler:
 
 def reconcile_in_workers(app: Celery, cache: RedisCache) -> None:
     """Run a :class:`Reconciler`, and a :class:`HandoffListener` for commits made outside
-    the fleet, in the main process of every worker of ``app``."""
+    the fleet, in the main process of every worker of ``app``; and, in every process,
+    record runs as their first message is sent, so the reconciler knows them from then."""
+    record_enqueues(app, cache)
     running: dict[str, Reconciler] = {}
     listening: dict[str, HandoffListener] = {}
 

@@ -53,6 +53,9 @@ class Transition:
 
 
 TRANSITIONS: tuple[Transition, ...] = (
+    Transition(
+        "enqueue", (None,), "resuming", "the producer, sending the first message", "run_enqueue"
+    ),
     Transition("start", (None,), "running", "a delivery (the first message)", "run_begin"),
     Transition(
         "replay",

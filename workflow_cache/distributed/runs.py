@@ -181,6 +181,7 @@ class Runs:
                 "run_cancel",
                 "run_sleep",
                 "run_soon",
+                "run_enqueue",
             )
         }
         base = flight.keyspace.for_step(RUNS_TAG).out[: -len(":out")]
@@ -215,6 +216,13 @@ class Runs:
     def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         fn = self._scripts[name]
         return self.flight.claims.call(lambda: fn(keys=[*keys, *self.indexes], args=args))
+
+    def enqueue(self, run_id: str, resume: Resume) -> bool:
+        """Record a run whose first message is being sent (``resuming``, batch 0, due for a
+        recheck); False when the run is recorded already."""
+        k = self.keys(run_id)
+        args = [run_id, resume.task, json.dumps(resume.args), json.dumps(resume.kwargs)]
+        return bool(self._call("run_enqueue", [k.run], [*args, resume.queue, self.recheck_ms]))
 
     def begin(self, run_id: str, batch: int, resume: Resume) -> Begun:
         """A delivery starts (``batch`` 0 = the first message, n = the resume of batch n)."""

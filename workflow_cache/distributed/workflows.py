@@ -98,6 +98,7 @@ def workflow_task(
         acks_late=True,
         reject_on_worker_lost=True,
         serializer="json",
+        wfc_durable=suspend,  # its runs are recorded as they are sent (enqueues.py)
     )
     def run_workflow(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         store = cache or app.conf.workflow_cache["cache"]
