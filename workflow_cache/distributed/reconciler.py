@@ -127,6 +127,10 @@ class Reconciler:
         """Do what the run's state asks for; returns (tasks re-sent, runs resumed)."""
         due = self.runs.look(run_id)
         action = due_action(due.state, due.lease_lapsed)
+        if due.state == "done" and due.outcome:
+            if self.runs.publish_missing(run_id, due.outcome):
+                log.info("run %s: finished, its outcome written from its record", run_id)
+            return 0, 0
         if action == "resend" and due.resume is not None:
             log.info("run %s: %s; its task is sent again", run_id, _why(due.state))
             send_resume(self.app, run_id, due.batch, due.resume)

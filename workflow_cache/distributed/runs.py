@@ -108,6 +108,8 @@ class Due:
     batch: int = 0
     resume: Resume | None = None
     pending: tuple[str, ...] = ()
+    outcome: bytes = b""
+    """A done run's outcome (its ``run:<id>`` is written from it if missing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +343,7 @@ class Runs:
         """The delivery holding ``epoch`` ends the run with ``outcome``, stored and announced
         under ``run:<id>``; False (nothing written) when that delivery is fenced."""
         k = self.keys(run_id)
-        args = [run_id, epoch, outcome, self.retention_ms]
+        args = [run_id, epoch, outcome, self.retention_ms, self.recheck_ms]
         if not self._call("run_finish", [k.run, k.pending, k.steps, k.given], args):
             return False
         self.publish(run_id, outcome)
@@ -370,6 +372,19 @@ class Runs:
 
         self.flight.claims.call(write)
 
+    def publish_missing(self, run_id: str, outcome: bytes | str) -> bool:
+        """Write and announce a finished run's outcome unless ``run:<id>`` holds one: for a
+        finisher that died between ``finish`` and its write. True if it was missing."""
+        k = self.keys(run_id)
+        client = self.flight.client
+        data = _bytes(outcome)
+        if not self.flight.claims.call(
+            lambda: client.set(k.out, data, px=self.retention_ms, nx=True)
+        ):
+            return False
+        self.flight.claims.call(lambda: client.publish(k.channel, b"o" + data))
+        return True
+
     def now_ms(self) -> int:
         """Redis's clock, in ms: the one every lease and due time is written in."""
         now_s, now_us = self.flight.claims.call(self.flight.client.time)
@@ -391,6 +406,8 @@ class Runs:
         state = _text(reply[0])
         if state in ("forget", "wait"):
             return Due(state)
+        if state == "done":
+            return Due(state, outcome=_bytes(reply[1]))
         return Due(
             state,
             lease_lapsed=bool(int(reply[1])),

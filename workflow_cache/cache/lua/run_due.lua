@@ -1,7 +1,8 @@
 -- KEYS: run, pending, indexes...   ARGV: run id, recheck_ms, max_recheck_ms
 -- The reconciler looks at a run whose due time has come. A cancelled run is looked at
--- once (its task is sent a last time, to report the outcome). A finished or missing run
--- leaves the due index ({'forget'}); a live lease puts it back at the lease's end
+-- once (its task is sent a last time, to report the outcome), a done one once (its
+-- outcome, for the reconciler to write under run:<id> if its finisher died before it
+-- did: {'done', outcome}). A missing run leaves the due index ({'forget'}); a live lease puts it back at the lease's end
 -- ({'wait'}); otherwise it is due again after a recheck delay that doubles with each
 -- look (up to max_recheck_ms), and the reply carries what run_states.due_action needs:
 -- {state, lease lapsed (0/1), batch, task, args, kwargs, queue, pending keys}.
@@ -12,6 +13,10 @@ if state == 'cancelled' then
   return {state, 0, redis.call('HGET', run, 'batch') or '0',
     redis.call('HGET', run, 'task'), redis.call('HGET', run, 'args'),
     redis.call('HGET', run, 'kwargs'), redis.call('HGET', run, 'queue'), {}}
+end
+if state == 'done' then
+  redis.call('ZREM', DUE, RUN_ID)
+  return {'done', redis.call('HGET', run, 'outcome') or ''}
 end
 if not LIVE[state] then
   redis.call('ZREM', DUE, RUN_ID)
