@@ -11,7 +11,7 @@ have one outcome that every run read, a key may run more than once only in proce
 the test killed or paused, and no worker may have exited on its own.
 
 ``WFC_CHAOS_SECONDS`` (read by this test only) lengthens or shortens the chaos for a
-longer soak by hand.
+longer soak by hand. The faults the soak found are tested one at a time at the end.
 """
 
 from __future__ import annotations
@@ -30,12 +30,18 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from celery import Celery
 
 from tests.servers import RedisServer
+from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from workflow_cache import RedisCache
+from workflow_cache.cache.claims import Done
 from workflow_cache.cache.keys import KeySpace
-from workflow_cache.distributed import run_info
-from workflow_cache.distributed.runs import outcome_key
+from workflow_cache.distributed import install, run_info, workflow_task
+from workflow_cache.distributed.reconciler import Reconciler
+from workflow_cache.distributed.runs import Resume, Runs, outcome_key
+from workflow_cache.distributed.waiters import Waiters
 from workflow_cache.envelope import Envelope
 
 CHAOS_SECONDS = 40.0
@@ -330,3 +336,85 @@ def _soak(
     # no worker exited on its own
     gone = [w.name for w in fleet.all() if not w.alive()]
     assert not gone, f"workers exited on their own: {gone}"
+
+
+# -- what the soak found, one fault at a time (no workers: the records and the reconciler)
+
+
+def _reconciler(redis_url: str, cache: RedisCache, runs: Runs) -> Reconciler:
+    reconciler = Reconciler(Celery("chaos-tests", broker=redis_url), cache, interval=0.05)
+    reconciler.runs = runs
+    return reconciler
+
+
+def test_a_first_message_lost_with_its_worker_is_sent_again(
+    redis_url, namespace, monkeypatch
+) -> None:
+    monkeypatch.setenv("WORKFLOW_CACHE_RUN_RECHECK", "0.05")
+    queue = f"wq-{uuid.uuid4().hex[:8]}"
+    app = Celery("chaos-enqueue", broker=redis_url, set_as_current=False)
+    cache = RedisCache(redis_url, namespace=namespace)
+    install(app, cache)
+
+    @workflow_task(app, name=f"chaos.first.{namespace}", queue=queue)
+    def first(step: Any, n: int) -> int:
+        return n
+
+    run_id = f"first-{namespace}"
+    first.apply_async((7,), task_id=run_id)
+    info = run_info(cache, run_id)  # recorded as it was sent, before any worker has it
+    assert info is not None and info.state == "resuming" and info.batch == 0
+    client = cache.flight.client
+    assert client.delete(queue) == 1  # prefetched by a worker killed whole: gone for an hour
+    runs = Runs(cache.flight)
+    wait_until(lambda: run_id in runs.due(10), "the run to be due")
+    assert _reconciler(redis_url, cache, runs).settle_due().resent == 1
+    assert client.llen(queue) == 1  # sent again
+    begun = runs.begin(run_id, 0, Resume(first.name, [7], {}, queue))
+    assert begun.kind == "run"  # the copy that arrives first runs it
+    assert run_info(cache, run_id).state == "running"
+    first.apply_async((7,), task_id=run_id)  # the same id again: the record is left alone
+    assert run_info(cache, run_id).epoch == begun.epoch
+    cache.close()
+
+
+def test_a_finished_runs_outcome_never_written_is_written_by_the_reconciler(
+    redis_url, namespace
+) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=0.05)
+    begun = runs.begin("fin", 0, Resume("t.flow", [], {}, "wq-fin"))
+    assert runs.finish("fin", begun.epoch, '{"v":1,"status":"ok","value":3}')
+    client = cache.flight.client
+    client.delete(runs.keys("fin").out)  # its finisher died between the record and this
+    wait_until(lambda: "fin" in runs.due(10), "the finished run to be due once more")
+    _reconciler(redis_url, cache, runs).settle_due()
+    assert cache.get(outcome_key("fin")).value == 3
+    assert "fin" not in runs.due(10)  # and only once
+    cache.close()
+
+
+def test_a_suspended_run_whose_step_nothing_will_commit_is_sent_again(redis_url, namespace) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=0.05)
+    flow = Resume("t.flow", [], {}, f"wq-{uuid.uuid4().hex[:8]}")
+    begun = runs.begin("orphan", 0, flow)
+    batch = runs.prepare("orphan", begun.epoch, ["t.step|k"], ["k"])
+    Waiters(cache.flight).join_many(["k"], ["msg-1"], [30.0], "orphan", batch)
+    assert runs.arm("orphan", begun.epoch, batch, []) == "wait"
+    reconciler = _reconciler(redis_url, cache, runs)
+    client = cache.flight.client
+    keys = cache.flight.keyspace.for_step("k")
+    wait_until(lambda: "orphan" in runs.due(10), "the suspended run to be due")
+    assert reconciler.settle_due().resent == 0  # its message is queued: nothing to do
+    holder = cache.flight.acquire("k")  # a worker starts the step ...
+    assert not isinstance(holder, Done)
+    client.delete(keys.queued)
+    wait_until(lambda: "orphan" in runs.due(10), "the suspended run to be due again")
+    assert reconciler.settle_due().resent == 0  # ... and holds its claim
+    holder.abandon()  # ... then dies with its whole worker: the lease runs out
+    client.delete(keys.lock)
+    wait_until(lambda: "orphan" in runs.due(10), "the suspended run to be due again")
+    assert reconciler.settle_due().resent == 1
+    assert client.llen(flow.queue) == 1  # the replay will send the step again
+    cache.close()
