@@ -38,7 +38,9 @@ from tests.workers import CeleryWorker, configured_test_app, wait_ready
 from workflow_cache import RedisCache
 from workflow_cache.cache.claims import Done
 from workflow_cache.cache.keys import KeySpace
+from workflow_cache.cache.lua import script
 from workflow_cache.distributed import install, run_info, workflow_task
+from workflow_cache.distributed.receipts import receipt_key
 from workflow_cache.distributed.reconciler import Reconciler
 from workflow_cache.distributed.runs import Resume, Runs, outcome_key
 from workflow_cache.distributed.waiters import Waiters
@@ -201,12 +203,18 @@ def _stranded(module: ModuleType, run_ids: list[str], done: dict[str, float]) ->
     lines = []
     for run_id in [r for r in run_ids if r not in done][:10]:
         info = run_info(module.cache, run_id)
-        lines.append(f"run {run_id}: {info}")
+        record = module.cache.flight.client.hgetall(Runs(module.cache.flight).keys(run_id).run)
+        due = client.zscore(Runs(module.cache.flight).due_key, run_id)
+        lines.append(
+            f"run {run_id}: {info}; checks={record.get(b'checks')!r} "
+            f"due in {(due or 0) / 1000 - time.time():.1f} s"
+        )
         for key in info.waiting_on if info else ():
             k = space.for_step(key)
             lines.append(
                 f"  {key}: out={client.exists(k.out)} lock={client.get(k.lock)!r} "
-                f"queued={client.get(k.queued)!r} waiters={client.smembers(k.waiters)!r} "
+                f"lock_ttl={client.pttl(k.lock)} queued={client.get(k.queued)!r} "
+                f"queued_ttl={client.pttl(k.queued)} waiters={client.smembers(k.waiters)!r} "
                 f"handoff={client.smembers(k.handoff)!r}"
             )
     return "\n".join(lines)
@@ -289,11 +297,15 @@ def _soak(
         _enqueue(module, waiting, args)
     done: dict[str, float] = {}
     deadline = calm + RECOVERY_TIMEOUT
+    late = LEASE + 10.0  # past this, say what the runs still left wait for (not a failure)
     while not _finished(module, run_ids, done):
         assert time.monotonic() < deadline, (
             f"{len(run_ids) - len(done)} of {RUNS} runs stranded {RECOVERY_TIMEOUT:g} s after "
             f"the chaos ({dict(fleet.actions)}):\n{_stranded(module, run_ids, done)}"
         )
+        if time.monotonic() - calm > late:
+            print(f"\n{late:g} s after the chaos:\n{_stranded(module, run_ids, done)}")
+            late = RECOVERY_TIMEOUT
         time.sleep(0.1)
     last = max(done.values()) - calm
     print(
@@ -417,4 +429,32 @@ def test_a_suspended_run_whose_step_nothing_will_commit_is_sent_again(redis_url,
     wait_until(lambda: "orphan" in runs.due(10), "the suspended run to be due again")
     assert reconciler.settle_due().resent == 1
     assert client.llen(flow.queue) == 1  # the replay will send the step again
+    cache.close()
+
+
+def test_a_queued_message_received_by_a_worker_that_died_is_known_lost(
+    redis_url, namespace
+) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=0.05)
+    flow = Resume("t.flow", [], {}, f"wq-{uuid.uuid4().hex[:8]}")
+    begun = runs.begin("held", 0, flow)
+    batch = runs.prepare("held", begun.epoch, ["t.step|k"], ["k"])
+    Waiters(cache.flight).join_many(["k"], ["msg-1"], [60.0], "held", batch)
+    assert runs.arm("held", begun.epoch, batch, []) == "wait"
+    client = cache.flight.client
+    keys = cache.flight.keyspace.for_step("k")
+    received = client.register_script(script("received"))
+    reconciler = _reconciler(redis_url, cache, runs)
+
+    alive = cache.flight.presence_id()  # received by a worker that lives: still queued
+    assert received(keys=[keys.queued, receipt_key(keys)], args=["msg-1", alive]) == 1
+    wait_until(lambda: "held" in runs.due(10), "the suspended run to be due")
+    assert reconciler.settle_due().resent == 0 and client.get(keys.queued) == b"msg-1"
+
+    gone = int(client.client_id()) + 10_000  # received by a worker killed whole since
+    assert received(keys=[keys.queued, receipt_key(keys)], args=["msg-1", gone]) == 1
+    wait_until(lambda: "held" in runs.due(10), "the suspended run to be due again")
+    assert reconciler.settle_due().resent == 1  # its marker dropped, the run sent again
+    assert client.get(keys.queued) is None and client.llen(flow.queue) == 1
     cache.close()

@@ -39,6 +39,7 @@ from workflow_cache import settings
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.enqueues import record_enqueues
 from workflow_cache.distributed.handoffs import HandoffListener
+from workflow_cache.distributed.receipts import drop_lost, holder_of, note_receipts, receipt_key
 from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_states import due_action
 from workflow_cache.distributed.runs import Runs
@@ -60,12 +61,15 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class StepState:
-    """A pending key as the reconciler sees it: committed, and the ``PTTL`` of its claim
-    and of its queued marker (-2: none, -1: no expiry)."""
+    """A pending key as the reconciler sees it: committed, the ``PTTL`` of its claim and of
+    its queued marker (-2: none, -1: no expiry), the marker's task id and the presence id
+    of the worker that received that message, when one did (``receipts.py``)."""
 
     done: bool
     claim_ms: int
     queued_ms: int
+    queued: bytes | None = None
+    holder: int | None = None
 
     @property
     def orphaned(self) -> bool:
@@ -149,23 +153,32 @@ class Reconciler:
         if due.state != "suspended" or due.resume is None:
             return 0, 0  # an event is sent by someone outside the fleet: nothing to send
         orphans = [k for k, step in zip(due.pending, steps, strict=True) if step.orphaned]
+        orphans += self.lost_messages(due.pending, steps)
         if orphans:
             log.info(
                 "run %s: step %r is neither committed, running nor queued (its worker died "
-                "with it); the run is sent again to send it again",
+                "with it, or with its message); the run is sent again to send it again",
                 run_id,
                 orphans[0],
             )
             send_resume(self.app, run_id, due.batch, due.resume)
             return 1, 0
-        ends = [step.ends_ms for step in steps if step.ends_ms is not None]
+        # a message a worker received should start soon: if that worker dies, notice it
+        # within a lease, not when the marker expires
+        lease = self.runs.lease_ms
+        ends = [
+            min(end, lease) if step.holder is not None else end
+            for step in steps
+            if (end := step.ends_ms) is not None
+        ]
         if ends:
             self.runs.look_again_within(run_id, min(ends) + self.margin_ms)
         return 0, 0
 
     def step_states(self, keys: Sequence[str]) -> list[StepState]:
-        """Whether each key is committed, and how long its claim or queued marker lives
-        (one pipelined round trip; a race with a commit only costs a harmless re-send)."""
+        """Whether each key is committed, how long its claim or queued marker lives, and
+        who received its queued message (one pipelined round trip; a race with a commit
+        only costs a harmless re-send)."""
         flight = self.cache.flight
         client = flight.client
 
@@ -176,12 +189,28 @@ class Reconciler:
                 pipe.exists(k.out)
                 pipe.pttl(k.lock)
                 pipe.pttl(k.queued)
+                pipe.get(k.queued)
+                pipe.get(receipt_key(k))
             return pipe.execute()
 
         raw = flight.claims.call(read)
+        rows = [raw[i : i + 5] for i in range(0, len(raw), 5)]
         return [
-            StepState(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw), 3)
+            StepState(bool(out), int(lock), int(queued), task, holder_of(receipt, task))
+            for out, lock, queued, task, receipt in rows
         ]
+
+    def lost_messages(self, keys: Sequence[str], steps: Sequence[StepState]) -> list[str]:
+        """Keys whose queued message was received by a worker that is gone (killed whole):
+        their markers are dropped, so the replay sends those steps again."""
+        flight = self.cache.flight
+        lost = []
+        for key, step in zip(keys, steps, strict=True):
+            if step.done or step.claim_ms != -2 or step.queued is None or step.holder is None:
+                continue
+            if not flight.claims.present(step.holder) and drop_lost(flight, key, step.queued):
+                lost.append(key)
+        return lost
 
     def start(self) -> None:
         """Tick every ``interval`` in a daemon thread until :meth:`stop`."""
@@ -211,6 +240,7 @@ def reconcile_in_workers(app: Celery, cache: RedisCache) -> None:
     the fleet, in the main process of every worker of ``app``; and, in every process,
     record runs as their first message is sent, so the reconciler knows them from then."""
     record_enqueues(app, cache)
+    note_receipts(app)
     running: dict[str, Reconciler] = {}
     listening: dict[str, HandoffListener] = {}
 
