@@ -215,9 +215,19 @@ def _stranded(module: ModuleType, run_ids: list[str], done: dict[str, float]) ->
                 f"  {key}: out={client.exists(k.out)} lock={client.get(k.lock)!r} "
                 f"lock_ttl={client.pttl(k.lock)} queued={client.get(k.queued)!r} "
                 f"queued_ttl={client.pttl(k.queued)} waiters={client.smembers(k.waiters)!r} "
-                f"handoff={client.smembers(k.handoff)!r}"
+                f"handoff={client.smembers(k.handoff)!r} "
+                f"received_by={client.get(receipt_key(k))!r} {_where(client, client.get(k.queued))}"
             )
     return "\n".join(lines)
+
+
+def _where(client: Any, task_id: bytes | None) -> str:
+    """Where the broker holds the message of ``task_id``: queued, unacknowledged, nowhere."""
+    if task_id is None:
+        return ""
+    queued = any(task_id in m for m in client.lrange("steps", 0, -1))
+    unacked = any(task_id in m for m in client.hvals("unacked"))
+    return f"message in queue={queued} unacked={unacked}"
 
 
 def _executions(log: Path) -> dict[str, list[tuple[str, int, bool]]]:

@@ -198,7 +198,7 @@ class SuspendingDispatcher(CeleryDispatcher):
         if batch < 0:
             raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         ids = [str(uuid.uuid4()) for _ in pending]
-        ttls = [self._queued_ttl(p) for p in pending]
+        ttls = [self._unsent_ttl(p) for p in pending]  # until _publish confirms each send
         states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
         outcomes: dict[str, Result[Any, Any]] = {}
         to_send = []
