@@ -458,12 +458,12 @@ def test_a_queued_message_received_by_a_worker_that_died_is_known_lost(
     reconciler = _reconciler(redis_url, cache, runs)
 
     alive = cache.flight.presence_id()  # received by a worker that lives: still queued
-    assert received(keys=[keys.queued, receipt_key(keys)], args=["msg-1", alive]) == 1
+    assert received(keys=[keys.queued, receipt_key(keys)], args=["msg-1", alive, 1000]) == 1
     wait_until(lambda: "held" in runs.due(10), "the suspended run to be due")
     assert reconciler.settle_due().resent == 0 and client.get(keys.queued) == b"msg-1"
 
     gone = int(client.client_id()) + 10_000  # received by a worker killed whole since
-    assert received(keys=[keys.queued, receipt_key(keys)], args=["msg-1", gone]) == 1
+    assert received(keys=[keys.queued, receipt_key(keys)], args=["msg-1", gone, 1000]) == 1
     wait_until(lambda: "held" in runs.due(10), "the suspended run to be due again")
     assert reconciler.settle_due().resent == 1  # its marker dropped, the run sent again
     assert client.get(keys.queued) is None and client.llen(flow.queue) == 1

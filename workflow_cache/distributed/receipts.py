@@ -29,6 +29,10 @@ from workflow_cache.distributed.header import BadHeader, read_header
 
 log = logging.getLogger(__name__)
 
+RECEIPT_MS = 60_000
+"""The least a receipt lives: a sent marker's default life (``CeleryDispatcher``'s
+``queued_ttl``), which a marker received before its send was confirmed gets later."""
+
 
 def receipt_key(keys: Keys) -> str:
     """Beside the queued marker: who received its message (``"<task id>|<presence>"``)."""
@@ -75,9 +79,8 @@ def note_receipts(app: Celery) -> None:
                 return
             k = flight.keyspace.for_step(header.key)
             received = flight.client.register_script(script("received"))
-            flight.claims.call(
-                lambda: received(keys=[k.queued, receipt_key(k)], args=[request.id, presence])
-            )
+            args: list[str | int] = [request.id, presence, RECEIPT_MS]
+            flight.claims.call(lambda: received(keys=[k.queued, receipt_key(k)], args=args))
         except Exception as exc:  # the marker still expires: the step is sent again later
             log.debug("step %r: receipt not recorded: %s", header.key, exc)
 
