@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
+from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache, RedisClaim
 from workflow_cache.distributed.resume import resumed_batch
 from workflow_cache.distributed.run_lease import RunLease, Superseded
@@ -41,6 +42,7 @@ from workflow_cache.distributed.suspend import (
 from workflow_cache.envelope import Envelope
 from workflow_cache.events import EventHook
 from workflow_cache.result import Result, UnexpectedError, err
+from workflow_cache.store import CacheUnavailable
 from workflow_cache.workflow import create_workflow
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,14 @@ def run_delivery(
         except ReplayDiverged as exc:
             log.error("workflow %s[%s]: %s", name, run_id, exc)
             result = err(UnexpectedError.from_exception(exc))
+        except CacheUnavailable as exc:
+            if not unreachable(exc):
+                _finish(runs, lease, err(UnexpectedError.from_exception(exc)))
+                raise
+            # Redis away (restarting, loading): not the run's outcome. The message goes
+            # back to its queue, and the run's lease lapses for the reconciler to resend.
+            log.warning("workflow %s[%s]: Redis unreachable (%s); requeued", name, run_id, exc)
+            raise Reject(str(exc), requeue=True) from exc
         except Exception as exc:
             _finish(runs, lease, err(UnexpectedError.from_exception(exc)))
             raise
