@@ -77,6 +77,7 @@ class Fleet:
     paused: set[int] = field(default_factory=set)
     stopped_now: dict[int, list[int]] = field(default_factory=dict)
     actions: collections.Counter[str] = field(default_factory=collections.Counter)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
     made: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,6 +111,7 @@ class Fleet:
         self.killed.add(child)
         _signal(child, signal.SIGKILL)
         self.actions["pool child killed"] += 1
+        self.timeline.append((time.time(), f"child {child} killed"))
 
     def kill_worker(self, rng: random.Random) -> None:
         choices = self.running()
@@ -127,6 +129,7 @@ class Fleet:
         self.killed_workers.append(worker)
         self.spawn(role)
         self.actions["whole worker killed and respawned"] += 1
+        self.timeline.append((time.time(), f"{worker.name} killed"))
 
     def pause_worker(self, rng: random.Random) -> None:
         choices = self.running()
@@ -140,6 +143,7 @@ class Fleet:
         for pid in pids:
             _signal(pid, signal.SIGSTOP)
         self.actions["whole worker paused past the lease"] += 1
+        self.timeline.append((time.time(), f"{worker.name} paused"))
         timer = threading.Timer(LEASE + 1.0, self.resume, args=(worker.pid,))
         timer.daemon = True
         timer.start()
@@ -226,8 +230,9 @@ def _where(client: Any, task_id: bytes | None) -> str:
     if task_id is None:
         return ""
     queued = any(task_id in m for m in client.lrange("steps", 0, -1))
-    unacked = any(task_id in m for m in client.hvals("unacked"))
-    return f"message in queue={queued} unacked={unacked}"
+    tags = [t for t, m in client.hgetall("unacked").items() if task_id in m]
+    since = [time.time() - (client.zscore("unacked_index", t) or 0) for t in tags]
+    return f"message in queue={queued} unacked={bool(tags)} (delivered {since} s ago)"
 
 
 def _executions(log: Path) -> dict[str, list[tuple[str, int, bool]]]:
@@ -298,6 +303,7 @@ def _soak(
             server.kill()
             server.restart(down_for=0.5)
             fleet.actions["redis killed and restarted"] += 1
+            fleet.timeline.append((time.time(), "redis restarted"))
         else:
             rng.choice(faults)(rng)
         time.sleep(rng.uniform(0.4, 1.2))
@@ -315,6 +321,10 @@ def _soak(
         )
         if time.monotonic() - calm > late:
             print(f"\n{late:g} s after the chaos:\n{_stranded(module, run_ids, done)}")
+            now = time.time()
+            print(
+                "faults, s ago: " + ", ".join(f"{now - t:.1f} {what}" for t, what in fleet.timeline)
+            )
             late = RECOVERY_TIMEOUT
         time.sleep(0.1)
     last = max(done.values()) - calm
