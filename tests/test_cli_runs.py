@@ -451,3 +451,37 @@ def test_a_run_begun_again_after_its_record_expired_keeps_its_start(
     assert [r.state for r in list_runs(cache).runs] == ["running"]
     assert show_run(cache, "again") is not None
     cache.close()
+
+
+def test_bad_records_and_outcomes_are_left_out_or_unknown_with_one_warning(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight)
+    client = cache.client
+    epochs = {
+        run_id: runs.begin(run_id, 0, Resume("t.x", [], {}, "q")).epoch
+        for run_id in ("fine", "not-a-hash", "odd-fields")
+    }
+    client.delete(runs.keys("not-a-hash").run)
+    client.set(runs.keys("not-a-hash").run, "a string where a record should be")
+    client.hset(runs.keys("odd-fields").run, mapping={"state": "exploded", "started": "soon"})
+    client.delete(runs.keys("odd-fields").steps)
+    client.set(runs.keys("odd-fields").steps, "not a list")
+    runs.prepare("fine", epochs["fine"], ["t.step|garbage", "t.step|wrong-type"], ["garbage"])
+    client.set(cache.keyspace.for_step("garbage").out, b"\x00 not an envelope")
+    client.rpush(cache.keyspace.for_step("wrong-type").out, "a list")
+    with caplog.at_level("WARNING", logger="workflow_cache.admin.runs"):
+        page = list_runs(cache)
+        odd = show_run(cache, "odd-fields")
+        fine = show_run(cache, "fine")
+    assert [r.run_id for r in page.runs] == ["odd-fields", "fine"]
+    assert page.runs[0].state == "unknown" and page.runs[0].started_at is None
+    assert odd is not None and odd.steps == ()
+    assert fine is not None and [s.status for s in fine.steps] == ["pending", "missing"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("not-a-hash" in w and "not a hash" in w for w in warned)
+    assert any("garbage" in w and "not readable" in w for w in warned)
+    assert any("wrong-type" in w for w in warned) and any("not a list" in w for w in warned)
+    assert show_run(cache, "not-a-hash") is None
+    cache.close()

@@ -269,7 +269,7 @@ def _summaries(cache: RedisCache, runs: Runs, ids: Sequence[str]) -> list[RunSum
     page = cache.client.register_script(script("run_page"))
     keys = [runs.keys(run_id).run for run_id in ids]
     rows = cache.flight.claims.call(lambda: page(keys=keys, args=[_WHOLE_OUTCOME]))
-    large = [i for i, row in enumerate(rows) if not row[6] and _int(row[7]) > 0]
+    large = [i for i, row in enumerate(rows) if len(row) == 8 and not row[6] and _int(row[7]) > 0]
     if large:
         client = cache.client
 
@@ -285,9 +285,14 @@ def _summaries(cache: RedisCache, runs: Runs, ids: Sequence[str]) -> list[RunSum
 
 
 def _summary(run_id: str, row: Sequence[Any]) -> RunSummary | None:
+    if len(row) < 7:  # gone since the index was read, or not a record at all
+        if row:
+            log.warning("run %r: its record is not a hash; left out", run_id[:200])
+        return None
     state_raw, since, started, batch, replays, task, head = row[:7]
     if state_raw is None:
-        return None  # the record expired since the index was read
+        log.warning("run %r: its record has no state; left out", run_id[:200])
+        return None
     state = _text(state_raw)
     if state not in STATES:
         log.warning("run %r: its record has an unknown state; shown as unknown", run_id[:200])
@@ -325,11 +330,19 @@ def show_run(cache: RedisCache, run_id: str) -> RunDetail | None:
         pipe.smembers(k.pending)
         pipe.hgetall(k.given)
         pipe.time()
-        return pipe.execute()
+        return pipe.execute(raise_on_error=False)
 
-    record_raw, history_raw, pending_raw, given_raw, (now_s, now_us) = cache.flight.claims.call(
-        read
+    replies = cache.flight.claims.call(read)
+    record_raw, history_raw, pending_raw, given_raw = (
+        _checked(run_id, name, reply, kind)
+        for name, reply, kind in zip(
+            ("record", "history", "pending keys", "given outcomes"),
+            replies[:4],
+            (dict, list, set, dict),
+            strict=True,
+        )
     )
+    now_s, now_us = replies[4]
     if not record_raw:
         return None
     now_ms = int(now_s) * 1000 + int(now_us) // 1000
@@ -436,13 +449,25 @@ def _read_steps(cache: RedisCache, keys: Sequence[str]) -> dict[str, tuple[Any, 
             pipe.get(names.out)
             pipe.get(names.lock)
             pipe.exists(names.queued)
-        return pipe.execute()
+        return pipe.execute(raise_on_error=False)
 
     replies = cache.flight.claims.call(read)
-    return {
-        key: (replies[3 * i], replies[3 * i + 1], bool(replies[3 * i + 2]))
-        for i, (key, _) in enumerate(valid)
-    }
+    read_back: dict[str, tuple[Any, Any, bool]] = {}
+    for i, (key, _) in enumerate(valid):
+        out, lock, queued = replies[3 * i : 3 * i + 3]
+        if any(isinstance(r, Exception) for r in (out, lock, queued)):
+            log.warning("step %r: its keys in Redis are not what a step writes", key[:200])
+            out, lock, queued = None, None, False
+        read_back[key] = (out, lock, bool(queued))
+    return read_back
+
+
+def _checked(run_id: str, name: str, reply: Any, kind: type) -> Any:
+    """A reply of the expected type, else empty (with one warning)."""
+    if isinstance(reply, kind):
+        return reply
+    log.warning("run %r: its %s in Redis is not a %s; ignored", run_id[:200], name, kind.__name__)
+    return kind()
 
 
 def _envelope(key: str, raw: Any) -> Envelope | None:
