@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from workflow_cache.admin.commands import register_prune, register_steps
+from workflow_cache.admin.commands import register_prune, register_runs, register_steps
 from workflow_cache.admin.reach import reachable
 from workflow_cache.units import human_bytes
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_option(delete)
     register_prune(actions, _storage_option)
     register_steps(commands)
+    register_runs(commands)
     return parser
 
 
@@ -147,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from workflow_cache.admin.commands import run_steps
 
             return run_steps(args, out, err)
+        if args.command == "runs":
+            from workflow_cache.admin.commands import run_runs
+
+            return run_runs(args, out, err)
         if args.action == "prune":
             from workflow_cache.admin.commands import run_prune
 
