@@ -146,7 +146,7 @@ def create_app(config: UiConfig, reads: Reads | None = None) -> Starlette:
 
     def page(
         request: Request,
-        name: str,
+        template: str,
         status: int = 200,
         api: str = "",
         **values: Any,
@@ -155,7 +155,7 @@ def create_app(config: UiConfig, reads: Reads | None = None) -> Starlette:
         fresh = csrf_cookie is None
         if csrf_cookie is None:
             csrf_cookie = new_csrf_cookie()
-        html = env.get_template(name).render(
+        html = env.get_template(template).render(
             where=where,
             read_only=config.read_only,
             signed_in=config.token is not None,
@@ -229,8 +229,9 @@ def create_app(config: UiConfig, reads: Reads | None = None) -> Starlette:
 
     @guarded
     def overview_page(request: Request) -> Response:
-        return page(request, "overview.html", api="/api/overview", title="Overview",
-                    data=overview())
+        return page(
+            request, "overview.html", api="/api/overview", title="Overview", data=overview()
+        )
 
     @guarded
     def api_runs(request: Request) -> Response:
@@ -457,6 +458,7 @@ def create_app(config: UiConfig, reads: Reads | None = None) -> Starlette:
         Route("/api/archives/{name:path}", api_archive),
         Mount("/static", StaticFiles(packages=[("workflow_cache.ui", "static")]), name="static"),
     ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield

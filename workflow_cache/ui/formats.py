@@ -48,13 +48,10 @@ def as_text(value: Any, limit: int = TEXT_LIMIT) -> str:
 
     Stored values came from JSON, so they dump back; anything else is shown by type.
     """
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-        except (TypeError, ValueError):
-            text = f"<{type(value).__name__}>"
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        text = f"<{type(value).__name__}>"
     if len(text) > limit:
         text = f"{text[:limit]}\n… ({len(text) - limit} more characters not shown)"
     return text

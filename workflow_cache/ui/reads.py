@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict
 from typing import Any
 
 from workflow_cache.admin.outcomes import RedisOutcomes
@@ -90,8 +89,11 @@ class Reads:
             cursor = page.cursor
             if cursor == "0" or seen >= SCAN_BUDGET:
                 break
-        return {"by_status": dict(sorted(statuses.items())), "bytes": stored_bytes,
-                "complete": cursor == "0"}
+        return {
+            "by_status": dict(sorted(statuses.items())),
+            "bytes": stored_bytes,
+            "complete": cursor == "0",
+        }
 
     def _archive_counts(self) -> dict[str, Any]:
         try:
@@ -139,17 +141,14 @@ class Reads:
             limit=_page_size(limit),
             cursor=cursor or None,
         )
-        return {
-            "runs": [{**asdict(run), "live": run.state in LIVE} for run in page.runs],
-            "next_cursor": page.next_cursor,
-        }
+        return page.to_dict()  # what `workflow-cache runs list --json` prints
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         detail = show_run(self.cache, run_id)
         if detail is None:
             return None
-        data = asdict(detail)
-        data["summary"]["live"] = detail.summary.state in LIVE
+        data = detail.to_dict()  # what `workflow-cache runs show --json` prints, and:
+        data["live"] = detail.summary.state in LIVE
         data["idle"] = not (
             detail.waiting_on_keys or detail.sleeping_until or detail.waiting_for_event
         )
@@ -160,7 +159,9 @@ class Reads:
 
     # ------------------------------------------------------------------ steps
 
-    def steps(self, prefix: str = "", cursor: str = "0", limit: int | None = None) -> dict[str, Any]:
+    def steps(
+        self, prefix: str = "", cursor: str = "0", limit: int | None = None
+    ) -> dict[str, Any]:
         """One ``SCAN`` page of keys under ``prefix`` (it may hold fewer rows than asked)."""
         if not cursor.isdigit():
             cursor = "0"
@@ -184,7 +185,9 @@ class Reads:
 
     # ------------------------------------------------------------------ archives
 
-    def archives(self, prefix: str = "", offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+    def archives(
+        self, prefix: str = "", offset: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
         """Entries under ``prefix`` by name, ``limit`` of them from ``offset``."""
         size = _page_size(limit)
         offset = max(0, offset)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
 
 __all__ = ["MAX_SCRAPE_BYTES", "Counters", "scrape_counters"]
@@ -25,7 +24,7 @@ TIMEOUT = 2.0
 class Counters:
     hits: float = 0.0
     misses: float = 0.0
-    executions: Counter[str] = field(default_factory=Counter)
+    executions: dict[str, float] = field(default_factory=dict)
     answered: int = 0
     unreachable: int = 0
 
@@ -37,7 +36,7 @@ def scrape_counters(urls: tuple[str, ...], namespace: str) -> Counters:
     counters = Counters()
     for url in urls:
         try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
                 raw = response.read(MAX_SCRAPE_BYTES + 1)
             if len(raw) > MAX_SCRAPE_BYTES:
                 raise ValueError(f"more than {MAX_SCRAPE_BYTES} bytes")
@@ -51,13 +50,15 @@ def scrape_counters(urls: tuple[str, ...], namespace: str) -> Counters:
                     elif sample.name == "workflow_cache_step_misses_total":
                         found.misses += sample.value
                     elif sample.name == "workflow_cache_step_executions_total":
-                        found.executions[str(sample.labels.get("status", ""))] += sample.value
+                        status = str(sample.labels.get("status", ""))
+                        found.executions[status] = found.executions.get(status, 0) + sample.value
         except Exception as exc:  # untrusted endpoint: any failure is "unreachable"
             log.warning("metrics endpoint %s unreadable: %s", url, type(exc).__name__)
             counters.unreachable += 1
             continue
         counters.hits += found.hits
         counters.misses += found.misses
-        counters.executions.update(found.executions)
+        for status, count in found.executions.items():
+            counters.executions[status] = counters.executions.get(status, 0) + count
         counters.answered += 1
     return counters
