@@ -92,6 +92,7 @@ def run_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((config.host.strip("[]"), config.port))
+        sock.listen(2048)  # connections wait in the backlog from the moment the URL is printed
     except OSError as exc:
         sock.close()
         err.print(
