@@ -53,8 +53,10 @@ def ui_process(tmp_path: Path, *args: str, **env: str) -> Iterator[str]:
         )
     try:
         found = wait_until(
-            lambda: proc.poll() is None
-            and re.search(r"http://[^/\s]+:(\d+)/", log.read_text(errors="replace")),
+            lambda: (
+                proc.poll() is None
+                and re.search(r"http://[^/\s]+:(\d+)/", log.read_text(errors="replace"))
+            ),
             lambda: f"the dashboard to say where it serves: {log.read_text(errors='replace')}",
         )
         yield f"http://127.0.0.1:{found.group(1)}"

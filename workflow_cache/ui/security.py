@@ -1,5 +1,8 @@
 """The dashboard's guard: who may ask, what the browser may run, and forged form posts.
 
+Each response also says how long the app took to start it (``Server-Timing: app``),
+the figure ``benchmarks/bench_ui.py`` reads.
+
 Every response carries a Content-Security-Policy that allows scripts from the
 dashboard's own origin only (no inline script, no ``eval``), so a stored value that
 slipped past escaping still could not run. With a token configured, each request
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -110,11 +114,14 @@ class Guard:
             return
         path = str(scope.get("path", ""))
         static = path.startswith("/static/")
+        started = time.perf_counter()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.extend(_HEADERS)
+                spent = (time.perf_counter() - started) * 1000
+                headers.append((b"server-timing", f"app;dur={spent:.2f}".encode()))
                 if not static:
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
