@@ -26,6 +26,9 @@ PUBLISH calls, each delivered to every subscriber of its channel.
    with its own --workers solo workers, setups interleaved round by round; the
    server CPU per step (``used_cpu_sys + used_cpu_user``) and the commands each
    primary served (target: even within 20 % of the mean).
+4. The model: what one core of Redis carries at the CPU per step measured here, what
+   each Cluster size carries at its busiest primary, and what 1,000 workers hold
+   (connections) and send while idle, with and without Celery's gossip and heartbeat.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ from tests.waiting import wait_until  # noqa: E402
 from tests.workers import CeleryWorker, wait_ready  # noqa: E402
 
 APP_MODULE = "benchmarks._scale_app"
+DEFAULT_WORKERS = 3
+"""Default-configured workers whose idle traffic is measured (gossip fans out to all)."""
+FLEET = 1000
 OWN = ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_cluster|info")
 """The benchmark's own commands: not counted."""
 
@@ -348,61 +354,71 @@ def report(label: str, out: dict[str, Counts], ops: int, seconds: float) -> dict
 
 def idle_rates(
     nodes: dict[str, list[Node]], seconds: float, workers: int
-) -> dict[str, tuple[float, float, float]]:
-    """Per server: (commands, bytes in+out, PUBLISH) per second and per worker."""
+) -> dict[str, dict[str, float]]:
+    """Per server: commands, bytes (in + out, and out alone) and PUBLISH calls, per
+    second and per worker."""
     with phase(nodes) as out:
         time.sleep(seconds)  # the phase *is* a stretch of time with nothing to do
-    rates = {}
-    for name, c in out.items():
-        rate = seconds * workers
-        rates[name] = (c.commands / rate, (c.net_in + c.net_out) / rate, c.pubsub()[0] / rate)
-    return rates
+    rate = seconds * workers
+    return {
+        name: {
+            "commands": c.commands / rate,
+            "bytes": (c.net_in + c.net_out) / rate,
+            "out": c.net_out / rate,
+            "publish": c.pubsub()[0] / rate,
+        }
+        for name, c in out.items()
+    }
 
 
-def print_idle(label: str, rates: dict[str, tuple[float, float, float]]) -> None:
-    for name, (cmds, nbytes, pubs) in rates.items():
+def print_idle(label: str, rates: dict[str, dict[str, float]]) -> None:
+    for name, r in rates.items():
         print(
-            f"   {label:34} {name:7} {cmds:6.2f} cmds/s  {nbytes:8.0f} B/s  "
-            f"{pubs:5.2f} PUBLISH/s  per worker"
+            f"   {label:34} {name:7} {r['commands']:6.2f} cmds/s  {r['bytes']:8.0f} B/s  "
+            f"{r['publish']:5.2f} PUBLISH/s  per worker"
         )
         label = ""
 
 
-def celery_defaults_idle(
-    env: dict[str, str], nodes: dict[str, list[Node]], seconds: float, count: int, log: Path
-) -> dict[str, tuple[float, float, float]]:
-    """``count`` workers started as ``celery worker`` is by default (gossip, heartbeat,
-    mingle), on a queue nobody sends to."""
-    procs = []
-    out = open(log, "ab")  # noqa: SIM115
-    for i in range(count):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", APP_MODULE, "worker", "-Q",
-                 "idle-defaults", "-P", "solo", "-n", f"default{i}@%h", "-l", "warning"],
-                cwd=ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+class DefaultWorker:
+    """``celery worker`` started as it is by default (gossip, heartbeat, mingle), on a
+    queue nobody sends to: what an unconfigured fleet's idle workers cost."""
+
+    def __init__(self, env: dict[str, str], index: int, log: Any) -> None:
+        self.name = f"default{index}@{os.uname().nodename}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", APP_MODULE, "worker", "-Q",
+             "idle-defaults", "-P", "solo", "-n", self.name, "-l", "warning"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
-    try:
-        broker = nodes["broker"][0].client
 
-        def all_up() -> bool:
-            # each worker's gossip subscribes to the event fanout once it is running
-            names = broker.pubsub_channels()
-            return len([p for p in procs if p.poll() is None]) == count and bool(names)
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
-        wait_until(all_up, "default-configured workers to start", timeout=60)
-        time.sleep(3.0)  # let mingle finish: it is start-up work, not the idle rate
-        return idle_rates(nodes, seconds, count)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=20)
-        out.close()
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def celery_defaults_idle(
+    app: ModuleType,
+    env: dict[str, str],
+    nodes: dict[str, list[Node]],
+    seconds: float,
+    count: int,
+    log: Path,
+) -> dict[str, dict[str, float]]:
+    with open(log, "ab") as out:
+        workers = [DefaultWorker(env, i, out) for i in range(count)]
+        try:
+            wait_ready(app.app, workers)  # type: ignore[arg-type]
+            return idle_rates(nodes, seconds, count)
+        finally:
+            for worker in workers:
+                worker.stop()
 
 
 def part_costs(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -509,8 +525,10 @@ def part_costs(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         results["connections"] = {k: {s: dict(c) for s, c in v.items()} for k, v in held.items()}
 
         if not args.quick:
+            for worker in workers:  # the idle rate of the default-configured ones alone
+                worker.stop()
             print("\n   idle, workers with Celery's defaults (gossip, heartbeat, mingle):")
-            rates = celery_defaults_idle(env, nodes, args.idle, 3, log)
+            rates = celery_defaults_idle(app, env, nodes, args.idle, DEFAULT_WORKERS, log)
             print_idle("3 default workers", rates)
             results["idle_defaults"] = rates
     finally:
@@ -689,6 +707,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 f"CPU shares {cpu}"
             )
             results[s.name]["largest_gap"] = spread
+            results[s.name]["busiest_cpu_share"] = max(s.per_node_cpu.values()) / cpu_mean
         print("   commands per step by name, one server vs Cluster x3:")
         for s in (setups[0], setups[-1]):
             print(f"     {s.name:12} {top(Counts(s.calls), s.steps, 10)}")
@@ -704,6 +723,74 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 worker.stop()
             s.stop()
         broker.stop()
+
+
+# --------------------------------------------------------------------------- model
+
+
+def model(costs: dict[str, Any], speed: dict[str, Any]) -> None:
+    """What the constants above say one Redis, a Cluster and a fleet of FLEET workers
+    need: each server's command execution uses one core, so a server saturates when
+    its CPU per second reaches one second."""
+
+    def per_core(us: float) -> str:
+        return f"{1e6 / us:8,.0f}/s"
+
+    one = speed["one server"]
+    step, hit, run = costs["step"], costs["hit"], costs["run"]
+    print("\n4. the model: what one core of Redis per server carries, at the CPU measured above")
+    print(
+        f"   dispatched steps, in bursts (3.):     cache {per_core(one['cpu_us_per_step'])}"
+        f"   broker {per_core(one['broker_cpu_us_per_step'])}"
+    )
+    print(
+        f"   dispatched steps, one at a time (2a.): cache {per_core(step['cache']['cpu_us'])}"
+        f"   broker {per_core(step['broker']['cpu_us'])}"
+    )
+    print(f"   cached hits (2b.):                     cache {per_core(hit['cache']['cpu_us'])}")
+    print(
+        f"   suspended runs of one step (2d.):      cache {per_core(run['cache']['cpu_us'])}"
+        f"   broker {per_core(run['broker']['cpu_us'])}"
+    )
+    print(f"   cache CPU per command (one server, 3.): {one['cpu_us_per_command']:.1f} us")
+    for size in (1, 2, 3):
+        row = speed[f"Cluster x{size}"]
+        busiest = row["cpu_us_per_step"] * row["busiest_cpu_share"] / size
+        print(
+            f"   Cluster x{size}: busiest primary {busiest:5.0f} us per step -> "
+            f"{1e6 / busiest:8,.0f} steps/s"
+        )
+    extra = (speed["Cluster x3"]["cpu_us_per_step"] - speed["Cluster x1"]["cpu_us_per_step"]) / 2
+    if extra > 0:
+        print(
+            f"   each primary past the first adds {extra:.0f} us of CPU per step (a PUBLISH "
+            f"reaches every node): classic pub/sub caps a Cluster near {1e6 / extra:,.0f} steps/s"
+        )
+    held = costs["connections"]
+    steps_w = {k: sum(v.values()) for k, v in held["scale-steps"].items()}
+    flows_w = {k: sum(v.values()) for k, v in held["scale-flows"].items()}
+    print(
+        f"   {FLEET:,} solo step workers hold {FLEET * steps_w.get('broker', 0):,} broker and "
+        f"{FLEET * steps_w.get('cache', 0):,} cache connections; {FLEET:,} workflow workers "
+        f"{FLEET * flows_w.get('broker', 0):,} and {FLEET * flows_w.get('cache', 0):,}"
+    )
+    idle = costs["idle"]
+    cache_idle = FLEET * idle["cache"]["commands"]
+    print(
+        f"   {FLEET:,} idle workers: broker {FLEET * idle['broker']['commands']:,.0f} cmds/s, "
+        f"cache {cache_idle:,.0f} cmds/s (= {cache_idle * one['cpu_us_per_command'] / 1e4:.1f} % "
+        "of a core)"
+    )
+    gossip = costs.get("idle_defaults")
+    if gossip:
+        pubs = gossip["broker"]["publish"]
+        size = gossip["broker"]["out"] / (pubs * DEFAULT_WORKERS) if pubs else 0.0
+        print(
+            f"   with Celery's gossip and heartbeat on: {FLEET * pubs:,.0f} PUBLISH/s, each to "
+            f"{FLEET:,} workers: {FLEET * FLEET * pubs:,.0f} messages/s, "
+            f"~{FLEET * FLEET * pubs * size / 1e6:,.0f} MB/s out of the broker "
+            f"(~{size:.0f} B per message)"
+        )
 
 
 # --------------------------------------------------------------------------- main
@@ -739,10 +826,10 @@ def main() -> None:
     print("the machine is shared with other jobs: rates are this run's, ratios are the figures")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
-        if args.only != "throughput":
-            part_costs(args, tmp)
-        if args.only != "costs":
-            part_throughput(args, tmp)
+        costs = part_costs(args, tmp) if args.only != "throughput" else None
+        speed = part_throughput(args, tmp) if args.only != "costs" else None
+        if costs and speed:
+            model(costs, speed)
 
 
 if __name__ == "__main__":
