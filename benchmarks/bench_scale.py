@@ -556,6 +556,7 @@ class Setup:
     rates: list[float] = field(default_factory=list)
     per_node: Counter[int] = field(default_factory=Counter)
     per_node_cpu: Counter[int] = field(default_factory=Counter)
+    per_node_subs: Counter[int] = field(default_factory=Counter)
     cpu: float = 0.0
     broker_cpu: float = 0.0
     steps: int = 0
@@ -666,6 +667,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     counts = node.read()
                     s.per_node[node.port] += counts.commands
                     s.per_node_cpu[node.port] += counts.cpu  # type: ignore[assignment]
+                    s.per_node_subs[node.port] += counts.pubsub()[1]
                     s.cpu += counts.cpu
                     s.bus += counts.bus_publish
                     s.calls += counts.calls
@@ -725,9 +727,10 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             cells = "  ".join(f"{x:.2f}" for x in shares)
             cpu_mean = sum(s.per_node_cpu.values()) / len(s.nodes)
             cpu = "  ".join(f"{s.per_node_cpu[node.port] / cpu_mean:.2f}" for node in s.nodes)
+            subs = "  ".join(f"{s.per_node_subs[node.port] / s.steps:.1f}" for node in s.nodes)
             print(
                 f"     {s.name:12} {cells:24} largest gap {spread * 100:4.1f} % ({verdict}); "
-                f"CPU shares {cpu}"
+                f"CPU shares {cpu}; (un)subscribe per step {subs}"
             )
             results[s.name]["largest_gap"] = spread
             results[s.name]["busiest_cpu_share"] = max(s.per_node_cpu.values()) / cpu_mean
@@ -774,6 +777,12 @@ def model(costs: dict[str, Any], speed: dict[str, Any]) -> None:
     print(
         f"   suspended runs of one step (2d.):      cache {per_core(run['cache']['cpu_us'])}"
         f"   broker {per_core(run['broker']['cpu_us'])}"
+    )
+    both = one["cpu_us_per_step"] + one["broker_cpu_us_per_step"]
+    print(
+        f"   one server as broker and cache:        steps {per_core(both)} in bursts, "
+        f"{per_core(step['cache']['cpu_us'] + step['broker']['cpu_us'])} one at a time; "
+        f"runs {per_core(run['cache']['cpu_us'] + run['broker']['cpu_us'])}"
     )
     print(f"   cache CPU per command (one server, 3.): {one['cpu_us_per_command']:.1f} us")
     for size in (1, 2, 3):
