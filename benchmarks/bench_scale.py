@@ -555,7 +555,7 @@ class Setup:
     workers: list[CeleryWorker] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     per_node: Counter[int] = field(default_factory=Counter)
-    per_node_cpu: Counter[int] = field(default_factory=Counter)
+    per_node_cpu: Counter[int] = field(default_factory=Counter)  # CPU seconds, not counts
     per_node_subs: Counter[int] = field(default_factory=Counter)
     cpu: float = 0.0
     broker_cpu: float = 0.0
@@ -580,27 +580,27 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     broker = RedisServer(tmp)
     setups: list[Setup] = []
-    plain = RedisServer(tmp)
-    setups.append(
-        Setup("one server", [Node(plain.port)], plain.url, "q-plain", "tp-plain", plain.stop)
-    )
-    for size in (1, 2, 3):
-        cluster = Cluster(tmp, size)
-        setups.append(
-            Setup(
-                f"Cluster x{size}",
-                cluster.nodes,
-                cluster.url,
-                f"q-c{size}",
-                f"tp-c{size}",
-                cluster.stop,
-            )
-        )
-    base_env = {"WORKFLOW_CACHE_BROKER": broker.url, "WORKFLOW_CACHE_LEASE": "5"}
-    app = load_app({**base_env, "WORKFLOW_CACHE_CACHE_URL": setups[0].url})
-    log = tmp / "throughput-workers.log"
-    broker_node = Node(broker.port)
     try:
+        plain = RedisServer(tmp)
+        setups.append(
+            Setup("one server", [Node(plain.port)], plain.url, "q-plain", "tp-plain", plain.stop)
+        )
+        for size in (1, 2, 3):
+            cluster = Cluster(tmp, size)
+            setups.append(
+                Setup(
+                    f"Cluster x{size}",
+                    cluster.nodes,
+                    cluster.url,
+                    f"q-c{size}",
+                    f"tp-c{size}",
+                    cluster.stop,
+                )
+            )
+        base_env = {"WORKFLOW_CACHE_BROKER": broker.url, "WORKFLOW_CACHE_LEASE": "5"}
+        app = load_app({**base_env, "WORKFLOW_CACHE_CACHE_URL": setups[0].url})
+        log = tmp / "throughput-workers.log"
+        broker_node = Node(broker.port)
         for s in setups:
             env = {
                 **base_env,
