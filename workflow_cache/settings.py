@@ -197,6 +197,13 @@ class Settings(BaseSettings):
         description="Token the web dashboard (`workflow-cache ui`) asks of every request; "
         "required to bind any address but loopback.",
     )
+    local_store_bytes: int = Field(
+        default=5 << 30,
+        ge=0,
+        description="File bytes of unpacked cache entries a worker keeps under <home>/local "
+        "so a restore links files instead of writing them (least recently used go first); "
+        "0: no local store.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,
