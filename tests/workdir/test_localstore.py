@@ -221,10 +221,26 @@ def _folder_becomes_symlink(tree: Path) -> None:
     (tree / "venv/lib/deep").symlink_to(outside / "deep")
 
 
+def _planted_in_spare_folders(tree: Path) -> None:
+    (tree.parent / "spares/first/venv/lib/planted").symlink_to("/etc/passwd")
+
+
 @pytest.mark.parametrize(
     "tamper",
-    [_replace_file, _file_becomes_symlink, _symlink_planted, _folder_becomes_symlink],
-    ids=["file replaced", "file became a symlink", "symlink planted", "folder became a symlink"],
+    [
+        _replace_file,
+        _file_becomes_symlink,
+        _symlink_planted,
+        _folder_becomes_symlink,
+        _planted_in_spare_folders,
+    ],
+    ids=[
+        "file replaced",
+        "file became a symlink",
+        "symlink planted",
+        "folder became a symlink",
+        "symlink planted in the spare folders",
+    ],
 )
 def test_a_tampered_entry_is_not_served(
     tmp_path: Path, store: LocalStore, tamper: Any, caplog: pytest.LogCaptureFixture

@@ -8,6 +8,7 @@ here fills the folder by reflink or hard link (:mod:`.localtree`).
 Layout under ``<home>/local``::
 
     <hex>/manifest.json, <hex>/tree/   a complete entry, moved into place by one rename
+    <hex>/spares/*                     the tree's folders, empty, made ahead for the next fill
     <hex>.lock                         flock: one process at a time builds or fills from it
     <hex>.private                      files runs wrote in place; copied from then on
     .lock                              flock of eviction
@@ -30,9 +31,11 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +49,7 @@ from workflow_cache.workdir.localtree import (
     Manifest,
     TreeChanged,
     fill,
+    make_spare,
     parse_manifest,
     scan,
 )
@@ -63,6 +67,10 @@ _LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _PRIVATE_LIMIT = 1 << 20
 _STALE_SECONDS = 3600.0  # a .tmp-* folder this old belongs to a process that died
 _POLL = 0.02
+_SPARES = "spares"
+_SPARE_COUNT = 2
+_making: set[str] = set()  # entries this process is making spare folders for
+_making_lock = threading.Lock()
 
 Unpack = Callable[[Path], ArchiveStats]
 
@@ -128,9 +136,12 @@ class LocalStore:
                 raise
             try:
                 dest.mkdir(parents=True, exist_ok=True)
-                staging = tempfile.mkdtemp(prefix=".wfc-local-", dir=dest)
+                staging = _take_spare(entry, dest)
+                spare = staging is not None
+                if staging is None:
+                    staging = tempfile.mkdtemp(prefix=".wfc-local-", dir=dest)
                 try:
-                    filled = fill(tree, staging, manifest)
+                    filled = fill(tree, staging, manifest, spare=spare)
                     merge_into(staging, os.fspath(dest))
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -138,7 +149,46 @@ class LocalStore:
                 os.close(tree)
         finally:
             os.close(entry)
+        self._spare_later(name, manifest)
         return filled
+
+    def _spare_later(self, name: str, manifest: Manifest) -> None:
+        """Make the folders of the next fill now, on a thread, while the run goes on."""
+        with _making_lock:
+            if name in _making:
+                return
+            _making.add(name)
+
+        def make() -> None:
+            try:
+                self._make_spare(name, manifest)
+            finally:
+                with _making_lock:
+                    _making.discard(name)
+
+        threading.Thread(target=make, name="wfc-local-spare").start()
+
+    def _make_spare(self, name: str, manifest: Manifest) -> None:
+        spares = self.root / name / _SPARES
+        try:
+            if len(os.listdir(spares)) >= _SPARE_COUNT:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            staging = tempfile.mkdtemp(prefix=".tmp-spare-", dir=self.root)
+        except OSError:
+            return
+        try:
+            make_spare(manifest, staging)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(spares, 0o700)
+            os.rename(staging, spares / secrets.token_hex(8))
+        except OSError as exc:  # the entry went away, or the disk is full: no spare
+            log.debug("no spare folders for %s: %s", name, exc)
+            shutil.rmtree(staging, ignore_errors=True)
 
     def populate(self, digest: str, file_bytes: int, unpack: Unpack) -> bool:
         """Build the entry of ``digest`` with ``unpack(tree)`` unless it is here; True if it is.
@@ -172,6 +222,8 @@ class LocalStore:
                 private = self._learned(name)
                 manifest = scan(os.fspath(tree), digest, stats.files, stats.bytes, private)
                 _write_new(Path(staging) / "manifest.json", manifest.to_json())
+                os.makedirs(Path(staging) / _SPARES / "first", 0o700)
+                make_spare(manifest, os.fspath(Path(staging) / _SPARES / "first"))
                 os.rename(staging, self.root / name)
             except (OSError, TreeChanged) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -321,6 +373,28 @@ class LocalStore:
             yield True
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _take_spare(entry: int, dest: Path) -> str | None:
+    """Move one spare set of folders of the entry into ``dest``; None when there is none."""
+    try:
+        spares = os.open(_SPARES, _DIR, dir_fd=entry)
+    except OSError:
+        return None
+    try:
+        for spare in os.listdir(spares):
+            staging = f"{dest}/.wfc-local-{secrets.token_hex(8)}"
+            try:
+                os.rename(spare, staging, src_dir_fd=spares)
+            except OSError:  # taken by another process, or on another file system
+                continue
+            if os.path.isdir(staging) and not os.path.islink(staging):
+                return staging
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+        return None
+    finally:
+        os.close(spares)
 
 
 def _entry_name(digest: str) -> str | None:
