@@ -17,8 +17,10 @@ Each round, in an order that alternates, times into a fresh folder:
 * ``FileCache.restore`` from the archive, without a local store.
 
 Each folder is removed and ``sync`` run before the next timing, so no write of
-one timing is pending during another. Prints per-round times and the median
-ratio to tar. Target: the local-store restore at most 0.2x the tar extraction.
+one timing is pending during another, and each timing starts once the disk has
+had no request in flight for half a second (or after 30 s: other jobs share
+it). Prints per-round times and the median ratio to tar.
+Target: the local-store restore at most 0.2x the tar extraction.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from workflow_cache.workdir.filecache import FileCache
 from workflow_cache.workdir.localstore import LocalStore
 
 KEY = EntryKey("bench", "localstore", "venv")
+DEVICE: Path | None = None
 
 
 def file_system(path: Path) -> str:
@@ -65,7 +68,32 @@ def count(tree: Path) -> tuple[int, int]:
     return files, size
 
 
+def settle(device: Path | None, quiet: float = 0.5, longest: float = 30.0) -> None:
+    """Wait until the disk has had no request in flight for ``quiet`` seconds (or ``longest``).
+
+    Removing a tree makes the file system discard its blocks for a while after
+    ``sync``; a timing started then measures that, not the restore.
+    """
+    if device is None:
+        return
+    deadline = time.monotonic() + longest
+    idle_since = time.monotonic()
+    while time.monotonic() < deadline:
+        if any(int(n) for n in (device / "inflight").read_text().split()):
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= quiet:
+            return
+        time.sleep(0.02)
+
+
+def block_device(path: Path) -> Path | None:
+    info = os.stat(path)
+    device = Path(f"/sys/dev/block/{os.major(info.st_dev)}:{os.minor(info.st_dev)}")
+    return device if (device / "inflight").exists() else None
+
+
 def timed(action: Callable[[Path], object], dest: Path) -> float:
+    settle(DEVICE)
     started = time.perf_counter()
     action(dest)
     elapsed = time.perf_counter() - started
@@ -90,6 +118,8 @@ def main() -> None:
         raise SystemExit(f"{args.work} is on tmpfs; give --work on a real disk")
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
+    global DEVICE
+    DEVICE = block_device(args.work)
     store = LocalStore(args.work / "local", 20 << 30)
     with_store = FileCache(str(args.work / "storage"), local_store=store)
     without = FileCache(str(args.work / "storage"), local_store=False)
