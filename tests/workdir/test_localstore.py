@@ -194,6 +194,43 @@ def test_two_processes_restoring_the_same_entry_at_once(tmp_path: Path) -> None:
         assert os.stat(dests[0] / path).st_ino != os.stat(dests[1] / path).st_ino
 
 
+def test_an_entry_held_past_the_wait_is_restored_from_the_archive(tmp_path: Path) -> None:
+    """Another process building or filling from the entry holds its lock: no waiting for it."""
+    digest = saved_entry(tmp_path, None)
+    store = LocalStore(tmp_path / "local", 1 << 30, wait=0.1)
+    store.root.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD_LOCK,
+            str(store.root / f"{digest.removeprefix('sha256:')}.lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = cache_with(tmp_path, store).restore(KEY, tmp_path / "r", None)
+        assert result.hit
+        assert store.entries() == {}  # the holder had it: this process did not build it
+        assert (tmp_path / "r/venv/lib/mod.py").read_text() == "VALUE = 'one'\n"
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
 def _replace_file(tree: Path) -> None:
     target = tree / "venv/lib/mod.py"
     before = target.stat()

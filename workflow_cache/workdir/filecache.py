@@ -282,11 +282,12 @@ class FileCache(EntryCatalog):
         if store is None or digest is None:
             return None
         started = time.perf_counter()
-        filled = store.fill(digest, root)
-        if filled is None:
-            unpack_there = lambda tree: self._unpack(entry, tree, progress, verify=True)  # noqa: E731
-            if store.populate(digest, entry.bytes, unpack_there):
-                filled = store.fill(digest, root)
+        filled = store.fill(
+            digest,
+            root,
+            unpack=lambda tree: self._unpack(entry, tree, progress, verify=True),
+            file_bytes=entry.bytes,
+        )
         if filled is None:
             return None
         return ArchiveStats(filled.files, filled.bytes, time.perf_counter() - started)

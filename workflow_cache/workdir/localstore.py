@@ -89,33 +89,52 @@ class LocalStore:
         size = settings.current().local_store_bytes
         return cls(paths.home() / "local", size) if size > 0 else None
 
-    def fill(self, digest: str, dest: Path) -> Filled | None:
+    def fill(
+        self, digest: str, dest: Path, *, unpack: Unpack | None = None, file_bytes: int = 0
+    ) -> Filled | None:
         """Fill ``dest`` from the entry of ``digest``; None when it cannot be served.
 
         Entries already in ``dest`` are replaced and folders merge, as an archive
-        restore does. None leaves ``dest`` as it was.
+        restore does. None leaves ``dest`` as it was. With ``unpack``, an entry
+        that is not here (or was just dropped) is built first, as
+        :meth:`populate` does, under the same hold of its lock.
         """
         name = _entry_name(digest)
-        if name is None or not (self.root / name).is_dir():
+        if name is None:
             return None
+        can_build = unpack is not None and file_bytes <= self.max_bytes
+        if not can_build and not (self.root / name).is_dir():
+            return None
+        built = False
         with self._locked(name) as held:
             if not held:
                 return None
-            try:
-                filled = self._fill(name, digest, Path(dest))
-            except (TreeChanged, ValueError) as exc:
-                if isinstance(exc, TreeChanged) and exc.path is not None:
-                    self._learn(name, exc.path)
-                log.warning("local copy of %s is not served and is dropped: %s", digest, exc)
-                self._drop(name)
-                return None
-            except OSError as exc:
-                log.warning("cannot restore %s from the local store: %s", digest, exc)
-                return None
-            if filled is not None:
-                with contextlib.suppress(OSError):
-                    os.utime(self.root / name)  # most recently used
-            return filled
+            filled = self._serve(name, digest, Path(dest))
+            if filled is None and unpack is not None and can_build:
+                if not (self.root / name).is_dir():
+                    built = self._build(name, digest, unpack)
+                if built:
+                    filled = self._serve(name, digest, Path(dest))
+        if built:
+            self.evict(keep=name)
+        return filled
+
+    def _serve(self, name: str, digest: str, dest: Path) -> Filled | None:
+        try:
+            filled = self._fill(name, digest, dest)
+        except (TreeChanged, ValueError) as exc:
+            if isinstance(exc, TreeChanged) and exc.path is not None:
+                self._learn(name, exc.path)
+            log.warning("local copy of %s is not served and is dropped: %s", digest, exc)
+            self._drop(name)
+            return None
+        except OSError as exc:
+            log.warning("cannot restore %s from the local store: %s", digest, exc)
+            return None
+        if filled is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self.root / name)  # most recently used
+        return filled
 
     def _fill(self, name: str, digest: str, dest: Path) -> Filled | None:
         try:
@@ -201,38 +220,39 @@ class LocalStore:
         name = _entry_name(digest)
         if name is None or file_bytes > self.max_bytes:
             return False
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.warning("cannot use the local store %s: %s", self.root, exc)
-            return False
         with self._locked(name) as held:
             if not held:
                 return False
             if (self.root / name).is_dir():
                 return True
-            try:
-                staging = tempfile.mkdtemp(prefix=".tmp-", dir=self.root)
-            except OSError as exc:
-                log.warning("cannot keep a local copy of %s: %s", digest, exc)
-                return False
-            try:
-                tree = Path(staging) / "tree"
-                stats = unpack(tree)
-                private = self._learned(name)
-                manifest = scan(os.fspath(tree), digest, stats.files, stats.bytes, private)
-                _write_new(Path(staging) / "manifest.json", manifest.to_json())
-                os.makedirs(Path(staging) / _SPARES / "first", 0o700)
-                make_spare(manifest, os.fspath(Path(staging) / _SPARES / "first"))
-                os.rename(staging, self.root / name)
-            except (OSError, TreeChanged) as exc:
-                shutil.rmtree(staging, ignore_errors=True)
-                log.warning("cannot keep a local copy of %s: %s", digest, exc)
-                return False
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-        self.evict(keep=name)
+            built = self._build(name, digest, unpack)
+        if built:
+            self.evict(keep=name)
+        return built
+
+    def _build(self, name: str, digest: str, unpack: Unpack) -> bool:
+        """Unpack into a private folder, record its manifest, move it into place (lock held)."""
+        try:
+            staging = tempfile.mkdtemp(prefix=".tmp-", dir=self.root)
+        except OSError as exc:
+            log.warning("cannot keep a local copy of %s: %s", digest, exc)
+            return False
+        try:
+            tree = Path(staging) / "tree"
+            stats = unpack(tree)
+            private = self._learned(name)
+            manifest = scan(os.fspath(tree), digest, stats.files, stats.bytes, private)
+            _write_new(Path(staging) / "manifest.json", manifest.to_json())
+            os.makedirs(Path(staging) / _SPARES / "first", 0o700)
+            make_spare(manifest, os.fspath(Path(staging) / _SPARES / "first"))
+            os.rename(staging, self.root / name)
+        except (OSError, TreeChanged) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            log.warning("cannot keep a local copy of %s: %s", digest, exc)
+            return False
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return True
 
     def entries(self) -> dict[str, int]:
