@@ -13,6 +13,11 @@ is deleted, pointer first, and the next save publishes a fresh pair. Two savers
 racing for one key both upload an archive, but only one ``entry.json`` can be
 created; the loser deletes its archive and reports "already saved".
 
+A worker keeps what it saved or restored unpacked in its local store
+(:mod:`.localstore`), so the next restore of the same archive links files
+instead of unpacking it; the archive stays the truth and is read when the store
+cannot serve.
+
 Everything read back from storage is untrusted (see docs/trust.md): a restore
 reads no more than the recorded archive size and writes no more than the
 recorded file bytes (plus a small margin) and the configured cap, and a bad

@@ -188,26 +188,33 @@ class LocalStore:
         threading.Thread(target=make, name="wfc-local-spare").start()
 
     def _make_spare(self, name: str, manifest: Manifest) -> None:
-        spares = self.root / name / _SPARES
+        """Add a spare set of folders to the entry unless it has enough (nothing followed)."""
+        try:
+            entry = os.open(self.root / name, _DIR)
+        except OSError:
+            return
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(_SPARES, 0o700, dir_fd=entry)
+            spares = os.open(_SPARES, _DIR, dir_fd=entry)
+        except OSError:
+            os.close(entry)
+            return
         try:
             if len(os.listdir(spares)) >= _SPARE_COUNT:
                 return
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return
-        try:
             staging = tempfile.mkdtemp(prefix=".tmp-spare-", dir=self.root)
+            try:
+                make_spare(manifest, staging)
+                os.rename(staging, secrets.token_hex(8), dst_dir_fd=spares)
+            except OSError as exc:  # the entry went away, or the disk is full: no spare
+                log.debug("no spare folders for %s: %s", name, exc)
+                shutil.rmtree(staging, ignore_errors=True)
         except OSError:
             return
-        try:
-            make_spare(manifest, staging)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(spares, 0o700)
-            os.rename(staging, spares / secrets.token_hex(8))
-        except OSError as exc:  # the entry went away, or the disk is full: no spare
-            log.debug("no spare folders for %s: %s", name, exc)
-            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(spares)
+            os.close(entry)
 
     def populate(self, digest: str, file_bytes: int, unpack: Unpack) -> bool:
         """Build the entry of ``digest`` with ``unpack(tree)`` unless it is here; True if it is.
