@@ -13,7 +13,8 @@ Files reach the folder, in order of preference, as reflinks (their own inode
 sharing the blocks copy-on-write, so nothing written later leaks), as hard links
 (one ``link()`` each), or as copies. A file another folder still links to (its
 link count is above the manifest's) is copied, so no two runs share an inode,
-and so is every file the store learned that runs write in place.
+and so is every file that runs were seen writing in place, or that tools
+commonly rewrite (:func:`rewritten_in_place`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "fill",
     "make_spare",
     "parse_manifest",
+    "rewritten_in_place",
     "scan",
 ]
 
@@ -133,7 +135,22 @@ def scan(tree: str, digest: str, files: int, size: int, private: frozenset[str])
                     walk(entry.path, path + "/")
 
     walk(tree, "")
-    return Manifest(digest, files, size, items, frozenset(p for p in private if p in items))
+    likely = {path for path, item in items.items() if item.kind == "f" and rewritten_in_place(path)}
+    kept = frozenset(p for p in private if p in items) | likely
+    return Manifest(digest, files, size, items, kept)
+
+
+def rewritten_in_place(path: str) -> bool:
+    """Whether tools commonly rewrite this file in place when they run again.
+
+    A venv's ``bin/Activate.ps1`` and ``pyvenv.cfg`` (``python -m venv`` on an
+    existing venv), npm's ``node_modules/.package-lock.json``: files directly in
+    a ``bin`` or ``Scripts`` folder or at the first two levels. There are few,
+    so copying them from the start costs little, and it spares the first
+    restore after such a run from finding the store's copy changed.
+    """
+    parts = path.split("/")
+    return len(parts) <= 2 or (len(parts) >= 2 and parts[-2] in ("bin", "Scripts"))
 
 
 def parse_manifest(raw: bytes, digest: str) -> Manifest:
