@@ -1,6 +1,7 @@
 """Dispatched steps vs plain Celery, and a 64-producer stampede, on real worker processes.
 
     python benchmarks/bench_dispatch.py [--quick] [--rounds 7] [--n 200] [--gap 0.002] [--profile]
+                                        [--link]
 
 Starts its own redis-server (broker, result backend and step cache in one) and
 ``celery -A benchmarks._bench_app worker`` subprocesses. Medians over interleaved
@@ -16,6 +17,9 @@ b. 64 producer threads (each its own workflow run, one shared RedisCache) on one
    marker per key: must be 1) and wall time vs one uncontended call.
 
 ``--profile`` adds a cProfile of the producer side of the dispatched path (part a).
+``--link`` puts Redis behind the 1 ms-each-way proxy of ``bench_async_redis.py`` for
+producer and workers alike: each round trip then costs about 2 ms, so the figures
+count the round trips of each path more than the CPU time the machine's load blurs.
 """
 
 from __future__ import annotations
@@ -228,14 +232,21 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.1, help="stampede task body, seconds")
     parser.add_argument("--gap", type=float, default=0.002, help="idle between calls (a)")
     parser.add_argument("--profile", action="store_true", help="cProfile the dispatched path")
+    parser.add_argument("--link", action="store_true", help="Redis behind a 1 ms-each-way proxy")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 7)
     n = args.n or (50 if args.quick else 200)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     server = RedisServer(tmp)
+    url, proxy = server.url, None
+    if args.link:
+        from bench_async_redis import start_proxy
+
+        proxy, port, _ = start_proxy(server.port)
+        url = f"redis://127.0.0.1:{port}/0"
     env = {
-        "WORKFLOW_CACHE_BROKER": server.url,
+        "WORKFLOW_CACHE_BROKER": url,
         "WORKFLOW_CACHE_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
         "WORKFLOW_CACHE_LEASE": str(LEASE),
     }
@@ -244,7 +255,8 @@ def main() -> None:
     workers = [CeleryWorker(APP_MODULE, "bench-a", "steps", env, log=log)]
     try:
         wait_ready(bench.app, workers)
-        print(f"redis: {server.url}  workers log: {log}")
+        link = " behind a 1 ms-each-way proxy" if proxy else ""
+        print(f"redis: {url}{link}  workers log: {log}")
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
             f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (load {load}), "
@@ -296,6 +308,9 @@ def main() -> None:
     finally:
         for worker in workers:
             worker.stop()
+        if proxy is not None:
+            proxy.kill()
+            proxy.wait()
         server.stop()
 
 

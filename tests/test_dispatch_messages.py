@@ -234,3 +234,17 @@ def test_a_producer_that_finds_its_key_busy_looks_again_once_subscribed(
     holder.finish()
     other.flight.close()
     cache.close()
+
+
+def test_one_keys_enqueue_and_confirmation_are_one_command_each(
+    messages: StepMessages, redis_client: redis.Redis
+) -> None:
+    """A pipeline holding a script asks SCRIPT EXISTS first, a round trip more: one key's
+    scripts are called as they are."""
+    messages.enqueue_many(["warm"], ["t0"], TTL)  # the script is loaded
+    redis_client.config_resetstat()
+    assert messages.enqueue_many(["k"], ["t1"], TTL) == [Send("t1", since=1)]
+    messages.sent_many(["k"], ["t1"], [TTL])
+    stats = redis_client.info("commandstats")
+    assert "cmdstat_script|exists" not in stats
+    assert stats["cmdstat_evalsha"]["calls"] == 2

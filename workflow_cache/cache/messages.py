@@ -130,7 +130,7 @@ class StepMessages:
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, ttls, bars, strict=True)]
-            return in_one_trip(client, calls)
+            return _one_trip(client, calls)
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 
@@ -149,7 +149,7 @@ class StepMessages:
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
-            return in_one_trip(client, calls)
+            return _one_trip(client, calls)
 
         self.flight.claims.call(run)
 
@@ -239,6 +239,14 @@ class StepMessages:
                 )
             )
         )
+
+
+def _one_trip(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """One script call made on the client itself: a pipeline with a script in it first
+    asks ``SCRIPT EXISTS``, a round trip more, which one step's dispatch need not pay."""
+    if len(calls) == 1:
+        return [calls[0](client)]
+    return in_one_trip(client, calls)
 
 
 def _enqueued(reply: Any) -> Done | Busy | Send:
