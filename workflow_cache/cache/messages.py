@@ -107,24 +107,30 @@ class StepMessages:
         return self.flight.keyspace.for_step(key)
 
     def enqueue_many(
-        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: float | Sequence[float]
+        self,
+        keys: Sequence[str],
+        task_ids: Sequence[str],
+        queued_ttl: float | Sequence[float],
+        since: Sequence[int] | None = None,
     ) -> list[Done | Busy | Send]:
         """For each key: its outcome, busy, or ``Send`` (marker set for ``queued_ttl``
-        seconds, one value or one per key); one round trip."""
+        seconds, one value or one per key); one round trip. With ``since`` (one per key,
+        as ``enqueue`` takes it) a key's outcome that was not kept counts too."""
         if not keys:
             return []
         ttls = [queued_ttl] * len(keys) if isinstance(queued_ttl, int | float) else queued_ttl
+        bars: Sequence[int | str] = [""] * len(keys) if since is None else since
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
-            args = [task_id, max(1, round(ttl * 1000)), ""]
+        def call(key: str, task_id: str, ttl: float, bar: int | str) -> Callable[[Any], Any]:
+            args = [task_id, max(1, round(ttl * 1000)), bar]
             return lambda target: self._enqueue(
                 keys=self._enqueue_keys(key), args=args, client=target
             )
 
         def run() -> list[Any]:
-            calls = [call(*row) for row in zip(keys, task_ids, ttls, strict=True)]
-            return in_one_trip(client, calls)
+            calls = [call(*row) for row in zip(keys, task_ids, ttls, bars, strict=True)]
+            return _one_trip(client, calls)
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 
@@ -143,7 +149,7 @@ class StepMessages:
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
-            return in_one_trip(client, calls)
+            return _one_trip(client, calls)
 
         self.flight.claims.call(run)
 
@@ -233,6 +239,14 @@ class StepMessages:
                 )
             )
         )
+
+
+def _one_trip(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """One script call made on the client itself: a pipeline with a script in it first
+    asks ``SCRIPT EXISTS``, a round trip more, which one step's dispatch need not pay."""
+    if len(calls) == 1:
+        return [calls[0](client)]
+    return in_one_trip(client, calls)
 
 
 def _enqueued(reply: Any) -> Done | Busy | Send:
