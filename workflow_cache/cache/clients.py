@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -101,15 +102,79 @@ def read_many(client: Any, names: Sequence[str]) -> list[Any]:
     return list(client.mget(list(names)))
 
 
-def in_one_trip(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
-    """Each call made with a pipeline (one round trip), or on a Cluster with the client
-    itself, one after another: a Cluster pipeline refuses scripts."""
+Keyed = tuple[str, Callable[[Any], Any]]
+"""One call of a batch and the key whose slot it runs on."""
+
+REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+"""Replies of a node that does not serve the slot now: the command did not run there."""
+
+
+def in_one_trip(client: Any, calls: Sequence[Keyed]) -> list[Any]:
+    """Each call made with a pipeline: one round trip on one server, one per node on a
+    Cluster (a Cluster pipeline refuses scripts, a node's own pipeline does not)."""
+    if not calls:
+        return []
     if is_cluster(client):
-        return [call(client) for call in calls]
+        return _by_node(client, calls)
+    return _raised(_pipelined(client, [call for _, call in calls]))
+
+
+def _pipelined(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """The replies of one pipeline, errors as values; a call the server refused for an
+    unknown script is made again by itself, which loads the script."""
     pipe = client.pipeline(transaction=False)
     for call in calls:
         call(pipe)
-    return list(pipe.execute())
+    replies = list(pipe.execute(raise_on_error=False))
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            replies[i] = _reply(calls[i], client)
+    return replies
+
+
+def _by_node(client: RedisCluster, calls: Sequence[Keyed]) -> list[Any]:
+    """One pipeline per node, grouped by the slot map the client holds. A node that
+    no longer owns a slot (resharding, failover) or cannot be reached sends its calls
+    through the Cluster client, one at a time, which follows redirections."""
+    groups: dict[str, list[int]] = {}
+    nodes: dict[str, ClusterNode] = {}
+    for i, (key, _) in enumerate(calls):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        nodes[node.name] = node
+        groups.setdefault(node.name, []).append(i)
+    replies: list[Any] = [None] * len(calls)
+    again: list[int] = []
+    for name, members in groups.items():
+        target = client.get_redis_connection(nodes[name])
+        try:
+            got = _pipelined(target, [calls[i][1] for i in members])
+        except (redis.ConnectionError, redis.TimeoutError):
+            again.extend(members)
+            continue
+        for i, reply in zip(members, got, strict=True):
+            if isinstance(reply, REDIRECTED):
+                again.append(i)
+            else:
+                replies[i] = reply
+    for i in sorted(again):
+        replies[i] = _reply(calls[i][1], client)
+    return _raised(replies)
+
+
+def _reply(call: Callable[[Any], Any], client: Any) -> Any:
+    """The reply of one call made on ``client`` by itself, an error as a value."""
+    try:
+        return call(client)
+    except redis.ResponseError as error:
+        return error
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """``replies``, or the first error among them raised, as a pipeline does."""
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies
 
 
 def pool_of(client: Any) -> Any:

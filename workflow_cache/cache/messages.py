@@ -39,12 +39,12 @@ the lock says which message runs the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_cache.cache.claims import Holder, SingleFlight
-from workflow_cache.cache.clients import in_one_trip
+from workflow_cache.cache.clients import Keyed, in_one_trip
 from workflow_cache.cache.keys import Keys
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.protocol import (
@@ -116,11 +116,10 @@ class StepMessages:
         ttls = [queued_ttl] * len(keys) if isinstance(queued_ttl, int | float) else queued_ttl
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+        def call(key: str, task_id: str, ttl: float) -> Keyed:
             args = [task_id, max(1, round(ttl * 1000)), ""]
-            return lambda target: self._enqueue(
-                keys=self._enqueue_keys(key), args=args, client=target
-            )
+            keys = self._enqueue_keys(key)
+            return keys[0], lambda target: self._enqueue(keys=keys, args=args, client=target)
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, ttls, strict=True)]
@@ -137,9 +136,10 @@ class StepMessages:
             return
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+        def call(key: str, task_id: str, ttl: float) -> Keyed:
             args = [task_id, max(1, round(ttl * 1000))]
-            return lambda target: self._sent(keys=[self.keys(key).queued], args=args, client=target)
+            queued = self.keys(key).queued
+            return queued, lambda target: self._sent(keys=[queued], args=args, client=target)
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
