@@ -180,6 +180,10 @@ def test_a_batch_over_every_shard_reloads_flushed_scripts(cluster_url: str) -> N
     messages.sent_many(keys, ids, [10.0] * len(keys))
     client = messages.flight.client
     assert [client.get(messages.keys(k).queued) for k in keys] == [i.encode() for i in ids]
+    for node in nodes_of(cluster_url).values():
+        node.script_flush()
+    single = [messages.enqueue(k, f"u{k}", 10.0, since=1) for k in keys]  # one call each
+    assert single == [Busy(i, since=1) for i in ids]
 
 
 def test_a_batch_over_every_shard_is_one_round_trip_per_node(cluster_url: str) -> None:
@@ -226,6 +230,45 @@ def key_in_slot(client: Any, messages: StepMessages, slot: int, prefix: str) -> 
     raise AssertionError(f"no key found for slot {slot}")
 
 
+def finish_moving(nodes: dict[str, redis.Redis], slot: int, source: str, target: str) -> None:
+    """Every key of ``slot`` migrated from ``source`` to ``target``, which then owns it."""
+    port = int(target.rpartition(":")[2])
+    while stranded := nodes[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+        nodes[source].execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *stranded)
+    others = [name for name in nodes if name not in (source, target)]
+    for name in (target, source, *others):
+        nodes[name].execute_command("CLUSTER SETSLOT", slot, "NODE", node_id(nodes[target]))
+
+
+def test_single_calls_follow_a_slot_moved_behind_the_clients_back(cluster_url: str) -> None:
+    """A script and a GET sent straight to the node the client believes owns the key
+    still reach the new owner once the slot has moved."""
+    nodes = nodes_of(cluster_url)
+    messages = messages_on(cluster_url)
+    client: Any = messages.flight.client
+    key = "moving-alone"
+    queued = messages.keys(key).queued
+    slot = client.keyslot(queued)
+    source_name = client.get_node_from_key(queued).name
+    target_name = next(name for name in nodes if name != source_name)
+    assert messages.enqueue(key, "t1", 60.0, since=1) == Send("t1", since=1)
+
+    nodes[target_name].execute_command(
+        "CLUSTER SETSLOT", slot, "IMPORTING", node_id(nodes[source_name])
+    )
+    nodes[source_name].execute_command(
+        "CLUSTER SETSLOT", slot, "MIGRATING", node_id(nodes[target_name])
+    )
+    finish_moving(nodes, slot, source_name, target_name)
+    assert client.get_node_from_key(queued).name == source_name  # the client's map is stale
+    moved = redirections(nodes[source_name], "MOVED")
+
+    assert client.get(queued) == b"t1"
+    assert messages.enqueue(key, "t2", 60.0, since=1) == Busy("t1", since=1)
+    assert redirections(nodes[source_name], "MOVED") > moved
+    assert client.get_node_from_key(queued).name == target_name
+
+
 def test_a_batch_follows_a_slot_resharded_behind_the_clients_back(cluster_url: str) -> None:
     """A slot migrates (CLUSTER SETSLOT, MIGRATE) while the client holds the old slot
     map: its node pipeline gets ASK while the slot migrates and MOVED once it has
@@ -251,10 +294,7 @@ def test_a_batch_follows_a_slot_resharded_behind_the_clients_back(cluster_url: s
     messages.sent_many(batch, ids, [60.0] * len(batch))
     assert redirections(source, "ASK") > asked  # the node pipeline really was redirected
 
-    while stranded := source.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-        source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *stranded)
-    for node in (target, source, *(n for n in nodes.values() if n not in (source, target))):
-        node.execute_command("CLUSTER SETSLOT", slot, "NODE", node_id(target))
+    finish_moving(nodes, slot, source_name, target_name)
     assert target.pttl(queued) > 10_000  # confirmed on the node the marker had moved to
     second = key_in_slot(client, messages, slot, "moved:")
     assert client.get_node_from_key(messages.keys(second).queued).name == source_name  # stale

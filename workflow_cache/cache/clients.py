@@ -64,8 +64,38 @@ def _cluster_client(url: str, **kwargs: Any) -> redis.Redis:
         raise BadRedisURL(f"{redact(url)}: a Redis Cluster has only database 0")
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username else None
-    client = RedisCluster(startup_nodes=nodes, password=password, username=username, **kwargs)
+    client = Cluster(startup_nodes=nodes, password=password, username=username, **kwargs)
     return client  # type: ignore[return-value]
+
+
+class Cluster(RedisCluster):
+    """A Cluster client that sends a script or a GET straight to the client of the node
+    owning its key's slot: redis-py's routing of a command through the Cluster costs
+    about as much CPU as the round trip itself. A node that no longer owns the slot,
+    or cannot be reached, leaves the command to that routing, which follows it."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        key = _routed_key(args, kwargs)
+        if key is not None:
+            node = self.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            try:
+                target = self.get_redis_connection(node)
+                return target.execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except (*REDIRECTED, redis.ConnectionError, redis.TimeoutError):
+                pass
+        return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _routed_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The key that alone decides the node of ``args`` when it is a script with keys or a
+    GET; None for everything else (the Cluster client routes those)."""
+    if set(kwargs) - {"keys"} or not args:
+        return None
+    if args[0] == "EVALSHA" and len(args) > 3 and str(args[2]) != "0":
+        return args[3]
+    if args[0] == "GET" and len(args) == 2:
+        return args[1]
+    return None
 
 
 def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
