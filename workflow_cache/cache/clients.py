@@ -11,8 +11,9 @@ listed nodes and routes each command to the node owning its key's slot.
 
 The few calls that differ on a Cluster are here, so the rest of the cache
 does not ask which kind of client it holds: reading many keys of many slots
-(``read_many``), running many scripts in one round trip where the server
-allows it (``in_one_trip``), and the connection pub/sub notices use.
+(``read_many``), running many scripts in one round trip per server
+(``in_one_trip``), and the connection pub/sub notices use. A Cluster client
+here sends a script or a GET straight to the node owning its key's slot.
 """
 
 from __future__ import annotations
