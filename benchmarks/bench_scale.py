@@ -711,7 +711,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             results[s.name]["worker_cpu_us_per_step"] = s.worker_cpu / s.steps * 1e6
         print(
             f"   the producer's batched calls of one burst ({args.burst} queued markers set, "
-            "then confirmed; one pipeline on one server, one script per key on a Cluster):"
+            "then confirmed; one pipeline on one server, one per primary on a Cluster):"
         )
         for s in setups:
             took = statistics.median(s.batches)

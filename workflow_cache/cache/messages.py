@@ -39,12 +39,12 @@ the lock says which message runs the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_cache.cache.claims import Holder, SingleFlight
-from workflow_cache.cache.clients import in_one_trip
+from workflow_cache.cache.clients import Keyed, in_one_trip
 from workflow_cache.cache.keys import Keys
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.protocol import (
@@ -122,15 +122,14 @@ class StepMessages:
         bars: Sequence[int | str] = [""] * len(keys) if since is None else since
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float, bar: int | str) -> Callable[[Any], Any]:
+        def call(key: str, task_id: str, ttl: float, bar: int | str) -> Keyed:
             args = [task_id, max(1, round(ttl * 1000)), bar]
-            return lambda target: self._enqueue(
-                keys=self._enqueue_keys(key), args=args, client=target
-            )
+            keys = self._enqueue_keys(key)
+            return keys[0], lambda target: self._enqueue(keys=keys, args=args, client=target)
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, ttls, bars, strict=True)]
-            return _one_trip(client, calls)
+            return in_one_trip(client, calls)
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
 
@@ -143,13 +142,14 @@ class StepMessages:
             return
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+        def call(key: str, task_id: str, ttl: float) -> Keyed:
             args = [task_id, max(1, round(ttl * 1000))]
-            return lambda target: self._sent(keys=[self.keys(key).queued], args=args, client=target)
+            queued = self.keys(key).queued
+            return queued, lambda target: self._sent(keys=[queued], args=args, client=target)
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
-            return _one_trip(client, calls)
+            return in_one_trip(client, calls)
 
         self.flight.claims.call(run)
 
@@ -239,14 +239,6 @@ class StepMessages:
                 )
             )
         )
-
-
-def _one_trip(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
-    """One script call made on the client itself: a pipeline with a script in it first
-    asks ``SCRIPT EXISTS``, a round trip more, which one step's dispatch need not pay."""
-    if len(calls) == 1:
-        return [calls[0](client)]
-    return in_one_trip(client, calls)
 
 
 def _enqueued(reply: Any) -> Done | Busy | Send:
