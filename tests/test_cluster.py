@@ -23,9 +23,10 @@ from tests.round_trips import counted_nodes
 from tests.servers import free_port
 from tests.waiting import wait_until
 from workflow_cache import RedisCache, create_workflow
-from workflow_cache.cache.claims import SingleFlight
+from workflow_cache.cache.claims import Done, SingleFlight
 from workflow_cache.cache.clients import BadRedisURL, client_from_url
 from workflow_cache.cache.messages import Busy, Send, StepMessages
+from workflow_cache.distributed.waiters import Joined, Waiters
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +308,21 @@ def test_a_batch_follows_a_slot_resharded_behind_the_clients_back(cluster_url: s
     assert target.get(messages.keys(second).queued) == b"b0"
     assert client.get_node_from_key(messages.keys(second).queued).name == target_name
     assert messages.enqueue_many(batch, ids, 10.0) == [Busy(i, 1) for i in ids]
+
+
+def test_a_run_waits_on_keys_of_every_shard(cluster_url: str) -> None:
+    """A suspending run joins the waiter sets of keys on every node in one batch; each
+    commit hands the run over, and a key already done is given back instead."""
+    flight = SingleFlight(client_from_url(cluster_url), f"cl-{uuid.uuid4().hex[:8]}", lease=5)
+    waiters = Waiters(flight)
+    keys = [f"wait:{i}" for i in range(30)]
+    holder = flight.acquire(keys[0])
+    assert not isinstance(holder, Done) and holder.commit(b'{"v":0}')
+    joined = waiters.join_many(keys, [f"t{i}" for i in range(30)], [10.0] * 30, "run-1", 1)
+    assert joined[0] == Done(b'{"v":0}')
+    assert joined[1:] == [Joined(f"t{i}") for i in range(1, 30)]
+    assert {key for key in keys[1:] if waiters.waiting_on(key) == ["run-1"]} == set(keys[1:])
+    for key in keys[1:]:
+        holder = flight.acquire(key)
+        assert not isinstance(holder, Done) and holder.commit(b'{"v":1}')
+        assert waiters.take_handoff(key) == [("run-1", 1)]
