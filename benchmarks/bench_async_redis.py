@@ -8,11 +8,15 @@ round trip of 2 ms). Each scenario runs in a fresh process, one event loop, N
 concurrent workflows:
 
   bare GET        N concurrent ``redis.asyncio`` GETs of stored envelopes (baseline)
+  bare MGET       the same reads as MGETs of 128 keys, all sent at once (the floor of
+                  reads gathered the way async workflows gather them, ``coalesce.py``)
   hit             N async workflows, each one step whose key is stored
   cold miss       N async workflows, each one step on a fresh key (claim, run, commit)
 
 and prints the wall time (median over rounds) against the bare GET baseline
-(target for hits: <= 1.5x) and the event-loop lag: the worst delay of a 1 ms ticker
+(target for hits: <= 1.3x), the requests per workflow (writes from clients to Redis
+that the proxy forwarded, each answered after a round trip; pipelined commands that
+arrive together count once) and the event-loop lag: the worst delay of a 1 ms ticker
 running alongside, median over rounds (target: < 10 ms), as "worst / second-worst".
 asyncio runs the first step of all N coroutines in one loop iteration, so the bare
 baseline's worst tick grows with N; workflows pace their starts (``pacing.py``).
@@ -47,7 +51,13 @@ DELAY_S = 0.001
 # --------------------------------------------------------------------------- the proxy
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+_forwarded = [0]
+"""Chunks the proxy read from clients (requests to Redis)."""
+
+
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+) -> None:
     """Forward bytes, each chunk DELAY_S after it arrived, in order, without batching up."""
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -68,6 +78,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     try:
         while True:
             data = await reader.read(65536)
+            if upstream and data:
+                _forwarded[0] += 1
             queue.put_nowait((loop.time() + DELAY_S, data))
             if not data:
                 break
@@ -80,16 +92,31 @@ async def _proxy(listen_port: int, target_port: int) -> None:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
         await asyncio.gather(
-            _pipe(client_r, server_w), _pipe(server_r, client_w), return_exceptions=True
+            _pipe(client_r, server_w, True), _pipe(server_r, client_w), return_exceptions=True
         )
 
+    async def tell(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"{_forwarded[0]}\n".encode())
+        await writer.drain()
+        writer.close()
+
     server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=4096)
-    print("LISTENING", flush=True)
+    counter = await asyncio.start_server(tell, "127.0.0.1", 0)
+    print("LISTENING", counter.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()
 
 
-def start_proxy(target_port: int) -> tuple[subprocess.Popen[str], int]:
+async def _requests(counter_port: int) -> int:
+    """Requests the proxy has forwarded so far (its counter answers on its own port)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", counter_port)
+    line = await reader.readline()
+    writer.close()
+    return int(line)
+
+
+def start_proxy(target_port: int) -> tuple[subprocess.Popen[str], int, int]:
+    """The proxy process, its port and the port of its request counter."""
     from tests.servers import free_port
 
     port = free_port()
@@ -99,8 +126,9 @@ def start_proxy(target_port: int) -> tuple[subprocess.Popen[str], int]:
         text=True,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "LISTENING"
-    return proc, port
+    word, counter_port = proc.stdout.readline().split()
+    assert word == "LISTENING"
+    return proc, port, int(counter_port)
 
 
 # --------------------------------------------------------------------------- one scenario
@@ -116,14 +144,16 @@ async def _ticker(ticks: list[tuple[float, float]], stop: asyncio.Event) -> None
         ticks.append((now, now - before - 0.001))
 
 
-async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str, float]:
+async def _measure(
+    url: str, counter_port: int, scenario: str, n: int, namespace: str
+) -> dict[str, float]:
     import redis.asyncio
 
     from workflow_cache import RedisCache, create_workflow
 
     cache = RedisCache(url, namespace=namespace)
     workflow = create_workflow(cache=cache)
-    stored_as = "bare" if scenario == "bare_timeouts" else scenario  # same envelopes
+    stored_as = "bare" if scenario.startswith("bare") else scenario  # same envelopes
     keys = [f"{stored_as}:{i}" for i in range(n)]
     timeouts = {  # RedisCache's defaults: every read has a deadline, which costs a timer
         "socket_timeout": 5.0,
@@ -159,7 +189,19 @@ async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str,
         raw = await bare.get(outs[i])
         return json.loads(raw)
 
-    run = {"hit": run_hit, "miss": run_hit, "bare": run_bare, "bare_timeouts": run_bare}[scenario]
+    async def run_mget(i: int) -> object:
+        if i % 128:
+            return True  # read by the MGET of its batch's first key
+        rows = await bare.mget(outs[i : i + 128])
+        return [json.loads(raw) for raw in rows]
+
+    run = {
+        "hit": run_hit,
+        "miss": run_hit,
+        "bare": run_bare,
+        "bare_timeouts": run_bare,
+        "bare_mget": run_mget,
+    }[scenario]
     gc.collect()  # every scenario starts from the same heap: no garbage left from set-up
     pauses: list[float] = []  # full collections during the run, which stop the loop too
     gc.callbacks.append(_full_collections(pauses))
@@ -168,10 +210,12 @@ async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str,
     ticker = asyncio.ensure_future(_ticker(ticks, stop))
     await asyncio.sleep(0.01)
     ticks.clear()
+    before = await _requests(counter_port)
     launched = asyncio.get_running_loop().time()
     started = time.perf_counter()
     values = await asyncio.gather(*(run(i) for i in range(n)))
     wall = time.perf_counter() - started
+    requests = await _requests(counter_port) - before
     stop.set()
     await ticker
     gc.callbacks.clear()
@@ -184,7 +228,13 @@ async def _measure(url: str, scenario: str, n: int, namespace: str) -> dict[str,
     # loop iteration; the second-worst tick shows whether anything else blocks the loop.
     lags = sorted(lag for end, lag in ticks if end >= launched)
     lags = [0.0, 0.0, *lags]
-    return {"wall": wall, "lag": lags[-1], "after": lags[-2], "gc": max(pauses, default=0.0)}
+    return {
+        "wall": wall,
+        "lag": lags[-1],
+        "after": lags[-2],
+        "gc": max(pauses, default=0.0),
+        "requests": requests / n,
+    }
 
 
 def _full_collections(pauses: list[float]) -> Any:
@@ -220,10 +270,12 @@ def _prepare(direct_url: str, namespace: str, n: int) -> None:
     cache.close()
 
 
-def scenario(src: Path, url: str, name: str, n: int, namespace: str) -> dict[str, float]:
+def scenario(
+    src: Path, url: str, counter_port: int, name: str, n: int, namespace: str
+) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     done = subprocess.run(
-        [sys.executable, __file__, "--measure", url, name, str(n), namespace],
+        [sys.executable, __file__, "--measure", url, str(counter_port), name, str(n), namespace],
         capture_output=True,
         text=True,
         env=env,
@@ -239,7 +291,8 @@ def scenario(src: Path, url: str, name: str, n: int, namespace: str) -> dict[str
 _ROWS = (
     ("bare", "bare redis.asyncio GET", ""),
     ("bare_timeouts", "bare GET, same socket timeouts", ""),
-    ("hit", "workflows, each one hit", "  (target <= 1.5x, lag < 10 ms)"),
+    ("bare_mget", "bare MGETs of 128 keys", ""),
+    ("hit", "workflows, each one hit", "  (target <= 1.3x, lag < 10 ms)"),
     ("miss", "workflows, each a cold miss", ""),
 )
 
@@ -247,13 +300,17 @@ _ROWS = (
 def _report(label: str, n: int, results: dict[str, list[dict[str, float]]]) -> None:
     """Medians over rounds; full collections are counted apart, since they stop any loop."""
     print(f"-- {label}, {n} concurrent each")
-    print(f"{'':32s} {'wall':>8s} {'ratio':>6s}   {'loop lag worst / 2nd':>20s}   full GC in run")
+    print(
+        f"{'':32s} {'wall':>8s} {'ratio':>6s} {'req/wf':>6s}   {'loop lag worst / 2nd':>20s}"
+        "   full GC in run"
+    )
     bare = statistics.median(x["wall"] for x in results["bare"])
     for name, text, target in _ROWS:
         rounds = results[name]
         wall = statistics.median(x["wall"] for x in rounds)
         lag = statistics.median(x["lag"] for x in rounds)
         after = statistics.median(x["after"] for x in rounds)
+        requests = statistics.median(x["requests"] for x in rounds)
         collected = [x["gc"] for x in rounds if x["gc"] > 0]
         gc_text = (
             f"{len(collected)} of {len(rounds)} rounds, up to {max(collected) * 1e3:.1f} ms"
@@ -261,7 +318,7 @@ def _report(label: str, n: int, results: dict[str, list[dict[str, float]]]) -> N
             else f"0 of {len(rounds)} rounds"
         )
         print(
-            f"{text:32s} {wall * 1e3:6.1f}ms {wall / bare:5.2f}x   "
+            f"{text:32s} {wall * 1e3:6.1f}ms {wall / bare:5.2f}x {requests:6.3f}   "
             f"{lag * 1e3:8.1f} / {after * 1e3:4.1f} ms   {gc_text}{target}"
         )
 
@@ -272,14 +329,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--compare-rev", help="also measure this git revision's code")
     parser.add_argument("--proxy", nargs=2, type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.proxy:
         asyncio.run(_proxy(*args.proxy))
         return
     if args.measure:
-        url, name, n, namespace = args.measure
-        print(json.dumps(asyncio.run(_measure(url, name, int(n), namespace))))
+        url, counter_port, name, n, namespace = args.measure
+        measured = _measure(url, int(counter_port), name, int(n), namespace)
+        print(json.dumps(asyncio.run(measured)))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -288,7 +346,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-async-"))
     (workdir / "redis").mkdir()
     server = RedisServer(workdir / "redis")
-    proxy, port = start_proxy(server.port)
+    proxy, port, counter_port = start_proxy(server.port)
     sources = {"this code": ROOT}
     if args.compare_rev:
         old = workdir / "old"
@@ -302,7 +360,7 @@ def main() -> None:
         proxied = f"redis://127.0.0.1:{port}/0"
         delay = f"{DELAY_S * 1e3:g} ms"
         print(f"redis behind a {delay}-each-way proxy; n={args.n}, rounds={args.rounds}")
-        names = ("bare", "bare_timeouts", "hit", "miss")
+        names = ("bare", "bare_timeouts", "bare_mget", "hit", "miss")
         results: dict[str, dict[str, list[dict[str, float]]]] = {
             label: {name: [] for name in names} for label in sources
         }
@@ -311,7 +369,8 @@ def main() -> None:
                 namespace = f"bench{r}{len(label)}"
                 _prepare(server.url, namespace, args.n)
                 for name in names:
-                    results[label][name].append(scenario(src, proxied, name, args.n, namespace))
+                    measured = scenario(src, proxied, counter_port, name, args.n, namespace)
+                    results[label][name].append(measured)
         for label in sources:
             _report(label, args.n, results[label])
     finally:

@@ -12,9 +12,13 @@ from workflow_cache import settings
 
 
 @pytest.fixture(autouse=True)
-def _settings_read_per_test() -> Iterator[None]:
+def _settings_read_per_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The process's settings are read once; each test reads them on its first use,
-    after its own changes to the environment, and leaves none behind."""
+    after its own changes to the environment, and leaves none behind.
+
+    The worker-local store is off unless a test turns it on: it would serve
+    entries these tests damage in storage, and it lives under the user's home."""
+    monkeypatch.setenv("WORKFLOW_CACHE_LOCAL_STORE_BYTES", "0")
     settings.forget()
     yield
     settings.forget()

@@ -62,7 +62,6 @@ def test_async_hits_misses_and_waits_use_no_blocking_connection_and_no_thread(
 ) -> None:
     workflow = create_workflow(cache=cache)
     proc = holder_process(redis_url, namespace, "held", 1.0)
-    threads_before = threading.active_count()
     calls: list[int] = []
 
     async def work(i: int) -> int:
@@ -77,12 +76,17 @@ def test_async_hits_misses_and_waits_use_no_blocking_connection_and_no_thread(
             many = await step.all([lambda: work(3), lambda: work(4)], keys=["fresh", "other"])
             return miss, waited, many
 
+        async def warm(step: Any) -> Any:  # the process's one presence thread starts here
+            return await step(lambda: 0, key="warm")
+
+        await workflow(warm)
+        before = threading.active_count()
         results = await asyncio.gather(*(workflow(body) for _ in range(20)))
         during = threading.active_count()
         await cache.aclose()
-        return results, during
+        return results, before, during
 
-    results, threads_during = asyncio.run(main())
+    results, threads_before, threads_during = asyncio.run(main())
     proc.wait(30)
     assert {(r.value[0], r.value[1]) for r in results} == {(1, "from the sync process")}
     assert all(r.value[2] == [1, 4] for r in results)
@@ -282,3 +286,111 @@ def test_async_waiters_survive_a_dropped_pubsub_connection(
         return got
 
     assert asyncio.run(main()) == Done(b"after reconnect")
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    """Commands the server ran since its last CONFIG RESETSTAT, by name."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def test_hits_asked_for_in_one_iteration_are_read_in_mgets_of_at_most_128_keys(
+    redis_url: str, namespace: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKFLOW_CACHE_ASYNC_SLICE", "0")  # no pacing: all start at once
+    cache = RedisCache(redis_url, namespace=namespace)  # reads the settings first
+    workflow = create_workflow(cache=cache)
+    n = 300
+    keys = [f"k{i}" for i in range(n)]
+    workflow(lambda step: step.all([lambda i=i: i for i in range(n)], keys=keys))
+
+    def one(i: int) -> Any:
+        async def body(step: Any) -> Any:
+            return await step(lambda: -1, key=keys[i])
+
+        return body
+
+    async def main() -> list[Any]:
+        await workflow(one(0))  # connections and scripts made before counting
+        redis_client.config_resetstat()
+        results = await asyncio.gather(*(workflow(one(i)) for i in range(n)))
+        await cache.aclose()
+        return [r.value for r in results]
+
+    assert asyncio.run(main()) == list(range(n))
+    calls = _calls(redis_client)
+    assert calls.get("get", 0) == 0
+    assert calls["mget"] == 3, calls  # 128 + 128 + 44 keys
+    cache.clear()
+    cache.close()
+
+
+def test_a_cancelled_reader_leaves_the_others_of_its_batch_their_rows(cache: RedisCache) -> None:
+    workflow = create_workflow(cache=cache)
+    workflow(lambda step: step.all([lambda: "a", lambda: "b"], keys=["a", "b"]))
+
+    async def main() -> Any:
+        view = cache.for_async()
+        assert view is not None
+        first = asyncio.ensure_future(view.load("a"))
+        second = asyncio.ensure_future(view.load("b"))
+        await asyncio.sleep(0)  # both asked in one iteration: one batch
+        first.cancel()
+        got = await second
+        await asyncio.gather(first, return_exceptions=True)
+        await cache.aclose()
+        return first.cancelled(), got
+
+    cancelled, got = asyncio.run(main())
+    assert cancelled
+    assert got is not None and got.to_result("b", None).value == "b"
+
+
+class _Monitor:
+    """The commands clients send (not those scripts run), as ``MONITOR`` shows them."""
+
+    def __init__(self, client: redis.Redis, end: str) -> None:
+        self.end = end
+        self.commands: list[str] = []
+        monitor = client.monitor()  # takes a connection of the client's pool
+        client.ping()  # and the ECHO that ends it gets its own before monitoring starts
+        self._monitor = monitor.__enter__()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for entry in self._monitor.listen():
+            if entry["command"] == f"ECHO {self.end}":
+                return
+            if entry.get("client_type") != "lua":
+                self.commands.append(entry["command"].split(" ", 1)[0].upper())
+
+    def stop(self, client: redis.Redis) -> list[str]:
+        client.echo(self.end)
+        self._thread.join(10)
+        self._monitor.__exit__(None, None, None)
+        return self.commands
+
+
+def test_a_cold_miss_is_three_round_trips(cache: RedisCache, redis_client: redis.Redis) -> None:
+    """Read, claim, commit: each command waits for the one before, so three commands are
+    three round trips (a cold miss subscribes to nothing: only waiters do)."""
+    workflow = create_workflow(cache=cache)
+
+    async def main() -> tuple[Any, list[str]]:
+        async def body(step: Any) -> Any:
+            return await step(lambda: "made", key="cold")
+
+        async def warm(step: Any) -> Any:
+            return await step(lambda: "warm", key="warm")
+
+        await workflow(warm)  # connections, presence and scripts made before counting
+        monitor = _Monitor(redis_client, f"end-{cache.namespace}")
+        result = await workflow(body)
+        sent = monitor.stop(redis_client)
+        await cache.aclose()
+        return result.value, sent
+
+    value, sent = asyncio.run(main())
+    assert value == "made"
+    assert sent == ["MGET", "EVALSHA", "EVALSHA"], sent

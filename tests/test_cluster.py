@@ -12,15 +12,21 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from tests.round_trips import counted_nodes
 from tests.servers import free_port
 from tests.waiting import wait_until
 from workflow_cache import RedisCache, create_workflow
+from workflow_cache.cache.claims import Done, SingleFlight
 from workflow_cache.cache.clients import BadRedisURL, client_from_url
+from workflow_cache.cache.messages import Busy, Send, StepMessages
+from workflow_cache.distributed.waiters import Joined, Waiters
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +151,178 @@ def test_a_cluster_url_names_what_is_wrong() -> None:
         client_from_url("redis+cluster://127.0.0.1:7000/3")
     with pytest.raises(BadRedisURL, match="cluster nodes"):
         client_from_url("redis+cluster://nohost/")
+
+
+def nodes_of(url: str) -> dict[str, redis.Redis]:
+    """Each primary by its ``host:port``, as a plain client of that node alone."""
+    ports = [int(item.rpartition(":")[2]) for item in url.split("://")[1].split(",")]
+    return {f"127.0.0.1:{p}": redis.Redis(host="127.0.0.1", port=p) for p in ports}
+
+
+def command_calls(node: redis.Redis, name: str) -> int:
+    return int(node.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def redirections(node: redis.Redis, kind: str) -> int:
+    return int(node.info("errorstats").get(f"errorstat_{kind}", {}).get("count", 0))
+
+
+def messages_on(url: str) -> StepMessages:
+    return StepMessages(SingleFlight(client_from_url(url), f"cl-{uuid.uuid4().hex[:8]}", lease=5))
+
+
+def test_a_batch_over_every_shard_reloads_flushed_scripts(cluster_url: str) -> None:
+    for node in nodes_of(cluster_url).values():
+        node.script_flush()
+    messages = messages_on(cluster_url)
+    keys = [f"flushed:{i}" for i in range(30)]
+    ids = [f"t{i}" for i in range(30)]
+    assert messages.enqueue_many(keys, ids, 10.0) == [Send(i, since=1) for i in ids]
+    messages.sent_many(keys, ids, [10.0] * len(keys))
+    client = messages.flight.client
+    assert [client.get(messages.keys(k).queued) for k in keys] == [i.encode() for i in ids]
+    for node in nodes_of(cluster_url).values():
+        node.script_flush()
+    single = [messages.enqueue(k, f"u{k}", 10.0, since=1) for k in keys]  # one call each
+    assert single == [Busy(i, since=1) for i in ids]
+
+
+def test_a_batch_over_every_shard_is_one_round_trip_per_node(cluster_url: str) -> None:
+    nodes = nodes_of(cluster_url)
+    messages = messages_on(cluster_url)
+    client: Any = messages.flight.client
+    sends = counted_nodes(client)
+    warm = [f"warm:{i}" for i in range(30)]  # connections open, scripts loaded, on every node
+    messages.enqueue_many(warm, warm, 10.0)
+    messages.sent_many(warm, warm, [10.0] * len(warm))
+    keys = [f"shard:{i}" for i in range(90)]
+    ids = [f"t{i}" for i in range(90)]
+    owners = Counter(client.get_node_from_key(messages.keys(k).queued).name for k in keys)
+    assert set(owners) == set(nodes)  # the batch really spans every primary
+    for node in nodes.values():
+        node.config_resetstat()
+
+    before = sends.sends
+    assert messages.enqueue_many(keys, ids, 10.0) == [Send(i, since=1) for i in ids]
+    assert sends.sends - before == len(nodes)
+    messages.sent_many(keys, ids, [10.0] * len(keys))
+    again = messages.enqueue_many(keys, [f"late{i}" for i in range(90)], 10.0)
+    assert again == [Busy(i, since=1) for i in ids]
+
+    for name, node in nodes.items():
+        assert command_calls(node, "evalsha") == 3 * owners[name]
+        assert command_calls(node, "script|exists") == 0
+        assert command_calls(node, "script|load") == 0
+        for key, task_id in zip(keys, ids, strict=True):
+            queued = messages.keys(key).queued
+            if client.get_node_from_key(queued).name == name:
+                assert node.get(queued) == task_id.encode()
+
+
+def node_id(node: redis.Redis) -> str:
+    return str(node.execute_command("CLUSTER MYID"), "ascii")
+
+
+def key_in_slot(client: Any, messages: StepMessages, slot: int, prefix: str) -> str:
+    """A step key whose keys hash to ``slot``."""
+    for i in range(1_000_000):
+        if client.keyslot(messages.keys(f"{prefix}{i}").queued) == slot:
+            return f"{prefix}{i}"
+    raise AssertionError(f"no key found for slot {slot}")
+
+
+def finish_moving(nodes: dict[str, redis.Redis], slot: int, source: str, target: str) -> None:
+    """Every key of ``slot`` migrated from ``source`` to ``target``, which then owns it."""
+    port = int(target.rpartition(":")[2])
+    while stranded := nodes[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+        nodes[source].execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *stranded)
+    others = [name for name in nodes if name not in (source, target)]
+    for name in (target, source, *others):
+        nodes[name].execute_command("CLUSTER SETSLOT", slot, "NODE", node_id(nodes[target]))
+
+
+def test_single_calls_follow_a_slot_moved_behind_the_clients_back(cluster_url: str) -> None:
+    """A script and a GET sent straight to the node the client believes owns the key
+    still reach the new owner once the slot has moved."""
+    nodes = nodes_of(cluster_url)
+    messages = messages_on(cluster_url)
+    client: Any = messages.flight.client
+    key = "moving-alone"
+    queued = messages.keys(key).queued
+    slot = client.keyslot(queued)
+    source_name = client.get_node_from_key(queued).name
+    target_name = next(name for name in nodes if name != source_name)
+    assert messages.enqueue(key, "t1", 60.0, since=1) == Send("t1", since=1)
+
+    nodes[target_name].execute_command(
+        "CLUSTER SETSLOT", slot, "IMPORTING", node_id(nodes[source_name])
+    )
+    nodes[source_name].execute_command(
+        "CLUSTER SETSLOT", slot, "MIGRATING", node_id(nodes[target_name])
+    )
+    finish_moving(nodes, slot, source_name, target_name)
+    assert client.get_node_from_key(queued).name == source_name  # the client's map is stale
+    moved = redirections(nodes[source_name], "MOVED")
+
+    assert client.get(queued) == b"t1"
+    assert messages.enqueue(key, "t2", 60.0, since=1) == Busy("t1", since=1)
+    assert redirections(nodes[source_name], "MOVED") > moved
+    assert client.get_node_from_key(queued).name == target_name
+
+
+def test_a_batch_follows_a_slot_resharded_behind_the_clients_back(cluster_url: str) -> None:
+    """A slot migrates (CLUSTER SETSLOT, MIGRATE) while the client holds the old slot
+    map: its node pipeline gets ASK while the slot migrates and MOVED once it has
+    moved, and the batch still lands every call once, on the node that owns the key."""
+    nodes = nodes_of(cluster_url)
+    messages = messages_on(cluster_url)
+    client: Any = messages.flight.client
+    first = "resharded"
+    slot = client.keyslot(messages.keys(first).queued)
+    source_name = client.get_node_from_key(messages.keys(first).queued).name
+    target_name = next(name for name in nodes if name != source_name)
+    source, target = nodes[source_name], nodes[target_name]
+    target_port = int(target_name.rpartition(":")[2])
+    batch = [first, *(f"other:{i}" for i in range(30))]
+    ids = [f"a{i}" for i in range(len(batch))]
+    assert messages.enqueue_many(batch, ids, 10.0) == [Send(i, 1) for i in ids]
+
+    target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", node_id(source))
+    source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", node_id(target))
+    queued = messages.keys(first).queued
+    source.execute_command("MIGRATE", "127.0.0.1", target_port, queued, 0, 5000)
+    asked = redirections(source, "ASK")
+    messages.sent_many(batch, ids, [60.0] * len(batch))
+    assert redirections(source, "ASK") > asked  # the node pipeline really was redirected
+
+    finish_moving(nodes, slot, source_name, target_name)
+    assert target.pttl(queued) > 10_000  # confirmed on the node the marker had moved to
+    second = key_in_slot(client, messages, slot, "moved:")
+    assert client.get_node_from_key(messages.keys(second).queued).name == source_name  # stale
+
+    moved = redirections(source, "MOVED")
+    batch = [second, *(f"more:{i}" for i in range(30))]
+    ids = [f"b{i}" for i in range(len(batch))]
+    assert messages.enqueue_many(batch, ids, 10.0) == [Send(i, 1) for i in ids]
+    assert redirections(source, "MOVED") > moved
+    assert target.get(messages.keys(second).queued) == b"b0"
+    assert client.get_node_from_key(messages.keys(second).queued).name == target_name
+    assert messages.enqueue_many(batch, ids, 10.0) == [Busy(i, 1) for i in ids]
+
+
+def test_a_run_waits_on_keys_of_every_shard(cluster_url: str) -> None:
+    """A suspending run joins the waiter sets of keys on every node in one batch; each
+    commit hands the run over, and a key already done is given back instead."""
+    flight = SingleFlight(client_from_url(cluster_url), f"cl-{uuid.uuid4().hex[:8]}", lease=5)
+    waiters = Waiters(flight)
+    keys = [f"wait:{i}" for i in range(30)]
+    holder = flight.acquire(keys[0])
+    assert not isinstance(holder, Done) and holder.commit(b'{"v":0}')
+    joined = waiters.join_many(keys, [f"t{i}" for i in range(30)], [10.0] * 30, "run-1", 1)
+    assert joined[0] == Done(b'{"v":0}')
+    assert joined[1:] == [Joined(f"t{i}") for i in range(1, 30)]
+    assert {key for key in keys[1:] if waiters.waiting_on(key) == ["run-1"]} == set(keys[1:])
+    for key in keys[1:]:
+        holder = flight.acquire(key)
+        assert not isinstance(holder, Done) and holder.commit(b'{"v":1}')
+        assert waiters.take_handoff(key) == [("run-1", 1)]

@@ -167,6 +167,22 @@ def test_flower_and_producer(services: dict[str, Any]) -> None:
     assert producer["profiles"] == ["producer"] and producer["restart"] == "no"
 
 
+def test_the_dashboard_service_publishes_on_loopback_and_needs_its_token(
+    services: dict[str, Any],
+) -> None:
+    ui = services["ui"]
+    command = argv(ui["command"])
+    assert command[:2] == ["workflow-cache", "ui"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # inside its container
+    assert ui["ports"] == [f"127.0.0.1:{command[command.index('--port') + 1]}:8089"]
+    assert ui["environment"]["WORKFLOW_CACHE_UI_TOKEN"].startswith("${WORKFLOW_CACHE_UI_TOKEN:?")
+    assert {key for key in ui["environment"] if key.startswith(PREFIX)} <= SETTINGS_VARS
+    extras = ui["build"]["args"]["EXTRAS"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert extras in project["optional-dependencies"]
+    assert any("EXTRAS" in run for run in dockerfile()["RUN"])
+
+
 def test_env_example_sets_every_required_variable(compose: dict[str, Any]) -> None:
     required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
     example = {

@@ -180,3 +180,71 @@ def test_a_start_announces_its_holder_to_waiting_producers(messages: StepMessage
     assert running.presence == messages.flight.presence_id()
     assert started_by(b"r") is None and started_by(b"o{}") is None
     assert holder.commit(b"v")
+
+
+def test_a_producer_that_finds_its_key_busy_looks_again_once_subscribed(
+    redis_url: str, namespace: str, redis_client: redis.Redis
+) -> None:
+    """Subscribing and the first enqueue share a round trip, so a commit announced before
+    the subscription was live is not heard: the busy key is read again, not waited on."""
+    from celery import Celery
+
+    from workflow_cache import RedisCache, create_workflow
+    from workflow_cache.distributed import CeleryDispatcher, install
+    from workflow_cache.envelope import Envelope
+    from workflow_cache.result import ok
+
+    app = Celery("recheck", broker=redis_url)
+    cache = RedisCache(redis_url, namespace=namespace, lease=60)  # wake-ups every 20 s
+    install(app, cache)
+
+    @app.task(name="tests.recheck", shared=False)
+    def never() -> None:
+        """No worker runs here: the outcome comes from the other holder."""
+
+    dispatcher = CeleryDispatcher(app, cache, timeout=60)
+    other = StepMessages(SingleFlight(redis_client, namespace, lease=60))
+    holder = started(other, "busy", "elsewhere")  # a worker of another producer runs it
+    k = other.keys("busy")
+    first_reads: list[object] = []
+    periodic: list[object] = []
+    enqueue_many, enqueue = dispatcher.messages.enqueue_many, dispatcher.messages.enqueue
+
+    def enqueue_many_then_commit(*args: object, **kwargs: object) -> object:
+        states = enqueue_many(*args, **kwargs)  # type: ignore[arg-type]
+        if not first_reads:  # its commit lands now, its notice unheard (written directly)
+            first_reads.extend(states)
+            sealed = Envelope.from_result("busy", ok("theirs"), ttl=None).sealed("busy")
+            redis_client.set(k.out, sealed)
+            redis_client.delete(k.lock)
+        return states
+
+    def counted(*args: object, **kwargs: object) -> object:
+        periodic.append(args)
+        return enqueue(*args, **kwargs)  # type: ignore[arg-type]
+
+    dispatcher.messages.enqueue_many = enqueue_many_then_commit  # type: ignore[method-assign]
+    dispatcher.messages.enqueue = counted  # type: ignore[method-assign]
+    workflow = create_workflow({}, cache=cache, dispatcher=dispatcher)
+    result = workflow(lambda step: step(never.s(), key="busy"))
+    assert result.value == "theirs"
+    assert isinstance(first_reads[0], Busy)
+    assert periodic == []  # found by the second look, not by a wake-up
+    assert redis_client.llen("celery") == 0  # and nothing was sent
+    holder.finish()
+    other.flight.close()
+    cache.close()
+
+
+def test_one_keys_enqueue_and_confirmation_are_one_command_each(
+    messages: StepMessages, redis_client: redis.Redis
+) -> None:
+    """A pipeline holding a script asks SCRIPT EXISTS first, a round trip more: one key's
+    scripts are called as they are."""
+    messages.enqueue_many(["warm"], ["t0"], TTL)  # the script is loaded
+    redis_client.config_resetstat()
+    assert messages.enqueue_many(["k"], ["t1"], TTL) == [Send("t1", since=1)]
+    messages.sent_many(["k"], ["t1"], [TTL])
+    stats = redis_client.info("commandstats")
+    assert "cmdstat_script|exists" not in stats
+    assert stats["cmdstat_evalsha"]["calls"] == 2

@@ -31,8 +31,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from workflow_cache.admin.commands import register_prune, register_steps
+from workflow_cache.admin.commands import register_prune, register_runs, register_steps
 from workflow_cache.admin.reach import reachable
+from workflow_cache.ui.command import register_ui
 from workflow_cache.units import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_option(delete)
     register_prune(actions, _storage_option)
     register_steps(commands)
+    register_runs(commands)
+    register_ui(commands)
     return parser
 
 
@@ -147,6 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from workflow_cache.admin.commands import run_steps
 
             return run_steps(args, out, err)
+        if args.command == "runs":
+            from workflow_cache.admin.commands import run_runs
+
+            return run_runs(args, out, err)
+        if args.command == "ui":
+            from workflow_cache.ui.command import run_ui
+
+            return run_ui(args, out, err)
         if args.action == "prune":
             from workflow_cache.admin.commands import run_prune
 

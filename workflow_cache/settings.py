@@ -54,7 +54,7 @@ _OLD_PREFIX = "WFC_"
 _RENAMED = {"broker_url": "broker"}
 """Old names of fields (the ``WFC_`` scheme, the fleet's old keyword) and their new ones."""
 _REDIS_SCHEMES = ("redis://", "rediss://")
-_SECRETS = frozenset({"signing_key", "signing_keys"})
+_SECRETS = frozenset({"signing_key", "signing_keys", "ui_token"})
 _INIT_OPTIONS = frozenset(
     name for name in inspect.signature(BaseSettings.__init__).parameters if name.startswith("_")
 )
@@ -191,6 +191,18 @@ class Settings(BaseSettings):
         gt=0,
         description="The most file bytes one archive restore may write; past it the "
         "restore is a miss.",
+    )
+    ui_token: SecretStr | None = Field(
+        default=None,
+        description="Token the web dashboard (`workflow-cache ui`) asks of every request; "
+        "required to bind any address but loopback.",
+    )
+    local_store_bytes: int = Field(
+        default=5 << 30,
+        ge=0,
+        description="File bytes of unpacked cache entries a worker keeps under <home>/local "
+        "so a restore links files instead of writing them (least recently used go first); "
+        "0: no local store.",
     )
     metrics_port: int | None = Field(
         default=None,

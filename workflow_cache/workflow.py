@@ -79,13 +79,20 @@ class Workflow:
 
     @overload
     def __call__(
-        self, fn: Callable[..., Coroutine[Any, Any, Any]], /
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], /, *, run_id: str | None = None
     ) -> Coroutine[Any, Any, Result[Any, Any]]: ...
 
     @overload
-    def __call__(self, fn: Callable[..., Any], /) -> Result[Any, Any]: ...
+    def __call__(
+        self, fn: Callable[..., Any], /, *, run_id: str | None = None
+    ) -> Result[Any, Any]: ...
 
-    def __call__(self, fn: Callable[..., Any], /, **options: Any) -> Any:
+    def __call__(
+        self, fn: Callable[..., Any], /, *, run_id: str | None = None, **options: Any
+    ) -> Any:
+        """``run_id`` names the run: its outcome is kept under the key ``run:<run_id>``,
+        so a finished run id returns that outcome in one read without running ``fn``,
+        and callers racing on one run id (in any process sharing the cache) run it once."""
         if options:
             names = ", ".join(sorted(options))
             raise TypeError(
@@ -94,21 +101,48 @@ class Workflow:
             )
         if not callable(fn):
             raise TypeError(f"a workflow runs a function, not {type(fn).__name__}")
+        key = None if run_id is None else run_key(run_id)
         args = (self.deps,) if _wants_deps(fn) else ()
         if _is_async(fn):
-            return self._run_async(fn, args)
+            return self._run_async(fn, args, key)
+        if key is not None:
+            return self._run_named(fn, args, key)
+        return self._run_sync(fn, args)
+
+    def _run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result[Any, Any]:
         step = Step(self, is_async=False)
         try:
             return _as_result(fn(step, *args), deep=False)
         except EarlyExit as exit_:
             return exit_.result
 
-    async def _run_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result[Any, Any]:
+    def _run_named(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], key: str
+    ) -> Result[Any, Any]:
+        """The whole body is one keyed step: its claim and stored outcome give the identity."""
+        outer = Step(self, is_async=False)
+        try:
+            return ok(outer(lambda: self._run_sync(fn, args), key=key))
+        except EarlyExit as exit_:
+            return exit_.result
+
+    async def _run_async(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], key: str | None = None
+    ) -> Result[Any, Any]:
         gate = pacing.pacer()
         if gate is not None:
             turn = gate.enter()
             if turn is not None:  # a burst of starts: wait for a later loop iteration
                 await turn
+        if key is None:
+            return await self._body_async(fn, args)
+        outer = Step(self, is_async=True)
+        try:
+            return ok(await outer(lambda: self._body_async(fn, args), key=key))
+        except EarlyExit as exit_:
+            return exit_.result
+
+    async def _body_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Result[Any, Any]:
         step = Step(self, is_async=True)
         try:
             return _as_result(await fn(step, *args))
@@ -131,6 +165,13 @@ class Workflow:
 
 create_workflow = Workflow
 """``create_workflow(deps, cache=..., ...)`` makes a :class:`Workflow`; its keywords are there."""
+
+
+def run_key(run_id: str) -> str:
+    """The cache key of a named run's outcome, the same for local runs and workflow tasks."""
+    if not isinstance(run_id, str) or not run_id:
+        raise TypeError(f"a run id is a non-empty str, not {run_id!r}")
+    return f"run:{run_id}"
 
 
 _MARKABLE = hasattr(inspect, "markcoroutinefunction")

@@ -69,8 +69,8 @@ def test_yaml_examples_are_valid_cache_settings() -> None:
 
 
 def test_error_output_shown_is_the_real_one(tmp_path: Path) -> None:
-    """The ```text block reproduces what the bash example before it prints."""
-    (shown,) = blocks("text")
+    """The ```text block of an error reproduces what the bash example before it prints."""
+    (shown,) = [block for block in blocks("text") if block.startswith("error:")]
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "id: a\nnamespace: dev\ntasks:\n  - id: x\n"

@@ -1,26 +1,38 @@
-"""The ``steps`` and ``cache prune`` commands of the CLI: parsers and what they print.
+"""The ``steps``, ``runs`` and ``cache prune`` commands of the CLI: parsers and output.
 
 ``workflow-cache steps`` manages step outcomes, in Redis (``--redis URL`` and
 ``--namespace``, defaulting to ``WORKFLOW_CACHE_CACHE_URL`` / ``_BROKER`` and
 ``_NAMESPACE``) or in the local cache (``--local``, the default without Redis).
-Every listing takes ``--json``.
+``workflow-cache runs`` lists, shows and cancels workflow runs from the runs index, with
+the same Redis options. Every listing takes ``--json``. Text read from Redis is printed
+with control characters escaped and never as rich markup: a hostile value shows as text.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from workflow_cache.units import human_bytes, parse_size
 
-__all__ = ["register_prune", "register_steps", "run_prune", "run_steps"]
+__all__ = [
+    "register_prune",
+    "register_runs",
+    "register_steps",
+    "run_prune",
+    "run_runs",
+    "run_steps",
+]
 
 
 class UsageError(ValueError):
@@ -286,3 +298,255 @@ def run_prune(args: argparse.Namespace, out: Console) -> int:
         for name in names:
             out.print(f"{label}: {name}", markup=False)
     return 0
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def register_runs(commands: Any) -> None:
+    from workflow_cache.distributed.run_states import STATES
+
+    runs = commands.add_parser(
+        "runs",
+        help="list, show or cancel workflow runs",
+        description="See workflow runs from the runs index in Redis, and cancel them.",
+    )
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="runs newest first, one page at a time")
+    listing.add_argument("--state", choices=STATES, help="only runs in this state")
+    listing.add_argument("--task", help="only runs of this workflow task (its Celery name)")
+    listing.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only runs started since (with --state alone: that entered it since): "
+        "an ISO 8601 time (2026-01-31T12:00Z) or a duration ago (1h, 30m, PT1H, P1D)",
+    )
+    listing.add_argument("--limit", type=int, default=50, help="runs per page (50)")
+    listing.add_argument("--cursor", help="where the previous page ended (printed after it)")
+    _redis_where(listing)
+
+    show = actions.add_parser("show", help="one run: its steps in order, waits and outcome")
+    show.add_argument("run_id", metavar="RUN_ID")
+    _redis_where(show)
+
+    cancel = actions.add_parser("cancel", help="end a live run as cancelled")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--reason", help="said in the run's error outcome")
+    cancel.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _redis_where(cancel)
+
+
+def _redis_where(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis of the runs ($WORKFLOW_CACHE_CACHE_URL, else a redis:// "
+        "$WORKFLOW_CACHE_BROKER, else the default broker)",
+    )
+    parser.add_argument("--namespace", help="namespace in Redis ($WORKFLOW_CACHE_NAMESPACE)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run_runs(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from workflow_cache.cache.redis import RedisCache
+    from workflow_cache.settings import current
+
+    settings = current()
+    cache = RedisCache(
+        args.redis or settings.cache,
+        namespace=args.namespace or settings.namespace,
+        socket_timeout=3.0,
+    )
+    try:
+        return _RUN_ACTIONS[args.action](cache, args, out, err)
+    finally:
+        cache.close()
+
+
+def _runs_list(cache: Any, args: argparse.Namespace, out: Console, err: Console) -> int:
+    from workflow_cache.admin.runs import MAX_LIMIT, list_runs
+
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}, got {args.limit}")
+    since = parse_since(args.since) if args.since else None
+    try:
+        page = list_runs(
+            cache,
+            state=args.state,
+            task=args.task,
+            since=since,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+    except ValueError as exc:  # a cursor that is not one of ours
+        raise UsageError(str(exc)) from None
+    if args.json:
+        out.print_json(json.dumps(page.to_dict()))
+        return 0
+    table = Table(title=f"{len(page.runs)} run(s) in {_safe(repr(cache))}", title_justify="left")
+    table.add_column("run", overflow="fold")
+    table.add_column("task", overflow="fold")
+    for column in ("state", "started (UTC)", "in state", "replays", "batch"):
+        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
+    now = time.time()
+    for run in page.runs:
+        state = run.state if run.outcome_status is None else f"{run.state} ({run.outcome_status})"
+        table.add_row(
+            Text(_safe(run.run_id)),
+            Text(_safe(run.task)),
+            Text(state, style=_STATE_STYLE.get(run.outcome_status or run.state, "")),
+            _moment(run.started_at),
+            _duration(None if run.updated_at is None else now - run.updated_at),
+            str(run.replays),
+            str(run.batch),
+        )
+    _print_wide(out, table)
+    if page.next_cursor is not None:
+        out.print(Text(f"more: --cursor {page.next_cursor}"))
+    return 0
+
+
+def _runs_show(cache: Any, args: argparse.Namespace, out: Console, err: Console) -> int:
+    from workflow_cache.admin.runs import show_run
+
+    detail = show_run(cache, args.run_id)
+    if detail is None:
+        raise UsageError(
+            f"no run {_safe(args.run_id)!r} in {cache!r} (see 'workflow-cache runs list')"
+        )
+    if args.json:
+        out.print_json(json.dumps(detail.to_dict()))
+        return 0
+    run = detail.summary
+    fields: list[tuple[str, str | None]] = [
+        ("run", run.run_id),
+        ("task", run.task or "?"),
+        ("state", run.state),
+        ("started", _moment(run.started_at) + " UTC" if run.started_at else None),
+        ("in state since", _moment(run.updated_at) + " UTC" if run.updated_at else None),
+        ("replays", str(run.replays)),
+        ("batch", str(run.batch)),
+        ("held by", detail.lease_holder),
+        ("waiting on", ", ".join(detail.waiting_on_keys) or None),
+        ("waiting for event", detail.waiting_for_event),
+        (
+            "sleeping until",
+            _moment(detail.sleeping_until) + " UTC" if detail.sleeping_until else None,
+        ),
+        ("outcome", run.outcome_status),
+        ("outcome text", detail.outcome_text),
+    ]
+    for name, value in fields:
+        if value is not None:
+            out.print(Text(f"{name}: {_safe(value)}"))
+    table = Table(title=f"{len(detail.steps)} step(s), in order", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("task", overflow="fold")
+    table.add_column("key", overflow="fold")
+    for column in ("status", "hit/executed", "duration", "worker"):
+        table.add_column(column, no_wrap=column != "worker")
+    for step in detail.steps:
+        table.add_row(
+            str(step.position),
+            Text(_safe(step.task)),
+            Text(_safe(step.key)),
+            Text(step.status, style=_STATE_STYLE.get(step.status, "")),
+            {True: "executed", False: "hit", None: ""}[step.executed],
+            "" if step.duration is None else f"{step.duration:.3f}s",
+            Text(_safe(step.worker or "")),
+        )
+    if detail.steps:
+        _print_wide(out, table)
+    else:
+        out.print("no steps recorded yet")
+    return 0
+
+
+def _runs_cancel(cache: Any, args: argparse.Namespace, out: Console, err: Console) -> int:
+    from workflow_cache.admin.runs import show_run
+    from workflow_cache.distributed.cancel import cancel_run
+    from workflow_cache.distributed.run_states import LIVE
+
+    detail = show_run(cache, args.run_id)
+    shown = _safe(args.run_id)
+    if detail is None:
+        raise UsageError(f"no run {shown!r} in {cache!r} (see 'workflow-cache runs list')")
+    if detail.summary.state not in LIVE:
+        raise UsageError(f"run {shown!r} is {detail.summary.state}: nothing to cancel")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"runs cancel ends run {shown!r}; add --yes to confirm")
+        answer = err.input(Text(f"cancel run {shown} ({_safe(detail.summary.task)})? [y/N] "))
+        if answer.strip().lower() not in ("y", "yes"):
+            out.print("nothing cancelled")
+            return 1
+    cancelled = cancel_run(cache, args.run_id, args.reason)
+    if args.json:
+        out.print_json(json.dumps({"run_id": args.run_id, "cancelled": cancelled}))
+    elif cancelled:
+        out.print(Text(f"cancelled run {shown}"))
+    else:
+        out.print(Text(f"run {shown} finished meanwhile: nothing cancelled"))
+    return 0 if cancelled else 1
+
+
+_RUN_ACTIONS = {"list": _runs_list, "show": _runs_show, "cancel": _runs_cancel}
+_STATE_STYLE = {
+    "err": "red",
+    "cancelled": "red",
+    "ok": "green",
+    "running": "cyan",
+    "suspended": "yellow",
+    "waiting": "yellow",
+    "sleeping": "yellow",
+    "missing": "dim",
+}
+_SHORT = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_SHORT_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """``--since``: an ISO 8601 time, or a duration before now (``1h``, ``PT1H``); epoch s."""
+    from workflow_cache.duration import to_seconds
+
+    now = time.time() if now is None else now
+    value = text.strip()
+    short = _SHORT.match(value.lower())
+    if short:
+        seconds = to_seconds(float(short.group(1)) * _SHORT_UNITS[short.group(2)], name="--since")
+        return now - (seconds or 0.0)
+    if value[:1] in ("P", "p"):
+        return now - (to_seconds(value, name="--since") or 0.0)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected an ISO 8601 time (2026-01-31T12:00Z) or a "
+            "duration ago (1h, 30m, PT1H, P1D)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _print_wide(out: Console, table: Table) -> None:
+    """A table at its full width when printed to a file or a pipe: ids are not cut."""
+    if not out.is_terminal:
+        needed = Measurement.get(out, out.options.update(width=1 << 12), table).maximum
+        out.width = max(out.width, needed)
+    out.print(table)
+
+
+def _moment(epoch: float | None) -> str:
+    return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _safe(text: str) -> str:
+    """Text from Redis made inert for a terminal: control characters (ANSI escapes among
+    them) and other unprintables shown as escapes; it is printed as ``Text``, never markup."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )

@@ -11,8 +11,9 @@ listed nodes and routes each command to the node owning its key's slot.
 
 The few calls that differ on a Cluster are here, so the rest of the cache
 does not ask which kind of client it holds: reading many keys of many slots
-(``read_many``), running many scripts in one round trip where the server
-allows it (``in_one_trip``), and the connection pub/sub notices use.
+(``read_many``), running many scripts in one round trip per server
+(``in_one_trip``), and the connection pub/sub notices use. A Cluster client
+here sends a script or a GET straight to the node owning its key's slot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -63,8 +65,38 @@ def _cluster_client(url: str, **kwargs: Any) -> redis.Redis:
         raise BadRedisURL(f"{redact(url)}: a Redis Cluster has only database 0")
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username else None
-    client = RedisCluster(startup_nodes=nodes, password=password, username=username, **kwargs)
+    client = Cluster(startup_nodes=nodes, password=password, username=username, **kwargs)
     return client  # type: ignore[return-value]
+
+
+class Cluster(RedisCluster):
+    """A Cluster client that sends a script or a GET straight to the client of the node
+    owning its key's slot: redis-py's routing of a command through the Cluster costs
+    about as much CPU as the round trip itself. A node that no longer owns the slot,
+    or cannot be reached, leaves the command to that routing, which follows it."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        key = _routed_key(args, kwargs)
+        if key is not None:
+            node = self.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            try:
+                target = self.get_redis_connection(node)
+                return target.execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except (*REDIRECTED, redis.ConnectionError, redis.TimeoutError):
+                pass
+        return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _routed_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The key that alone decides the node of ``args`` when it is a script with keys or a
+    GET; None for everything else (the Cluster client routes those)."""
+    if set(kwargs) - {"keys"} or not args:
+        return None
+    if args[0] == "EVALSHA" and len(args) > 3 and str(args[2]) != "0":
+        return args[3]
+    if args[0] == "GET" and len(args) == 2:
+        return args[1]
+    return None
 
 
 def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
@@ -101,15 +133,79 @@ def read_many(client: Any, names: Sequence[str]) -> list[Any]:
     return list(client.mget(list(names)))
 
 
-def in_one_trip(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
-    """Each call made with a pipeline (one round trip), or on a Cluster with the client
-    itself, one after another: a Cluster pipeline refuses scripts."""
+Keyed = tuple[str, Callable[[Any], Any]]
+"""One call of a batch and the key whose slot it runs on."""
+
+REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+"""Replies of a node that does not serve the slot now: the command did not run there."""
+
+
+def in_one_trip(client: Any, calls: Sequence[Keyed]) -> list[Any]:
+    """Each call made with a pipeline: one round trip on one server, one per node on a
+    Cluster (a Cluster pipeline refuses scripts, a node's own pipeline does not)."""
+    if not calls:
+        return []
     if is_cluster(client):
-        return [call(client) for call in calls]
+        return _by_node(client, calls)
+    return _raised(_pipelined(client, [call for _, call in calls]))
+
+
+def _pipelined(client: Any, calls: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """The replies of one pipeline, errors as values; a call the server refused for an
+    unknown script is made again by itself, which loads the script."""
     pipe = client.pipeline(transaction=False)
     for call in calls:
         call(pipe)
-    return list(pipe.execute())
+    replies = list(pipe.execute(raise_on_error=False))
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            replies[i] = _reply(calls[i], client)
+    return replies
+
+
+def _by_node(client: RedisCluster, calls: Sequence[Keyed]) -> list[Any]:
+    """One pipeline per node, grouped by the slot map the client holds. A node that
+    no longer owns a slot (resharding, failover) or cannot be reached sends its calls
+    through the Cluster client, one at a time, which follows redirections."""
+    groups: dict[str, list[int]] = {}
+    nodes: dict[str, ClusterNode] = {}
+    for i, (key, _) in enumerate(calls):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        nodes[node.name] = node
+        groups.setdefault(node.name, []).append(i)
+    replies: list[Any] = [None] * len(calls)
+    again: list[int] = []
+    for name, members in groups.items():
+        target = client.get_redis_connection(nodes[name])
+        try:
+            got = _pipelined(target, [calls[i][1] for i in members])
+        except (redis.ConnectionError, redis.TimeoutError):
+            again.extend(members)
+            continue
+        for i, reply in zip(members, got, strict=True):
+            if isinstance(reply, REDIRECTED):
+                again.append(i)
+            else:
+                replies[i] = reply
+    for i in sorted(again):
+        replies[i] = _reply(calls[i][1], client)
+    return _raised(replies)
+
+
+def _reply(call: Callable[[Any], Any], client: Any) -> Any:
+    """The reply of one call made on ``client`` by itself, an error as a value."""
+    try:
+        return call(client)
+    except redis.ResponseError as error:
+        return error
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """``replies``, or the first error among them raised, as a pipeline does."""
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies
 
 
 def pool_of(client: Any) -> Any:

@@ -39,12 +39,12 @@ the lock says which message runs the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_cache.cache.claims import Holder, SingleFlight
-from workflow_cache.cache.clients import in_one_trip
+from workflow_cache.cache.clients import Keyed, in_one_trip
 from workflow_cache.cache.keys import Keys
 from workflow_cache.cache.lua import register
 from workflow_cache.cache.protocol import (
@@ -107,23 +107,28 @@ class StepMessages:
         return self.flight.keyspace.for_step(key)
 
     def enqueue_many(
-        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: float | Sequence[float]
+        self,
+        keys: Sequence[str],
+        task_ids: Sequence[str],
+        queued_ttl: float | Sequence[float],
+        since: Sequence[int] | None = None,
     ) -> list[Done | Busy | Send]:
         """For each key: its outcome, busy, or ``Send`` (marker set for ``queued_ttl``
-        seconds, one value or one per key); one round trip."""
+        seconds, one value or one per key); one round trip. With ``since`` (one per key,
+        as ``enqueue`` takes it) a key's outcome that was not kept counts too."""
         if not keys:
             return []
         ttls = [queued_ttl] * len(keys) if isinstance(queued_ttl, int | float) else queued_ttl
+        bars: Sequence[int | str] = [""] * len(keys) if since is None else since
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
-            args = [task_id, max(1, round(ttl * 1000)), ""]
-            return lambda target: self._enqueue(
-                keys=self._enqueue_keys(key), args=args, client=target
-            )
+        def call(key: str, task_id: str, ttl: float, bar: int | str) -> Keyed:
+            args = [task_id, max(1, round(ttl * 1000)), bar]
+            keys = self._enqueue_keys(key)
+            return keys[0], lambda target: self._enqueue(keys=keys, args=args, client=target)
 
         def run() -> list[Any]:
-            calls = [call(*row) for row in zip(keys, task_ids, ttls, strict=True)]
+            calls = [call(*row) for row in zip(keys, task_ids, ttls, bars, strict=True)]
             return in_one_trip(client, calls)
 
         return [_enqueued(reply) for reply in self.flight.claims.call(run)]
@@ -137,9 +142,10 @@ class StepMessages:
             return
         client = self.flight.client
 
-        def call(key: str, task_id: str, ttl: float) -> Callable[[Any], Any]:
+        def call(key: str, task_id: str, ttl: float) -> Keyed:
             args = [task_id, max(1, round(ttl * 1000))]
-            return lambda target: self._sent(keys=[self.keys(key).queued], args=args, client=target)
+            queued = self.keys(key).queued
+            return queued, lambda target: self._sent(keys=[queued], args=args, client=target)
 
         def run() -> list[Any]:
             calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]

@@ -17,6 +17,7 @@ import redis.asyncio
 
 from workflow_cache import signing
 from workflow_cache.cache.aio import AsyncFlight, AsyncHolder
+from workflow_cache.cache.coalesce import Coalesced
 from workflow_cache.cache.envelopes import acquiring, refusal
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.cache.reaching import Reaching
@@ -49,14 +50,14 @@ class AsyncRedisCache:
         self.namespace = keyspace.namespace
         self.wait_timeout = wait_timeout
         self.flight = AsyncFlight(client, keyspace, lease=lease, where=where)
+        self._reads = Coalesced(self._fetch)
 
     async def _call(self, coro: Any) -> Any:
         with self.reaching:
             return await coro
 
     async def load(self, key: str) -> Envelope | None:
-        raw = await self._call(self.client.get(self.keyspace.out(check_key(key))))  # type: ignore[arg-type]
-        record_lookup(self.namespace, [key], [raw])
+        raw = await self._call(self._reads.get(check_key(key)))  # type: ignore[arg-type]
         if raw is None:
             return None
         try:  # as _decode, without a coroutine more on the path of every hit
@@ -64,12 +65,18 @@ class AsyncRedisCache:
         except UnsignedEnvelopeError:
             return await self._decode(key, raw)
 
+    async def _fetch(self, keys: Sequence[str]) -> list[Any]:
+        """The stored rows of ``keys``, in one MGET (``load`` gathers single reads into it)."""
+        out = self.keyspace.out
+        rows = list(await self.client.mget([out(k) for k in keys]))
+        record_lookup(self.namespace, keys, rows)
+        return rows
+
     async def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         if not keys:
             return []
-        names = [self.keyspace.out(check_key(k)) for k in keys]  # type: ignore[arg-type]
-        rows = list(await self._call(self.client.mget(names)))
-        record_lookup(self.namespace, keys, rows)
+        checked = [check_key(k) for k in keys]
+        rows = await self._call(self._fetch(checked))  # type: ignore[arg-type]
         if signing.enabled():  # each row's signature checked, a refused one removed
             return [
                 None if raw is None else await self._decode(k, raw)
@@ -99,6 +106,7 @@ class AsyncRedisCache:
         return got if isinstance(got, Envelope) else AsyncRedisClaim(key, got, self.namespace)
 
     async def aclose(self) -> None:
+        await self._reads.aclose()
         await self.flight.aclose()
         await self.client.aclose()
 

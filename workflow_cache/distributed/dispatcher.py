@@ -1,9 +1,10 @@
 """The producer side of a step: send the user's own task once per key, wait for the outcome.
 
-``CeleryDispatcher.run_many`` subscribes to every key's channel, then runs ``enqueue``
-for every key in one pipelined round trip (``cache/messages.py``): a stored outcome is a
-hit, a key already queued or running is only waited on, and for the rest this producer
-set the queued marker and sends ``sig.apply_async(...)`` itself, keeping the
+``CeleryDispatcher.run_many`` subscribes to every key's channel and, in the same round
+trip, runs ``enqueue`` for every key, pipelined (``cache/messages.py``): a stored outcome
+is a hit, a key already queued or running is only waited on (looked at again once the
+subscriptions are live), and for the rest this producer set the queued marker and, once
+subscribed, sends ``sig.apply_async(...)`` itself, keeping the
 signature's options (queue, priority, countdown/eta, expires, headers, time limits,
 ``task_routes``) and adding the ``wfc_step`` header. The caller waits on the commit
 notice; when none comes within lease/3 it runs ``enqueue`` again, which either finds
@@ -24,6 +25,7 @@ from celery import Celery, Signature
 
 from workflow_cache.cache.claims import ClaimTimeout, Done, Notices, Running
 from workflow_cache.cache.messages import Busy, Send, StepMessages
+from workflow_cache.cache.notices import Watch
 from workflow_cache.cache.protocol import (
     NOTICE_OUTCOME,
     PRESENCE_GRACE_S,
@@ -95,13 +97,27 @@ class CeleryDispatcher:
             StepHeader.of(p.options, self.cache.namespace, once=p.key.startswith(_ONCE))
         unique = {p.key: p for p in reversed(keyed)}  # one message per key, first one wins
         outcomes: dict[str, Result[Any, Any]] = {}
-        with self.cache.flight.watch_many(unique) as notices:
-            # Subscribed first, then enqueue: a commit landing before the subscription is
-            # found by enqueue, one landing after it is announced to us.
+        flight = self.cache.flight
+        listener = flight.notifier()
+        watches: dict[str, Watch] = {}
+        try:
+            for key in unique:
+                watches[key] = listener.watch(flight.keyspace.for_step(key).channel)
+            notices = Notices(watches)
             pending = list(unique.values())
             ids = [_task_id() for _ in pending]
             unsent = [self._unsent_ttl(p) for p in pending]
+            # The SUBSCRIBEs (sent by the listener thread) and the first enqueue travel
+            # side by side, one round trip for both. A commit announced before the
+            # subscriptions are live is found by enqueue, or, for a key that was already
+            # busy, by enqueue again once they are. A key this producer sends is run by
+            # its message, which goes out once they are live (an older message still
+            # running past its marker's life is the exception: the wake-up at lease/3
+            # finds what its missed notice said).
             states = self.messages.enqueue_many([p.key for p in pending], ids, unsent)
+            for w in watches.values():
+                listener.wait_live(w, flight.CONFIRM_S)
+            states = self._recheck_busy(pending, states, unsent)
             to_send: list[tuple[PendingStep, str]] = []
             since: dict[str, int] = {}
             for p, state in zip(pending, states, strict=True):
@@ -115,7 +131,29 @@ class CeleryDispatcher:
             for key, p in unique.items():
                 if key not in outcomes:
                     outcomes[key] = self._wait(p, notices, since[key], sent)
+        finally:
+            for w in watches.values():
+                listener.unwatch(w)
         return [outcomes[p.key] for p in keyed]
+
+    def _recheck_busy(
+        self, pending: list[PendingStep], states: list[Done | Busy | Send], unsent: list[float]
+    ) -> list[Done | Busy | Send]:
+        """Look again at the keys that were busy, now that their notices reach us: one
+        round trip, only when another producer or a worker had the key already."""
+        busy = {i: state.since for i, state in enumerate(states) if isinstance(state, Busy)}
+        if not busy:
+            return states
+        again = self.messages.enqueue_many(
+            [pending[i].key for i in busy],
+            [_task_id() for _ in busy],
+            [unsent[i] for i in busy],
+            since=list(busy.values()),
+        )
+        fresh = list(states)
+        for i, state in zip(busy, again, strict=True):
+            fresh[i] = state
+        return fresh
 
     def _queued_ttl(self, pending: PendingStep) -> float:
         """A message held back by ``countdown``/``eta`` is not lost while it waits."""

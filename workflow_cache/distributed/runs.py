@@ -23,6 +23,10 @@ transition is one Lua script on one cluster slot (``wfc:<ns>:{_runs}:...``):
 ``state:<state>``, ``due`` (sorted sets)
     The indexes: runs by state (scored by when they entered it) and by due time (when
     the reconciler must look at them: a lease's end, a recheck).
+``started``, ``task:<task>`` (sorted sets), ``task_of`` (hash)
+    Runs by start time, all of them and per workflow task, written by the script that
+    starts a run; ``task_of`` names each indexed run's task, so that a finished run
+    leaves its task's set when it leaves the index with its retention (``forget``).
 
 The run's own outcome is also a normal cache entry under the key ``run:<id>``, written
 after the record says finished (``finish``). The transitions are ``run_states.py``'s.
@@ -60,7 +64,8 @@ class RunKeys:
     out: str
     channel: str
     indexes: tuple[str, ...]
-    """One sorted set per state (``STATES`` order), then the due set."""
+    """One sorted set per state (``STATES`` order), the due set, the started set and the
+    ``task_of`` hash."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ class RunEvent:
 
 
 MAX_RECHECK_MS = 60_000
+FORGET_BATCH = 500
+"""The most finished runs of each state one ``forget_finished`` script drops."""
 """The longest wait between two reconciler looks at one suspended run."""
 
 
@@ -186,9 +193,15 @@ class Runs:
                 "run_enqueue",
             )
         }
+        self._forget = client.register_script(script("run_forget"))
         base = flight.keyspace.for_step(RUNS_TAG).out[: -len(":out")]
         self.base = base
-        self.indexes = (*(f"{base}:state:{s}" for s in STATES), f"{base}:due")
+        self.indexes = (
+            *(f"{base}:state:{s}" for s in STATES),
+            f"{base}:due",
+            f"{base}:started",
+            f"{base}:task_of",
+        )
 
     def keys(self, run_id: str) -> RunKeys:
         k = self.flight.keyspace.for_step(outcome_key(run_id))
@@ -205,10 +218,23 @@ class Runs:
 
     @property
     def due_key(self) -> str:
-        return self.indexes[-1]
+        return f"{self.base}:due"
+
+    @property
+    def started_key(self) -> str:
+        """Every indexed run, scored by its start (ms of Redis time)."""
+        return f"{self.base}:started"
+
+    @property
+    def task_of_key(self) -> str:
+        return f"{self.base}:task_of"
 
     def state_key(self, state: str) -> str:
         return f"{self.base}:state:{state}"
+
+    def task_key(self, task: str) -> str:
+        """The indexed runs of one workflow task, scored by their start."""
+        return f"{self.base}:task:{task}"
 
     @property
     def lock_key(self) -> str:
@@ -224,14 +250,15 @@ class Runs:
         recheck); False when the run is recorded already."""
         k = self.keys(run_id)
         args = [run_id, resume.task, json.dumps(resume.args), json.dumps(resume.kwargs)]
-        return bool(self._call("run_enqueue", [k.run], [*args, resume.queue, self.recheck_ms]))
+        keys = [k.run, self.task_key(resume.task)]
+        return bool(self._call("run_enqueue", keys, [*args, resume.queue, self.recheck_ms]))
 
     def begin(self, run_id: str, batch: int, resume: Resume) -> Begun:
         """A delivery starts (``batch`` 0 = the first message, n = the resume of batch n)."""
         k = self.keys(run_id)
         reply = self._call(
             "run_begin",
-            [k.run, k.steps, k.given, k.pending],
+            [k.run, k.steps, k.given, k.pending, self.task_key(resume.task)],
             [
                 run_id,
                 batch,
@@ -421,17 +448,39 @@ class Runs:
         waits on ends then); False when it was due sooner or is not due at all."""
         return bool(self._call("run_soon", [], [run_id, max(0, ms)]))
 
-    def forget_finished(self, before_ms: int) -> int:
-        """Drop finished and cancelled runs that left their retention from the indexes."""
-        client = self.flight.client
+    def forget_finished(self, before_ms: int, *, batch: int = FORGET_BATCH) -> int:
+        """Drop finished and cancelled runs that left their retention from the indexes.
 
-        def trim() -> list[Any]:
+        Their ids and tasks are read, then one script drops those still finished before
+        ``before_ms`` from every index (the task's set named by ``task_of``), a batch at a
+        time.
+        """
+        forgotten = 0
+        while True:
+            ids, dropped = self._forget_some(before_ms, batch)
+            forgotten += dropped
+            if ids < batch:
+                return forgotten
+
+    def _forget_some(self, before_ms: int, batch: int) -> tuple[int, int]:
+        client = self.flight.client
+        finished = (self.state_key("done"), self.state_key("cancelled"))
+
+        def read() -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            for state in ("done", "cancelled"):
-                pipe.zremrangebyscore(self.state_key(state), "-inf", before_ms)
+            for key in finished:
+                pipe.zrangebyscore(key, "-inf", before_ms, start=0, num=batch)
             return pipe.execute()
 
-        return sum(int(n) for n in self.flight.claims.call(trim))
+        ids = sorted({_text(r) for rows in self.flight.claims.call(read) for r in rows})
+        if not ids:
+            return 0, 0
+        tasks = self.flight.claims.call(lambda: client.hmget(self.task_of_key, ids))
+        keys = [*finished, self.started_key, self.task_of_key]
+        for run_id, task in zip(ids, tasks, strict=True):
+            keys += [self.keys(run_id).run, self.task_key(_text(task) if task else "")]
+        args: list[str | int] = [before_ms, *ids]
+        return len(ids), int(self.flight.claims.call(lambda: self._forget(keys=keys, args=args)))
 
     def info(self, run_id: str) -> RunInfo | None:
         k = self.keys(run_id)

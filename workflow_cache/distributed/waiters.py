@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflow_cache.cache.claims import Done, SingleFlight
-from workflow_cache.cache.lua import script
+from workflow_cache.cache.clients import Keyed, in_one_trip
+from workflow_cache.cache.lua import register
 
 WAITERS_TTL_MS = 7 * 24 * 3600 * 1000
 """A waiter set outlives any reasonable suspension; it is deleted when the key commits."""
@@ -50,9 +51,8 @@ class Waiters:
 
     def __init__(self, flight: SingleFlight) -> None:
         self.flight = flight
-        client = flight.client
-        self._wait = client.register_script(script("wait_step"))
-        self._take = client.register_script(script("take_handoff"))
+        scripts = register(flight.client, ("wait_step", "take_handoff"))
+        self._wait, self._take = scripts["wait_step"], scripts["take_handoff"]
 
     def join_many(
         self,
@@ -72,16 +72,15 @@ class Waiters:
         client = self.flight.client
         space = self.flight.keyspace
 
+        def call(key: str, task_id: str, ttl: float) -> Keyed:
+            k = space.for_step(key)
+            names = [k.out, k.lock, k.queued, k.epoch, k.waiters]
+            args = [task_id, max(1, round(ttl * 1000)), who, WAITERS_TTL_MS, int(send)]
+            return k.out, lambda target: self._wait(keys=names, args=args, client=target)
+
         def run() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for key, task_id, ttl in zip(keys, task_ids, queued_ttls, strict=True):
-                k = space.for_step(key)
-                self._wait(
-                    keys=[k.out, k.lock, k.queued, k.epoch, k.waiters],
-                    args=[task_id, max(1, round(ttl * 1000)), who, WAITERS_TTL_MS, int(send)],
-                    client=pipe,
-                )
-            return pipe.execute()
+            rows = zip(keys, task_ids, queued_ttls, strict=True)
+            return in_one_trip(client, [call(*row) for row in rows])
 
         out: list[Done | Joined] = []
         for reply in self.flight.claims.call(run):

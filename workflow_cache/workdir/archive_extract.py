@@ -32,7 +32,7 @@ import zstandard
 from workflow_cache.workdir.archive import CHUNK, ArchiveError, ArchiveStats, Progress
 from workflow_cache.workdir.archive_read import TarStream
 
-__all__ = ["Limits", "unpack"]
+__all__ = ["Limits", "merge_into", "unpack"]
 
 _MAX_TRAILER = 1 << 20  # bytes allowed after the tar end marker (record padding)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -92,7 +92,7 @@ def unpack(
             if exc.errno in _ENVIRONMENT_ERRORS:
                 raise
             raise ArchiveError(f"cannot extract archive: {exc}") from exc
-        _merge(staging, os.fspath(root))
+        merge_into(staging, os.fspath(root))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArchiveStats(extractor.files, extractor.bytes, time.perf_counter() - start)
@@ -253,8 +253,10 @@ def _checked_name(member: tarfile.TarInfo, name: str) -> str:
     return "/".join(parts)
 
 
-def _merge(source: str, dest: str) -> None:
+def merge_into(source: str, dest: str) -> None:
     """Move everything from ``source`` into ``dest``: renames, so no data is copied.
+
+    A folder filled from the local store lands in ``root`` the way an archive does.
 
     An existing directory merges only if it is a real directory; a symlink in
     ``dest`` is replaced, never followed.
@@ -268,7 +270,7 @@ def _merge(source: str, dest: str) -> None:
                 existing = None
             if existing is not None:
                 if stat.S_ISDIR(existing.st_mode) and entry.is_dir(follow_symlinks=False):
-                    _merge(entry.path, target)
+                    merge_into(entry.path, target)
                     continue
                 if stat.S_ISDIR(existing.st_mode):
                     shutil.rmtree(target)

@@ -13,6 +13,11 @@ is deleted, pointer first, and the next save publishes a fresh pair. Two savers
 racing for one key both upload an archive, but only one ``entry.json`` can be
 created; the loser deletes its archive and reports "already saved".
 
+A worker keeps what it saved or restored unpacked in its local store
+(:mod:`.localstore`), so the next restore of the same archive links files
+instead of unpacking it; the archive stays the truth and is read when the store
+cannot serve.
+
 Everything read back from storage is untrusted (see docs/trust.md): a restore
 reads no more than the recorded archive size and writes no more than the
 recorded file bytes (plus a small margin) and the configured cap, and a bad
@@ -40,6 +45,7 @@ from workflow_cache.workdir.archive_write import pack
 from workflow_cache.workdir.catalog import EntryCatalog, EntryInfo
 from workflow_cache.workdir.entrykey import POINTER, EntryKey, new_archive_name
 from workflow_cache.workdir.hashing import HashingReader, HashingWriter
+from workflow_cache.workdir.localstore import LocalStore
 from workflow_cache.workdir.patterns import match_files, validate_patterns
 from workflow_cache.workdir.safefs import UnsafePathError
 from workflow_cache.workdir.storage import Storage
@@ -98,13 +104,16 @@ class FileCache(EntryCatalog):
         clock: Clock | None = None,
         progress_factory: ProgressFactory | None = None,
         max_restore_bytes: int | None = None,
+        local_store: LocalStore | bool | None = True,
         **storage_options: Any,
     ) -> None:
         """``url`` None means the local folder :func:`workflow_cache.paths.files_dir`.
 
         ``progress_factory(label, total_bytes)`` returns a callable fed byte deltas.
         ``max_restore_bytes`` caps the file bytes one restore writes (default
-        ``$WORKFLOW_CACHE_MAX_RESTORE_BYTES`` or 10 GiB).
+        ``$WORKFLOW_CACHE_MAX_RESTORE_BYTES`` or 10 GiB). ``local_store`` True
+        means the worker's store the settings configure (:mod:`.localstore`);
+        False or None, none.
         """
         super().__init__(
             Storage(url if url is not None else str(paths.files_dir()), **storage_options)
@@ -112,6 +121,9 @@ class FileCache(EntryCatalog):
         self._clock = clock or (lambda: datetime.now(UTC))
         self._progress_factory = progress_factory
         self.max_restore_bytes = max_restore_bytes or settings.current().max_restore_bytes
+        if local_store is True:
+            local_store = LocalStore.configured()
+        self.local_store: LocalStore | None = local_store or None
         signing.signing_keys()  # a bad key setting is an error now, not a corrupt entry later
 
     def now(self) -> datetime:
@@ -150,26 +162,10 @@ class FileCache(EntryCatalog):
                 created_at=entry.created_at,
             )
         progress = self._progress(f"restore {entry.name}", entry.bytes)
-        cap = self.max_restore_bytes
-        limits = Limits(
-            file_bytes=min(cap, entry.bytes + _margin(entry.bytes)),
-            stream_bytes=cap + _margin(cap),
-        )
         try:
-            with self.storage.open_read(f"{entry.name}/{entry.archive}") as raw:
-                verify = signing.enabled()
-                src = HashingReader(raw, entry.size + _margin(entry.size), verify)
-                check = (lambda: src.check(entry.digest)) if verify else None
-                try:
-                    stats = unpack(
-                        cast(BinaryIO, src),
-                        Path(root),
-                        progress=progress,
-                        limits=limits,
-                        check=check,
-                    )
-                finally:
-                    src.close()
+            stats = self._from_local_store(entry, Path(root), progress)
+            if stats is None:
+                stats = self._unpack(entry, Path(root), progress, verify=signing.enabled())
         except (ArchiveError, FileNotFoundError, UnsafePathError) as exc:
             self._warn(f"cache entry {entry.name!r} is corrupt ({exc}); removing it")
             self.remove_entry(entry)
@@ -250,6 +246,7 @@ class FileCache(EntryCatalog):
             return SaveResult(
                 saved=False, reason="already saved", seconds=time.perf_counter() - start
             )
+        self._keep_locally(key, f"sha256:{digest}")
         return SaveResult(
             saved=True,
             reason="saved",
@@ -257,6 +254,61 @@ class FileCache(EntryCatalog):
             bytes=stats.bytes,
             seconds=time.perf_counter() - start,
         )
+
+    def _unpack(
+        self, entry: EntryInfo, root: Path, progress: Callable[[int], None] | None, *, verify: bool
+    ) -> ArchiveStats:
+        """Extract the entry's archive into ``root``, within the bounds its entry.json records."""
+        cap = self.max_restore_bytes
+        limits = Limits(
+            file_bytes=min(cap, entry.bytes + _margin(entry.bytes)),
+            stream_bytes=cap + _margin(cap),
+        )
+        with self.storage.open_read(f"{entry.name}/{entry.archive}") as raw:
+            src = HashingReader(raw, entry.size + _margin(entry.size), verify)
+            check = (lambda: src.check(entry.digest)) if verify else None
+            try:
+                return unpack(
+                    cast(BinaryIO, src), root, progress=progress, limits=limits, check=check
+                )
+            finally:
+                src.close()
+
+    def _from_local_store(
+        self, entry: EntryInfo, root: Path, progress: Callable[[int], None] | None
+    ) -> ArchiveStats | None:
+        """Fill ``root`` from the worker's local store, unpacking the archive there first.
+
+        None when the store cannot serve the entry: the caller unpacks the
+        archive into ``root`` as if there were no store. What goes into the
+        store is always checked against the archive's digest, signed or not.
+        """
+        store, digest = self.local_store, entry.digest
+        if store is None or digest is None:
+            return None
+        started = time.perf_counter()
+        filled = store.fill(
+            digest,
+            root,
+            unpack=lambda tree: self._unpack(entry, tree, progress, verify=True),
+            file_bytes=entry.bytes,
+        )
+        if filled is None:
+            return None
+        return ArchiveStats(filled.files, filled.bytes, time.perf_counter() - started)
+
+    def _keep_locally(self, key: EntryKey, digest: str) -> None:
+        """After a save, unpack the new archive into the local store for the next run here."""
+        if self.local_store is None:
+            return
+        try:
+            entry = self.read_entry(key.name)
+            if entry.digest == digest:
+                self.local_store.populate(
+                    digest, entry.bytes, lambda tree: self._unpack(entry, tree, None, verify=True)
+                )
+        except Exception as exc:  # the entry is saved; only the next restore here is slower
+            log.warning("cannot keep a local copy of %s: %s", key.name, exc)
 
     def _corrupt(self, start: float, entry: EntryInfo) -> RestoreResult:
         return RestoreResult(

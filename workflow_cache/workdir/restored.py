@@ -8,9 +8,10 @@ folder; this module makes sure the rest of the run can trust the result:
   the ``origin`` marker, a small UTF-8 regular file naming an absolute path; a
   symlink there (which would turn the run's script folder and its cleanup
   toward another place), a FIFO, or anything else rejects the restore;
-* relocation rewrites files only through ``O_NOFOLLOW`` descriptors of regular
-  files inside the folder and replaces symlinks in place, never what they
-  point to.
+* relocation reads files only through ``O_NOFOLLOW`` descriptors of regular
+  files inside the folder and writes each changed one as a new file that
+  replaces it (the old one may be shared with the worker's local store);
+  symlinks are replaced in place, never what they point to.
 
 A rejected restore is a cache miss: the caller empties the folder and runs
 without it.
@@ -18,8 +19,9 @@ without it.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -31,7 +33,7 @@ _ORIGIN_LIMIT = 4096
 _RELOCATE_LIMIT = 1 << 20
 _BINARY_SUFFIXES = frozenset({".pyc", ".so", ".dylib", ".o", ".a", ".whl", ".gz", ".zip", ".node"})
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_WRITE = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeRestoreError(Exception):
@@ -104,6 +106,11 @@ def _relink(path: str, old: str, new: str) -> int:
 
 
 def _rewrite(path: str, old: bytes, new: bytes) -> int:
+    """Write the relocated text to a new file that replaces ``path``, never into ``path``.
+
+    A restored file may be a hard link into the worker's local store, so
+    writing into it would change every later restore.
+    """
     try:
         fd = os.open(path, _READ)
     except OSError:
@@ -117,16 +124,20 @@ def _rewrite(path: str, old: bytes, new: bytes) -> int:
         os.close(fd)
     if old not in data or b"\0" in data:
         return 0
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.wfc-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(temporary, _NEW, 0o600)
     try:
-        fd = os.open(path, _WRITE)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # replaced by a symlink meanwhile: leave it
-            return 0
+        try:
+            view = memoryview(data.replace(old, new))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, stat.S_IMODE(info.st_mode))
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)  # a symlink put at ``path`` meanwhile is replaced, not followed
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise
-    try:
-        view = memoryview(data.replace(old, new))
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
     return 1

@@ -6,10 +6,12 @@ slot); the modules that run them say what each step means.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from redis.client import Pipeline
 
 
 @cache
@@ -18,7 +20,28 @@ def script(name: str) -> str:
     return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-def register(client: Any, names: Iterable[str]) -> dict[str, Any]:
+class Script:
+    """A script run by EVALSHA. Called directly it loads itself on ``NOSCRIPT`` (as
+    redis-py's own does); queued in a pipeline it is a bare EVALSHA, where redis-py
+    would first ask ``SCRIPT EXISTS`` in a round trip of its own: the one who runs the
+    pipeline makes a call again when its reply is ``NOSCRIPT``."""
+
+    def __init__(self, client: Any, source: str) -> None:
+        self._inner = client.register_script(source)
+
+    @property
+    def sha(self) -> str:
+        return str(self._inner.sha)
+
+    def __call__(
+        self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+    ) -> Any:
+        if isinstance(client, Pipeline):
+            return client.evalsha(self._inner.sha, len(keys), *keys, *args)
+        return self._inner(keys=keys, args=args, client=client)
+
+
+def register(client: Any, names: Iterable[str]) -> dict[str, Script]:
     """``names`` registered on ``client`` (blocking or asyncio): each runs by EVALSHA,
     loading the script on the first ``NOSCRIPT``."""
-    return {name: client.register_script(script(name)) for name in names}
+    return {name: Script(client, script(name)) for name in names}

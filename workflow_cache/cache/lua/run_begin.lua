@@ -1,4 +1,5 @@
--- KEYS: run (hash), steps (list), given (hash), pending (set), indexes...
+-- KEYS: run (hash), steps (list), given (hash), pending (set), started set of the task,
+--       indexes...
 -- ARGV: run id, batch of this delivery (0 = first), task, args, kwargs, queue, lease_ms
 -- A delivery of run W starts. Finished (done or cancelled) -> its outcome; a delivery for
 -- an older batch (a stale resume) -> stale; another delivery holds a live lease -> busy.
@@ -21,6 +22,9 @@ end
 if not state then
   redis.call('HSET', run, 'task', ARGV[3], 'args', ARGV[4], 'kwargs', ARGV[5],
     'queue', ARGV[6], 'batch', 0, 'replays', 0, 'epoch', 0, 'started', now)
+  redis.call('ZADD', STARTED, now, RUN_ID)
+  redis.call('ZADD', KEYS[5], now, RUN_ID)
+  redis.call('HSET', TASK_OF, RUN_ID, ARGV[3])
 end
 local replays = tonumber(redis.call('HGET', run, 'replays') or '0')
 if asked > 0 then

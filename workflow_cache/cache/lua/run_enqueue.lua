@@ -1,4 +1,5 @@
--- KEYS: run, indexes...   ARGV: run id, task, args, kwargs, queue, recheck_ms
+-- KEYS: run, started set of the task, indexes...
+-- ARGV: run id, task, args, kwargs, queue, recheck_ms
 -- A producer sends a run's first message: the run is recorded before any worker has it,
 -- as a run sent but not begun (resuming, batch 0), due for a recheck. A message lost
 -- with the worker that held it (killed before the delivery began) is then sent again
@@ -10,6 +11,9 @@ end
 local now = now_ms()
 redis.call('HSET', run, 'task', ARGV[2], 'args', ARGV[3], 'kwargs', ARGV[4],
   'queue', ARGV[5], 'batch', 0, 'replays', 0, 'epoch', 0, 'started', now, 'checks', 0)
+redis.call('ZADD', STARTED, now, RUN_ID)
+redis.call('ZADD', KEYS[2], now, RUN_ID)
+redis.call('HSET', TASK_OF, RUN_ID, ARGV[2])
 enter(run, nil, 'resuming', now)
 redis.call('ZADD', DUE, now + tonumber(ARGV[6]), RUN_ID)
 return 1

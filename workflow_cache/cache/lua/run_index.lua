@@ -1,14 +1,18 @@
--- Prepended to every run script (runs.py). The last 7 KEYS are the run indexes of the
+-- Prepended to every run script (runs.py). The last 11 KEYS are the run indexes of the
 -- namespace: one sorted set per state (run_states.STATES order, scored by when the run
--- entered it) and the due set (scored by when the reconciler must look at the run).
+-- entered it), the due set (scored by when the reconciler must look at the run), the
+-- started set (scored by when the run started) and the hash of each indexed run's task
+-- (which per-task started set to leave once the run is forgotten).
 -- ARGV[1] is always the run id, the member of those sets.
 local STATE_NAMES = {'running', 'suspending', 'suspended', 'sleeping', 'waiting', 'resuming',
   'done', 'cancelled'}
 local INDEX = {}
 for i, name in ipairs(STATE_NAMES) do
-  INDEX[name] = KEYS[#KEYS - #STATE_NAMES - 1 + i]
+  INDEX[name] = KEYS[#KEYS - #STATE_NAMES - 3 + i]
 end
-local DUE = KEYS[#KEYS]
+local DUE = KEYS[#KEYS - 2]
+local STARTED = KEYS[#KEYS - 1]
+local TASK_OF = KEYS[#KEYS]
 local RUN_ID = ARGV[1]
 local LIVE = {running = true, suspending = true, suspended = true, sleeping = true,
   waiting = true, resuming = true}
