@@ -104,8 +104,11 @@ class TestOneSoloWorkerOnBothQueues:
         tag = uuid.uuid4().hex[:10]
         r = module.three_steps.delay(tag, 1.0)  # each step takes a second: the run waits
         wait_until(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id], "the run to wait on a")
-        info = run_info(module.cache, r.id)
-        assert info is not None and info.state == "suspended" and info.waiting_on == (f"{tag}:a",)
+        info = wait_until(  # it lingers for a moment first (WORKFLOW_CACHE_SUSPEND_AFTER)
+            lambda: (i := run_info(module.cache, r.id)) and i.state == "suspended" and i,
+            "the run to suspend",
+        )
+        assert info.waiting_on == (f"{tag}:a",)
         assert result_of(r, timeout=60).value == [1, 1, 1]
         assert waiting_on(module.cache, f"{tag}:a") == []
         assert outcome_of(module.cache, r.id, timeout=5).value == [1, 1, 1]

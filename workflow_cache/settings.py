@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         description="Seconds after a run suspends (or is resumed) before the reconciler "
         "checks it from state; each further check waits twice as long, up to 60 s.",
     )
+    suspend_after: float = Field(
+        default=0.05,
+        ge=0,
+        description="Seconds a workflow delivery that sent dispatched steps waits in its slot "
+        "for them before it suspends; steps done by then cost no resume (0: suspend at once).",
+    )
     redis_connect_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to open a connection to the step cache's Redis."
     )
