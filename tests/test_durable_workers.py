@@ -36,6 +36,7 @@ def durable_app(redis_url: str) -> Iterator[tuple[ModuleType, dict[str, str]]]:
         "WORKFLOW_CACHE_LEASE": str(LEASE),
         "WORKFLOW_CACHE_RECONCILE_INTERVAL": str(INTERVAL),
         "WORKFLOW_CACHE_RUN_RECHECK": "1.0",
+        "WORKFLOW_CACHE_SUSPEND_AFTER": "0",  # every pending step suspends: these tests watch it
     }
     with configured_test_app(env) as module:
         yield module, env
