@@ -43,6 +43,7 @@ def durable_app(
         "WORKFLOW_CACHE_LEASE": str(LEASE),
         "WORKFLOW_CACHE_RECONCILE_INTERVAL": str(INTERVAL),
         "WORKFLOW_CACHE_RUN_RECHECK": str(recheck),
+        "WORKFLOW_CACHE_SUSPEND_AFTER": "0",  # every pending step suspends: these tests watch it
     }
     with configured_test_app(env, app) as module:
         yield module, env

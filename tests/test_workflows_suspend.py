@@ -104,8 +104,11 @@ class TestOneSoloWorkerOnBothQueues:
         tag = uuid.uuid4().hex[:10]
         r = module.three_steps.delay(tag, 1.0)  # each step takes a second: the run waits
         wait_until(lambda: waiting_on(module.cache, f"{tag}:a") == [r.id], "the run to wait on a")
-        info = run_info(module.cache, r.id)
-        assert info is not None and info.state == "suspended" and info.waiting_on == (f"{tag}:a",)
+        info = wait_until(  # it lingers for a moment first (WORKFLOW_CACHE_SUSPEND_AFTER)
+            lambda: (i := run_info(module.cache, r.id)) and i.state == "suspended" and i,
+            "the run to suspend",
+        )
+        assert info.waiting_on == (f"{tag}:a",)
         assert result_of(r, timeout=60).value == [1, 1, 1]
         assert waiting_on(module.cache, f"{tag}:a") == []
         assert outcome_of(module.cache, r.id, timeout=5).value == [1, 1, 1]
@@ -233,3 +236,68 @@ def test_kill_9_while_suspended_and_while_replaying(redis_url, tmp_path) -> None
         assert outcome.ok and outcome.value == [1, 1]
         assert module.count(f"{tag}:a") == 1 and module.count(f"{tag}:b") == 1
         assert "resumed" in kinds(module, r.id)
+
+
+@contextmanager
+def steps_and_flows(
+    redis_url: str, tmp_path: Path, linger: str
+) -> Iterator[tuple[ModuleType, dict[str, str]]]:
+    """A one-slot steps worker and a one-slot workflows worker, lingering ``linger`` s."""
+    with app_for(redis_url, WORKFLOW_CACHE_SUSPEND_AFTER=linger) as (module, env):
+        queue = module.settings.workflow_queue
+        steps = CeleryWorker("tests.celery_app", "steps", "steps", env, log=tmp_path / "s.log")
+        flows = CeleryWorker("tests.celery_app", "flows", queue, env, log=tmp_path / "f.log")
+        with workers(module, steps, flows):
+            yield module, env
+
+
+class TestLinger:
+    def test_fast_steps_finish_in_the_delivery_that_sent_them(self, redis_url, tmp_path) -> None:
+        # a linger far longer than a trivial step takes, even on a busy machine
+        with steps_and_flows(redis_url, tmp_path, "10") as (module, _):
+            tag = uuid.uuid4().hex[:10]
+            r = module.three_steps.delay(tag)
+            assert result_of(r, timeout=60).value == [1, 1, 1]
+            info = run_info(module.cache, r.id)
+            # three batches, each sent and waited for in place: no suspension, no replay
+            assert info is not None and info.state == "done"
+            assert info.batch == 3 and info.replays == 0
+            assert kinds(module, r.id) == ["finished"]
+            assert [module.count(f"{tag}:{s}") for s in "ab"] == [1, 1]
+
+    def test_a_slow_step_suspends_after_the_linger_and_frees_the_slot(
+        self, redis_url, tmp_path
+    ) -> None:
+        with steps_and_flows(redis_url, tmp_path, "0.2") as (module, _):
+            tag = uuid.uuid4().hex[:10]
+            r = module.three_steps.delay(tag, 3.0)  # each step outlasts the linger
+            wait_until(
+                lambda: (i := run_info(module.cache, r.id)) and i.state == "suspended",
+                "the run to suspend once the linger is over",
+            )
+            # the one workflows slot is free while step a runs: another run begins there
+            other = module.three_steps.delay(uuid.uuid4().hex[:10])
+            wait_until(
+                lambda: (i := run_info(module.cache, other.id)) and i.batch >= 1,
+                "the other run to begin in the freed slot",
+            )
+            assert run_info(module.cache, r.id).state == "suspended"  # a runs for 3 s
+            assert result_of(r, timeout=120).value == [1, 1, 1]
+            info = run_info(module.cache, r.id)
+            assert info is not None and info.batch == 3 and info.replays == 3
+            assert kinds(module, r.id) == ["suspended", "resumed"] * 3 + ["finished"]
+            assert result_of(other, timeout=60).ok
+
+
+def test_an_async_step_all_suspends_once_for_its_batch(redis_url, tmp_path) -> None:
+    with steps_and_flows(redis_url, tmp_path, "0") as (module, _):
+        tag = uuid.uuid4().hex[:10]
+        r = module.async_steps.delay(tag)  # step a, then step.all of b and c
+        assert result_of(r, timeout=60).value == [1, "b", "c"]
+        info = run_info(module.cache, r.id)
+        # a is one batch, b and c together the second: two suspensions, not three
+        assert info is not None and info.batch == 2 and info.replays == 2
+        assert kinds(module, r.id) == ["suspended", "resumed"] * 2 + ["finished"]
+        waited = [e.split("|")[3] for e in events(module, r.id) if e.startswith("suspended")]
+        assert [sorted(w.split(",")) for w in waited] == [[f"{tag}:a"], [f"{tag}:b", f"{tag}:c"]]
+        assert [module.count(f"{tag}:{k}") for k in "abc"] == [1, 1, 1]

@@ -160,6 +160,13 @@ class Settings(BaseSettings):
         description="Seconds after a run suspends (or is resumed) before the reconciler "
         "checks it from state; each further check waits twice as long, up to 60 s.",
     )
+    suspend_after: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds a workflow delivery that sent dispatched steps waits in its slot "
+        "for them before it suspends; steps done by then cost no resume (0, the default: "
+        "suspend at once and hold no slot).",
+    )
     redis_connect_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to open a connection to the step cache's Redis."
     )

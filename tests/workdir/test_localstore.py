@@ -355,7 +355,9 @@ def test_an_in_place_append_never_reaches_a_later_restore(
     # although the second one appended to a file it shared with the store.
     assert seen == [("miss", [])] + [("hit", ["run"])] * 4
     dropped = [r for r in caplog.records if r.name == STORE_LOG]
-    assert len(dropped) == drops  # at most once: from then on the store copies that file
+    # at most once: from then on the store copies that file (none when the store had
+    # copied it already, as it does for a file another folder still links to)
+    assert len(dropped) <= drops
     digest = cache.read_entry(EntryKey("dev", "appending", "wd").name).digest
     assert digest is not None
     kept = tree_of(store, digest) / log

@@ -27,6 +27,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
+from workflow_cache import settings
 from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache, RedisClaim
 from workflow_cache.distributed.resume import resumed_batch
@@ -134,8 +135,17 @@ def run_delivery(
     if batch > 0:
         emit(RunEvent("resumed", run_id, begun.replays, begun.batch))
     with RunLease(runs, run_id, begun.epoch) as lease:
-        dispatcher = SuspendingDispatcher(app, cache, lease, begun.steps)
-        store = ReplayStore(cache, known_outcomes(cache, run_id, begun))
+        known = known_outcomes(cache, run_id, begun)
+        dispatcher = SuspendingDispatcher(
+            app,
+            cache,
+            lease,
+            begun.steps,
+            linger=settings.current().suspend_after,
+            concurrent=inspect.iscoroutinefunction(fn),
+            known=known,
+        )
+        store = ReplayStore(cache, known)
         workflow = create_workflow(
             None, cache=store, dispatcher=dispatcher, on_event=on_event, **options
         )

@@ -26,13 +26,17 @@ and what was asked, instead of another step's outcome.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, Signature
 
 from workflow_cache.cache.claims import Done
+from workflow_cache.cache.notices import NOTICE_OUTCOME, Notices
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
@@ -80,6 +84,9 @@ class SuspendingDispatcher(CeleryDispatcher):
         history: Sequence[str],
         *,
         queued_ttl: float | None = None,
+        linger: float = 0.0,
+        concurrent: bool = False,
+        known: Collection[str] = (),
     ) -> None:
         if queued_ttl is None:
             super().__init__(app, cache)
@@ -91,20 +98,29 @@ class SuspendingDispatcher(CeleryDispatcher):
         self.asked: list[str] = []
         self.runs = lease.runs
         self.waiters = Waiters(cache.flight)
+        self.linger = linger
+        self.concurrent = concurrent
+        self.known = frozenset(known)
+        self._lock = threading.RLock()
+        self._identified: list[tuple[Signature, StepOptions]] = []
+        self._settled: dict[str, Result[Any, Any] | Suspended | Superseded] = {}
 
     def identify(self, work: Signature, options: StepOptions) -> StepOptions:
         """A stable key for the step at this position; ``ReplayDiverged`` if history differs,
         ``Superseded`` if this delivery no longer holds the run."""
         position = self._record(require_task(work).task, options.key)
-        if options.key is not None:
-            return options
-        return StepOptions(
-            key=step_key(self.run_id, position),
-            ttl=self.runs.retention_ms / 1000,
-            cache_errors=True,
-            cache_exceptions=True,
-            returns=options.returns,
-        )
+        if options.key is None:
+            options = StepOptions(
+                key=step_key(self.run_id, position),
+                ttl=self.runs.retention_ms / 1000,
+                cache_errors=True,
+                cache_exceptions=True,
+                returns=options.returns,
+            )
+        if self.concurrent:  # sent together by the first of them that runs (see run)
+            with self._lock:
+                self._identified.append((work, options))
+        return options
 
     def _record(self, task: str, key: str | None) -> int:
         """This delivery's next position in the run's history, checked against what earlier
@@ -128,6 +144,10 @@ class SuspendingDispatcher(CeleryDispatcher):
         """``step.sleep``: the run sleeps as a batch of its own, resumed by a message sent
         with a countdown (and by the reconciler if that message is lost); a replay past
         the wake time goes on."""
+        with self._lock:
+            self._sleep(seconds, key)
+
+    def _sleep(self, seconds: float, key: str | None) -> None:
         position = self._record(SLEEP_ENTRY, key)
         timer = key or step_key(self.run_id, position)
         history = [*self.asked, *self.history[len(self.asked) :]]
@@ -142,6 +162,10 @@ class SuspendingDispatcher(CeleryDispatcher):
     def wait_event(self, name: str, timeout: float | None, key: str | None) -> Result[Any, Any]:
         """``step.wait_event``: the event's payload, or the run waits for it (suspended as
         ``waiting``, due at its deadline); past the deadline, an ``err`` saying so."""
+        with self._lock:
+            return self._wait_event(name, timeout, key)
+
+    def _wait_event(self, name: str, timeout: float | None, key: str | None) -> Result[Any, Any]:
         event = event_key(name)
         position = self._record(EVENT_ENTRY, key or event)
         deadline = key or step_key(self.run_id, position)
@@ -185,6 +209,33 @@ class SuspendingDispatcher(CeleryDispatcher):
             )
         return Envelope.loads(event, raw).to_result(event)
 
+    def run(self, work: Signature, options: StepOptions) -> Result[Any, Any]:
+        """One dispatched step; in an async workflow, the first of several steps asked for
+        side by side sends them all as one batch (the others find their outcome here)."""
+        if not self.concurrent:
+            return self.run_many([(work, options)])[0]
+        key = _key_of(options)
+        with self._lock:
+            if key not in self._settled:
+                batch = [(w, o) for w, o in self._identified if o.key not in self.known]
+                if all(o.key != key for _, o in batch):
+                    batch.append((work, options))
+                self._identified.clear()
+                try:
+                    results = self.run_many(batch)
+                except (Suspended, Superseded) as stop:
+                    for _, o in batch:
+                        self._settled[_key_of(o)] = stop
+                    raise
+                for (_, o), result in zip(batch, results, strict=True):
+                    self._settled[_key_of(o)] = result
+            settled = self._settled.pop(key)
+        if isinstance(settled, Suspended):
+            raise Suspended(settled.run_id, settled.batch, settled.keys)
+        if isinstance(settled, Superseded):
+            raise Superseded(str(settled))
+        return settled
+
     def run_many(self, works: Sequence[tuple[Signature, StepOptions]]) -> list[Result[Any, Any]]:
         for sig, _ in works:
             require_task(sig)
@@ -192,29 +243,34 @@ class SuspendingDispatcher(CeleryDispatcher):
         unique = {p.key: p for p in reversed(keyed)}
         pending = list(unique.values())
         keys = [p.key for p in pending]
-        history = [*self.asked, *self.history[len(self.asked) :]]
-        epoch = self.lease.epoch
-        batch = self.runs.prepare(self.run_id, epoch, history, keys)
-        if batch < 0:
-            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
-        ids = [str(uuid.uuid4()) for _ in pending]
-        ttls = [self._unsent_ttl(p) for p in pending]  # until _publish confirms each send
-        states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
-        outcomes: dict[str, Result[Any, Any]] = {}
-        to_send = []
-        for p, state in zip(pending, states, strict=True):
-            if isinstance(state, Done):
-                outcomes[p.key] = p.decode(state.outcome)
-            elif isinstance(state, Joined) and state.send is not None:
-                to_send.append((p, state.send))
-        self._publish(to_send)
-        verdict = self.runs.arm(self.run_id, epoch, batch, list(outcomes))
+        with self._lock, self._watching(keys) as notices:
+            history = [*self.asked, *self.history[len(self.asked) :]]
+            epoch = self.lease.epoch
+            batch = self.runs.prepare(self.run_id, epoch, history, keys)
+            if batch < 0:
+                raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+            ids = [str(uuid.uuid4()) for _ in pending]
+            ttls = [self._unsent_ttl(p) for p in pending]
+            states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
+            raws: dict[str, bytes] = {}
+            to_send = []
+            for p, state in zip(pending, states, strict=True):
+                if isinstance(state, Done):
+                    raws[p.key] = state.outcome
+                elif isinstance(state, Joined) and state.send is not None:
+                    to_send.append((p, state.send))
+            sent = self._publish(to_send, confirm=False)
+            if notices is not None:
+                raws.update(self._linger(notices, [k for k in keys if k not in raws]))
+            if len(raws) < len(keys):
+                sent.confirm(self.messages)  # the run may suspend: markers get their life
+            verdict = self.runs.arm(self.run_id, epoch, batch, list(raws))
         if verdict == "fenced":
             raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         if verdict != "go":
-            raise Suspended(self.run_id, batch, [k for k in keys if k not in outcomes])
-        # every pending key committed while this run was joining: read them and carry on
-        missing = [p for p in pending if p.key not in outcomes]
+            raise Suspended(self.run_id, batch, [k for k in keys if k not in raws])
+        # every pending key committed meanwhile: read those no notice brought and carry on
+        missing = [p for p in pending if p.key not in raws]
         if missing:
             given = self.runs.given(self.run_id)
             stored = self.cache.flight.read_many([p.key for p in missing])
@@ -222,8 +278,34 @@ class SuspendingDispatcher(CeleryDispatcher):
                 raw = raw if raw is not None else given.get(p.key)
                 if raw is None:  # committed, then expired or deleted meanwhile: ask again
                     return self.run_many(works)
-                outcomes[p.key] = p.decode(raw)
+                raws[p.key] = raw
+        outcomes = {p.key: p.decode(raws[p.key]) for p in pending}
         return [outcomes[p.key] for p in keyed]
+
+    @contextmanager
+    def _watching(self, keys: Sequence[str]) -> Iterator[Notices | None]:
+        """The commit notices of ``keys`` when this delivery lingers for them, else None."""
+        if self.linger <= 0:
+            yield None
+            return
+        with self.cache.flight.watch_many(keys) as notices:
+            yield notices
+
+    def _linger(self, notices: Notices, keys: Sequence[str]) -> dict[str, bytes]:
+        """The outcomes of ``keys`` committed within the linger (stops at the first key still
+        missing when it ends): a fast step costs no suspension, resume and replay."""
+        deadline = time.monotonic() + self.linger
+        arrived: dict[str, bytes] = {}
+        for key in keys:
+            while True:
+                left = deadline - time.monotonic()
+                notice = notices.next(key, left) if left > 0 else None
+                if notice is None:
+                    return arrived
+                if notice[:1] == NOTICE_OUTCOME:
+                    arrived[key] = notice[1:]
+                    break
+        return arrived
 
 
 def step_key(run_id: str, position: int) -> str:
@@ -255,3 +337,9 @@ def _keyed(options: StepOptions) -> StepOptions:
     if options.key is None:  # identify() runs first for every dispatched step
         raise RuntimeError("a step reached SuspendingDispatcher without identify()")
     return options
+
+
+def _key_of(options: StepOptions) -> str:
+    key = _keyed(options).key
+    assert key is not None
+    return key
