@@ -478,3 +478,59 @@ def test_a_queued_message_received_by_a_worker_that_died_is_known_lost(
     assert reconciler.settle_due().resent == 1  # its marker dropped, the run sent again
     assert client.get(keys.queued) is None and client.llen(flow.queue) == 1
     cache.close()
+
+
+def test_step_messages_queued_before_a_redis_restart_are_sent_again(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, appendonly=True)
+    try:
+        cache = RedisCache(server.url, namespace=f"restart-{uuid.uuid4().hex[:8]}")
+        runs = Runs(cache.flight, recheck=600.0, lease=0.2)  # due only when the restart says
+        flow = Resume("t.flow", [], {}, f"wq-{uuid.uuid4().hex[:8]}")
+        client = cache.flight.client
+        reconciler = _reconciler(server.url, cache, runs)
+        assert reconciler.settle_due().looked == 0  # the first look: the server is remembered
+
+        def suspend(on: Runs, run_id: str, key: str) -> None:
+            begun = on.begin(run_id, 0, flow)
+            batch = on.prepare(run_id, begun.epoch, [f"t.step|{key}"], [key])
+            Waiters(cache.flight).join_many([key], [f"msg-{key}"], [60.0], run_id, batch)
+            assert on.arm(run_id, begun.epoch, batch, []) == "wait"
+
+        space = cache.flight.keyspace
+        suspend(runs, "popped", "k1")  # its message popped by a BRPOP whose reply is lost
+        suspend(runs, "held", "k2")  # received by a consumer that reconnects without it
+        received = client.register_script(script("received"))
+        k2 = space.for_step("k2")
+        presence = cache.flight.presence_id()
+        assert presence is not None
+        assert received(keys=[k2.queued, receipt_key(k2)], args=["msg-k2", presence, 60_000]) == 1
+        suspend(runs, "running", "k3")  # started by a pool process that lives on
+        holder = cache.flight.acquire("k3")
+        assert not isinstance(holder, Done)
+        client.delete(space.for_step("k3").queued)
+        wait_until(lambda: runs.now_ms() > runs.since("running"), "Redis's clock to move on")
+
+        server.kill()
+        server.restart()
+        wait_until(
+            lambda: cache.flight.client.ping(), "the cache to reconnect", ignoring=(Exception,)
+        )
+        tick = reconciler.settle_due()
+        assert tick.looked == 3 and tick.resent == 2  # the restart made them all due at once
+        assert client.get(space.for_step("k1").queued) is None
+        assert client.get(k2.queued) is None
+        assert client.llen(flow.queue) == 2  # their replays send k1 and k2 again
+        assert client.pttl(space.for_step("k3").lock) > 0  # k3 is left to its claim
+
+        assert reconciler.server is not None
+        restarted = reconciler.server[1]  # (uptime is in whole seconds: one more, and a lease)
+        wait_until(lambda: runs.now_ms() > restarted + 1200, "a lease to pass since the restart")
+        after = Runs(cache.flight, recheck=0.05, lease=0.2)  # a run suspended since
+        suspend(after, "after", "k4")
+        wait_until(lambda: "after" in runs.due(10), "the run suspended since to be due")
+        assert reconciler.settle_due().resent == 0  # its message is queued: left alone
+        assert client.get(space.for_step("k4").queued) == b"msg-k4"
+        holder.abandon()
+        cache.close()
+    finally:
+        server.stop()
