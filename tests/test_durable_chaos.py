@@ -78,6 +78,7 @@ class Fleet:
     stopped_now: dict[int, list[int]] = field(default_factory=dict)
     actions: collections.Counter[str] = field(default_factory=collections.Counter)
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    ready: set[int] = field(default_factory=set)
     made: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,7 +95,19 @@ class Fleet:
             log=self.logs / f"{role}-{self.made}.log",
         )
         self.workers.setdefault(role, []).append(worker)
+        watcher = threading.Thread(target=self.watch_start, args=(worker,), daemon=True)
+        watcher.start()
         return worker
+
+    def watch_start(self, worker: CeleryWorker) -> None:
+        """Note the worker ready once it answers a ping: a pool process killed before
+        then makes Celery give up starting (``Could not start worker processes``)."""
+        while worker.alive():
+            with contextlib.suppress(Exception):  # Redis restarting: ask again
+                if self.module.app.control.ping(destination=[worker.name], timeout=0.5):
+                    with self.lock:
+                        self.ready.add(worker.pid)
+                    return
 
     def all(self) -> list[CeleryWorker]:
         return [w for ws in self.workers.values() for w in ws]
@@ -104,7 +117,9 @@ class Fleet:
             return [w for w in self.all() if w.alive() and w.pid not in self.stopped_now]
 
     def kill_child(self, rng: random.Random) -> None:
-        choices = [(w, c) for w in self.running() for c in w.children()]
+        with self.lock:
+            ready = set(self.ready)
+        choices = [(w, c) for w in self.running() if w.pid in ready for c in w.children()]
         if not choices:
             return
         _, child = rng.choice(choices)

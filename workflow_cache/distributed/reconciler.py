@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
@@ -115,6 +116,8 @@ class Reconciler:
         self.server: tuple[str, int] | None = None
         """The server's ``run_id`` this process last saw, and when it last restarted (ms;
         0: no restart the fleet saw)."""
+        self.blind = False
+        """Whether ``INFO`` is refused (restarts are then not noticed)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -153,9 +156,14 @@ class Reconciler:
         run is due now); returns when it last restarted (ms of Redis time, 0: never seen).
         A cluster's nodes restart one by one: not followed (their markers expire)."""
         client = self.cache.flight.client
-        if is_cluster(client):
+        if self.blind or is_cluster(client):
             return 0
-        info = self.cache.flight.claims.call(lambda: client.info("server"))
+        try:
+            info = self.cache.flight.claims.call(lambda: client.info("server"))
+        except redis.ResponseError as exc:  # INFO renamed or denied: markers expire instead
+            self.blind = True
+            log.warning("run reconciler cannot read INFO, so restarts go unnoticed: %s", exc)
+            return 0
         run_id = info.get("run_id") if isinstance(info, dict) else None
         uptime = info.get("uptime_in_seconds") if isinstance(info, dict) else None
         if not isinstance(run_id, str) or not isinstance(uptime, int):
