@@ -25,10 +25,10 @@ visibility timeout). Its queued marker says "queued" for ``queued_ttl`` meanwhil
 each tick compares the server's ``run_id`` (``INFO server``) with the one the fleet last
 saw (``run_restarted``); when it changed, every suspended run is due at once (one
 script on the runs' slot: it costs the number of suspended runs, once per restart), and
-a look at a run that suspended before the restart (or within a lease after it: its
-messages may have been sent before) drops the markers of its keys that no claim holds,
-received or not, and sends the run again. A message that was not lost makes a
-duplicate, which finds its key running or done.
+a look at a run that suspended before the restart (or within two leases and two
+intervals after it: its messages may have been sent before) drops the markers of its
+keys that no claim holds, received or not, and sends the run again. A message that was
+not lost makes a duplicate, which finds its key running or done.
 
 Each look pushes the run's due time further (doubling up to a minute while it stays
 suspended), but never past the end of the claim or queued marker its keys wait on: a
@@ -269,10 +269,13 @@ class Reconciler:
         return lost
 
     def suspended_before_restart(self, run_id: str) -> bool:
-        """Whether the run suspended before the server's last restart, or within a lease
-        after it (the delivery that suspended it may have sent its steps before)."""
+        """Whether the run suspended before the server's last restart, or soon after it:
+        within two leases and two intervals, as a delivery that held the run across the
+        restart does (it suspends then, or lapses and is sent again, and its replay
+        finds the markers set before the restart)."""
         restarted = self.server[1] if self.server is not None else 0
-        return restarted > 0 and self.runs.since(run_id) < restarted + self.runs.lease_ms
+        soon = 2 * (self.runs.lease_ms + self.margin_ms)
+        return restarted > 0 and self.runs.since(run_id) < restarted + soon
 
     def lost_in_restart(
         self, keys: Sequence[str], steps: Sequence[StepState], known: set[str]
