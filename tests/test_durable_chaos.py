@@ -379,6 +379,14 @@ def _soak(
     assert not extra, f"keys run more than once by processes nobody disturbed: {extra}"
     repeated = sum(len(v) - 1 for v in executions.values())
     print(f"{len(executions)} keys, {repeated} extra executions (all in killed/paused processes)")
+    noticed = [
+        line.split("WARNING/MainProcess] ", 1)[-1]
+        for worker in fleet.all() + fleet.killed_workers
+        if worker.log is not None and worker.log.exists()
+        for line in worker.log.read_text(errors="replace").splitlines()
+        if "Redis restarted" in line
+    ]
+    print("reconciler: " + ("; ".join(noticed) or "no restart noticed"))
 
     # no worker exited on its own
     gone = [w.name for w in fleet.all() if not w.alive()]
