@@ -78,6 +78,7 @@ class Fleet:
     stopped_now: dict[int, list[int]] = field(default_factory=dict)
     actions: collections.Counter[str] = field(default_factory=collections.Counter)
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    ready: set[int] = field(default_factory=set)
     made: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,7 +95,19 @@ class Fleet:
             log=self.logs / f"{role}-{self.made}.log",
         )
         self.workers.setdefault(role, []).append(worker)
+        watcher = threading.Thread(target=self.watch_start, args=(worker,), daemon=True)
+        watcher.start()
         return worker
+
+    def watch_start(self, worker: CeleryWorker) -> None:
+        """Note the worker ready once it answers a ping: a pool process killed before
+        then makes Celery give up starting (``Could not start worker processes``)."""
+        while worker.alive():
+            with contextlib.suppress(Exception):  # Redis restarting: ask again
+                if self.module.app.control.ping(destination=[worker.name], timeout=0.5):
+                    with self.lock:
+                        self.ready.add(worker.pid)
+                    return
 
     def all(self) -> list[CeleryWorker]:
         return [w for ws in self.workers.values() for w in ws]
@@ -104,7 +117,9 @@ class Fleet:
             return [w for w in self.all() if w.alive() and w.pid not in self.stopped_now]
 
     def kill_child(self, rng: random.Random) -> None:
-        choices = [(w, c) for w in self.running() for c in w.children()]
+        with self.lock:
+            ready = set(self.ready)
+        choices = [(w, c) for w in self.running() if w.pid in ready for c in w.children()]
         if not choices:
             return
         _, child = rng.choice(choices)
@@ -364,6 +379,14 @@ def _soak(
     assert not extra, f"keys run more than once by processes nobody disturbed: {extra}"
     repeated = sum(len(v) - 1 for v in executions.values())
     print(f"{len(executions)} keys, {repeated} extra executions (all in killed/paused processes)")
+    noticed = [
+        line.split("WARNING/MainProcess] ", 1)[-1]
+        for worker in fleet.all() + fleet.killed_workers
+        if worker.log is not None and worker.log.exists()
+        for line in worker.log.read_text(errors="replace").splitlines()
+        if "Redis restarted" in line
+    ]
+    print("reconciler: " + ("; ".join(noticed) or "no restart noticed"))
 
     # no worker exited on its own
     gone = [w.name for w in fleet.all() if not w.alive()]
@@ -478,3 +501,60 @@ def test_a_queued_message_received_by_a_worker_that_died_is_known_lost(
     assert reconciler.settle_due().resent == 1  # its marker dropped, the run sent again
     assert client.get(keys.queued) is None and client.llen(flow.queue) == 1
     cache.close()
+
+
+def test_step_messages_queued_before_a_redis_restart_are_sent_again(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, appendonly=True)
+    try:
+        cache = RedisCache(server.url, namespace=f"restart-{uuid.uuid4().hex[:8]}")
+        runs = Runs(cache.flight, recheck=600.0, lease=0.2)  # due only when the restart says
+        flow = Resume("t.flow", [], {}, f"wq-{uuid.uuid4().hex[:8]}")
+        client = cache.flight.client
+        reconciler = _reconciler(server.url, cache, runs)
+        assert reconciler.settle_due().looked == 0  # the first look: the server is remembered
+
+        def suspend(on: Runs, run_id: str, key: str) -> None:
+            begun = on.begin(run_id, 0, flow)
+            batch = on.prepare(run_id, begun.epoch, [f"t.step|{key}"], [key])
+            Waiters(cache.flight).join_many([key], [f"msg-{key}"], [60.0], run_id, batch)
+            assert on.arm(run_id, begun.epoch, batch, []) == "wait"
+
+        space = cache.flight.keyspace
+        suspend(runs, "popped", "k1")  # its message popped by a BRPOP whose reply is lost
+        suspend(runs, "held", "k2")  # received by a consumer that reconnects without it
+        received = client.register_script(script("received"))
+        k2 = space.for_step("k2")
+        presence = cache.flight.presence_id()
+        assert presence is not None
+        assert received(keys=[k2.queued, receipt_key(k2)], args=["msg-k2", presence, 60_000]) == 1
+        suspend(runs, "running", "k3")  # started by a pool process that lives on
+        holder = cache.flight.acquire("k3")
+        assert not isinstance(holder, Done)
+        client.delete(space.for_step("k3").queued)
+        wait_until(lambda: runs.now_ms() > runs.since("running"), "Redis's clock to move on")
+
+        server.kill()
+        server.restart()
+        wait_until(
+            lambda: cache.flight.client.ping(), "the cache to reconnect", ignoring=(Exception,)
+        )
+        tick = reconciler.settle_due()
+        assert tick.looked == 3 and tick.resent == 2  # the restart made them all due at once
+        assert client.get(space.for_step("k1").queued) is None
+        assert client.get(k2.queued) is None
+        assert client.llen(flow.queue) == 2  # their replays send k1 and k2 again
+        assert client.pttl(space.for_step("k3").lock) > 0  # k3 is left to its claim
+
+        assert reconciler.server is not None
+        restarted = reconciler.server[1]  # (uptime is in whole seconds: one more)
+        soon = 1000 + 2 * (200 + 50)  # two leases and two intervals
+        wait_until(lambda: runs.now_ms() > restarted + soon, "that long to pass since the restart")
+        after = Runs(cache.flight, recheck=0.05, lease=0.2)  # a run suspended since
+        suspend(after, "after", "k4")
+        wait_until(lambda: "after" in runs.due(10), "the run suspended since to be due")
+        assert reconciler.settle_due().resent == 0  # its message is queued: left alone
+        assert client.get(space.for_step("k4").queued) == b"msg-k4"
+        holder.abandon()
+        cache.close()
+    finally:
+        server.stop()

@@ -17,6 +17,19 @@ never released, expiring with the interval) looks at the runs whose due time has
   was killed whole, and its message only comes back after the broker's visibility
   timeout) has the run sent again, and the replay sends the step again.
 
+A restart of the Redis server (the broker too) can lose a step message on its way to a
+worker: a ``BRPOP`` whose pop was written to the append-only file but whose reply died
+with the connection, or a message a worker had received but not started (its consumer
+reconnects without it; the broker's ``unacked`` hash gives it back only after the
+visibility timeout). Its queued marker says "queued" for ``queued_ttl`` meanwhile. So
+each tick compares the server's ``run_id`` (``INFO server``) with the one the fleet last
+saw (``run_restarted``); when it changed, every suspended run is due at once (one
+script on the runs' slot: it costs the number of suspended runs, once per restart), and
+a look at a run that suspended before the restart (or within two leases and two
+intervals after it: its messages may have been sent before) drops the markers of its
+keys that no claim holds, received or not, and sends the run again. A message that was
+not lost makes a duplicate, which finds its key running or done.
+
 Each look pushes the run's due time further (doubling up to a minute while it stays
 suspended), but never past the end of the claim or queued marker its keys wait on: a
 worker killed mid-step is noticed a lease after its last renewal. A tick costs what the
@@ -32,10 +45,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from workflow_cache import settings
+from workflow_cache.cache.clients import is_cluster
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.enqueues import record_enqueues
 from workflow_cache.distributed.handoffs import HandoffListener
@@ -98,6 +113,11 @@ class Reconciler:
         self.runs = Runs(cache.flight)
         self.margin_ms = max(1, round(interval * 1000))
         self.token = uuid.uuid4().hex
+        self.server: tuple[str, int] | None = None
+        """The server's ``run_id`` this process last saw, and when it last restarted (ms;
+        0: no restart the fleet saw)."""
+        self.blind = False
+        """Whether ``INFO`` is refused (restarts are then not noticed)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -115,6 +135,10 @@ class Reconciler:
     def settle_due(self) -> Tick:
         """Settle every due run now (what a tick does once it holds the interval)."""
         looked = resent = resumed = 0
+        try:
+            self.notice_restart()
+        except Exception as exc:  # the runs are still looked at, as before any restart
+            log.warning("run reconciler could not read the server's run id: %s", exc)
         for run_id in self.runs.due(self.limit):
             looked += 1
             try:
@@ -126,6 +150,36 @@ class Reconciler:
             resumed += woke
         self.runs.forget_finished(self.runs.now_ms() - self.runs.retention_ms)
         return Tick(looked, resent, resumed)
+
+    def notice_restart(self) -> int:
+        """Whether the server restarted since the fleet last looked (then every suspended
+        run is due now); returns when it last restarted (ms of Redis time, 0: never seen).
+        A cluster's nodes restart one by one: not followed (their markers expire)."""
+        client = self.cache.flight.client
+        if self.blind or is_cluster(client):
+            return 0
+        try:
+            info = self.cache.flight.claims.call(lambda: client.info("server"))
+        except redis.ResponseError as exc:  # INFO renamed or denied: markers expire instead
+            self.blind = True
+            log.warning("run reconciler cannot read INFO, so restarts go unnoticed: %s", exc)
+            return 0
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        uptime = info.get("uptime_in_seconds") if isinstance(info, dict) else None
+        if not isinstance(run_id, str) or not isinstance(uptime, int):
+            return 0
+        if self.server is not None and self.server[0] == run_id:
+            return self.server[1]
+        woke, restarted = self.runs.restarted(run_id, uptime * 1000)
+        if woke:
+            log.warning(
+                "Redis restarted (run id %s): %d suspended runs are looked at now, for step "
+                "messages lost with it",
+                run_id,
+                woke,
+            )
+        self.server = (run_id, restarted)
+        return restarted
 
     def settle(self, run_id: str) -> tuple[int, int]:
         """Do what the run's state asks for; returns (tasks re-sent, runs resumed)."""
@@ -154,6 +208,8 @@ class Reconciler:
             return 0, 0  # an event is sent by someone outside the fleet: nothing to send
         orphans = [k for k, step in zip(due.pending, steps, strict=True) if step.orphaned]
         orphans += self.lost_messages(due.pending, steps)
+        if self.suspended_before_restart(run_id):
+            orphans += self.lost_in_restart(due.pending, steps, set(orphans))
         if orphans:
             log.info(
                 "run %s: step %r is neither committed, running nor queued (its worker died "
@@ -209,6 +265,30 @@ class Reconciler:
             if step.done or step.claim_ms != -2 or step.queued is None or step.holder is None:
                 continue
             if not flight.claims.present(step.holder) and drop_lost(flight, key, step.queued):
+                lost.append(key)
+        return lost
+
+    def suspended_before_restart(self, run_id: str) -> bool:
+        """Whether the run suspended before the server's last restart, or soon after it:
+        within two leases and two intervals, as a delivery that held the run across the
+        restart does (it suspends then, or lapses and is sent again, and its replay
+        finds the markers set before the restart)."""
+        restarted = self.server[1] if self.server is not None else 0
+        soon = 2 * (self.runs.lease_ms + self.margin_ms)
+        return restarted > 0 and self.runs.since(run_id) < restarted + soon
+
+    def lost_in_restart(
+        self, keys: Sequence[str], steps: Sequence[StepState], known: set[str]
+    ) -> list[str]:
+        """Keys queued before the server restarted that no claim holds: their message may
+        be lost with it (receipts too: the consumer that received it reconnected without
+        it, and presence ids start again after a restart). Their markers are dropped."""
+        flight = self.cache.flight
+        lost = []
+        for key, step in zip(keys, steps, strict=True):
+            if key in known or step.done or step.claim_ms != -2 or step.queued is None:
+                continue
+            if drop_lost(flight, key, step.queued):
                 lost.append(key)
         return lost
 

@@ -23,6 +23,9 @@ transition is one Lua script on one cluster slot (``wfc:<ns>:{_runs}:...``):
 ``state:<state>``, ``due`` (sorted sets)
     The indexes: runs by state (scored by when they entered it) and by due time (when
     the reconciler must look at them: a lease's end, a recheck).
+``server`` (hash)
+    The ``run_id`` of the Redis server the reconciler last saw and when it started
+    (``restarted``, ms): a restart may have lost step messages (``reconciler.py``).
 ``started``, ``task:<task>`` (sorted sets), ``task_of`` (hash)
     Runs by start time, all of them and per workflow task, written by the script that
     starts a run; ``task_of`` names each indexed run's task, so that a finished run
@@ -191,6 +194,7 @@ class Runs:
                 "run_sleep",
                 "run_soon",
                 "run_enqueue",
+                "run_restarted",
             )
         }
         self._forget = client.register_script(script("run_forget"))
@@ -228,6 +232,11 @@ class Runs:
     @property
     def task_of_key(self) -> str:
         return f"{self.base}:task_of"
+
+    @property
+    def server_key(self) -> str:
+        """The server the reconciler last saw: its ``run_id`` and its start."""
+        return f"{self.base}:server"
 
     def state_key(self, state: str) -> str:
         return f"{self.base}:state:{state}"
@@ -447,6 +456,18 @@ class Runs:
         """Make a due run due again at most ``ms`` from now (a claim or a queued marker it
         waits on ends then); False when it was due sooner or is not due at all."""
         return bool(self._call("run_soon", [], [run_id, max(0, ms)]))
+
+    def restarted(self, server_run_id: str, uptime_ms: int) -> tuple[int, int]:
+        """Compare the server's ``run_id`` with the one last seen: (suspended runs made due
+        now because it changed, 0 if it did not; when the server last started, ms)."""
+        reply = self._call("run_restarted", [self.server_key], [server_run_id, max(0, uptime_ms)])
+        return int(reply[0]), int(reply[1])
+
+    def since(self, run_id: str) -> int:
+        """When (ms of Redis time) the run entered its state; 0 if unknown."""
+        run = self.keys(run_id).run
+        raw = self.flight.claims.call(lambda: self.flight.client.hget(run, "since"))
+        return _int(_text(raw)) if raw is not None else 0
 
     def forget_finished(self, before_ms: int, *, batch: int = FORGET_BATCH) -> int:
         """Drop finished and cancelled runs that left their retention from the indexes.
