@@ -43,6 +43,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 from workflow_cache import settings
 from workflow_cache.cache.claims import SingleFlight
@@ -154,9 +155,39 @@ class RunEvent:
 
 
 MAX_RECHECK_MS = 60_000
+"""The longest wait between two reconciler looks at one suspended run."""
 FORGET_BATCH = 500
 """The most finished runs of each state one ``forget_finished`` script drops."""
-"""The longest wait between two reconciler looks at one suspended run."""
+
+RUN_SCRIPTS = (
+    "run_begin",
+    "run_renew",
+    "run_prepare",
+    "run_arm",
+    "run_arrive",
+    "run_finish",
+    "run_due",
+    "run_cancel",
+    "run_sleep",
+    "run_soon",
+    "run_enqueue",
+    "run_restarted",
+)
+"""The transitions; each is run with ``run_index.lua`` in front, which keeps the indexes."""
+
+_REGISTERED: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
+
+
+def _scripts_of(client: Any) -> dict[str, Any]:
+    """The run scripts registered on ``client`` once: a registration hashes its source,
+    and a ``Runs`` is made per delivery and per handed-over commit."""
+    found = _REGISTERED.get(client)
+    if found is None:
+        index = script("run_index")
+        found = {name: client.register_script(index + script(name)) for name in RUN_SCRIPTS}
+        found["run_forget"] = client.register_script(script("run_forget"))
+        _REGISTERED[client] = found
+    return found
 
 
 class Runs:
@@ -178,26 +209,8 @@ class Runs:
         self.lease_ms = _ms(flight.lease if lease is None else lease)
         self.retention_ms = _ms(configured.run_retention if retention is None else retention)
         self.recheck_ms = _ms(configured.run_recheck if recheck is None else recheck)
-        client = flight.client
-        index = script("run_index")
-        self._scripts = {
-            name: client.register_script(index + script(name))
-            for name in (
-                "run_begin",
-                "run_renew",
-                "run_prepare",
-                "run_arm",
-                "run_arrive",
-                "run_finish",
-                "run_due",
-                "run_cancel",
-                "run_sleep",
-                "run_soon",
-                "run_enqueue",
-                "run_restarted",
-            )
-        }
-        self._forget = client.register_script(script("run_forget"))
+        self._scripts = _scripts_of(flight.client)
+        self._forget = self._scripts["run_forget"]
         base = flight.keyspace.for_step(RUNS_TAG).out[: -len(":out")]
         self.base = base
         self.indexes = (
