@@ -286,3 +286,16 @@ def nap_only(step, tag: str, seconds: float) -> None:
     """A durable sleep, then the time the replay got past it (benchmarks/bench_durable.py)."""
     step.sleep(seconds)
     _redis.rpush(f"woke:{tag}", time.time())
+
+
+@workflow_task(app, name="tests.limited_step")
+def limited_step(step, tag: str) -> object:
+    """One dispatched step with a soft time limit (its slot does not carry the run on)."""
+    return step(work.s(f"{tag}:a", 0.0, 1).set(soft_time_limit=60), key=f"{tag}:a")
+
+
+@workflow_task(app, name="tests.fails_after_a")
+def fails_after_a(step, tag: str) -> None:
+    """Step a, then the workflow function itself raises."""
+    step(work.s(f"{tag}:a", 0.0, 1), key=f"{tag}:a")
+    raise LookupError(f"{tag}: nothing after a")

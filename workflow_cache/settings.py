@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         description="Seconds after a run suspends (or is resumed) before the reconciler "
         "checks it from state; each further check waits twice as long, up to 60 s.",
     )
+    continue_inline: bool = Field(
+        default=True,
+        description="A worker whose step commit resumes a run carries the run on in the "
+        "same slot when it serves the workflow's queue (no resume message); false: always "
+        "send the resume as a message.",
+    )
     suspend_after: float = Field(
         default=0.0,
         ge=0,

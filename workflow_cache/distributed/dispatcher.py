@@ -36,7 +36,6 @@ from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import members, require_task
 from workflow_cache.distributed.header import HEADER, StepHeader
 from workflow_cache.distributed.pending import PendingStep
-from workflow_cache.distributed.steps import require_single_flight
 from workflow_cache.options import StepOptions
 from workflow_cache.result import Result
 
@@ -51,6 +50,17 @@ QUEUED_TTL = 60.0
 a waiter takes it for lost and sends the step again (at most once per expiry)."""
 
 _ONCE = "_once:"
+
+
+def require_single_flight(cache: Any, who: str) -> RedisCache:
+    """``cache`` if it can run a key once across processes, else a ``TypeError`` saying why."""
+    if isinstance(cache, RedisCache):
+        return cache
+    raise TypeError(
+        f"{who} needs a cache that can do single flight across processes (a RedisCache: "
+        f"claims, leases and commit notices in Redis shared by producers and workers); "
+        f"got {type(cache).__name__}, which only stores outcomes on one machine"
+    )
 
 
 class CeleryDispatcher:

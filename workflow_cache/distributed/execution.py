@@ -45,8 +45,9 @@ from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running,
 from workflow_cache.cache.messages import StepMessages
 from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.continuation import carry_on, may_continue
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
-from workflow_cache.distributed.resume import hand_over
+from workflow_cache.distributed.resume import Arrival, hand_over
 from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.options import keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
@@ -233,7 +234,8 @@ def _run_holding(
         tracing.end(run.span, released=True)
         raise
     except Exception as exc:
-        _commit(task.app, runner, messages.flight, run, err(UnexpectedError.from_exception(exc)))
+        failed = err(UnexpectedError.from_exception(exc))
+        _carry_on(task.app, _commit(task, runner, messages.flight, run, failed))
         raise
     except BaseException:
         # the process is being torn down (terminated, revoked, cold shutdown): keep the
@@ -242,7 +244,7 @@ def _run_holding(
         tracing.end(run.span, abandoned=True)
         raise
     result = produced if isinstance(produced, Result) else ok(produced)
-    _commit(task.app, runner, messages.flight, run, result)
+    _carry_on(task.app, _commit(task, runner, messages.flight, run, result))
     if isinstance(produced, Result):
         return Envelope.from_result(header.key, produced, ttl=None).detached(header.key)
     return produced
@@ -261,12 +263,14 @@ def _outcome(header: StepHeader, result: Result[Any, Any]) -> tuple[Envelope, bo
 
 
 def _commit(
-    app: Celery,
+    task: Task,
     runner: StepRunner,
     flight: SingleFlight,
     run: _Execution,
     result: Result[Any, Any],
-) -> None:
+) -> Arrival | None:
+    """Store the step's outcome and resume its waiting runs; returns the one run this slot
+    carries on itself (``continuation.py``), if any."""
     header = run.header
     envelope, keep = _outcome(header, result)
     ttl_ms = envelope.ttl_ms
@@ -278,7 +282,7 @@ def _commit(
         if not unreachable(exc):
             log.warning("step %r: outcome not recorded, claim released: %s", header.key, exc)
             tracing.end(run.span, released=True)
-            return
+            return None
         # The same fenced commit again once Redis answers: it lands if nobody took over.
         again = functools.partial(holder.recommit, text, ttl_ms, keep)
         committed = patiently(runner, header.key, "committing", again)
@@ -286,9 +290,18 @@ def _commit(
     tracing.end(run.span, status=envelope.status, committed=committed, stored=keep)
     if not committed:
         log.warning("step %r: lease lost before commit; a newer outcome stands", header.key)
-        return
-    if run.holder.handed_over:  # workflows were suspended on this key: resume them
-        hand_over(app, flight, header.key, b"" if keep else text)
+        return None
+    if not run.holder.handed_over:
+        return None
+    # workflows were suspended on this key: resume them
+    keep_one = functools.partial(may_continue, task)
+    _, kept = hand_over(task.app, flight, header.key, b"" if keep else text, keep_one)
+    return kept
+
+
+def _carry_on(app: Celery, kept: Arrival | None) -> None:
+    if kept is not None:
+        carry_on(app, kept)
 
 
 def _countdown(exc: Retry) -> float:

@@ -43,7 +43,7 @@ class HandoffListener:
             log.warning("a handoff notice that is not one was ignored (%d bytes)", _size(data))
             return 0
         key, given = notice
-        sent = hand_over(self.app, self.cache.flight, key, given)
+        sent, _ = hand_over(self.app, self.cache.flight, key, given)
         if sent:
             log.info("step %r: committed outside the fleet; %d run(s) resumed", key, sent)
         self.resumed += sent

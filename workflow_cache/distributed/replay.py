@@ -22,7 +22,8 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
@@ -93,29 +94,92 @@ def known_outcomes(cache: RedisCache, run_id: str, begun: Begun) -> dict[str, En
     return known
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowSpec:
+    """What a suspending workflow task runs: kept per task name on the app, so that a
+    committer can continue a run in its own slot (``continuation.py``)."""
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str
+    cache: RedisCache | None
+    on_event: EventHook | None
+    options: dict[str, Any]
+
+    def store(self, app: Celery) -> RedisCache:
+        return self.cache or app.conf.workflow_cache["cache"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """How one delivery ended.
+
+    ``finished``: the run's outcome is stored; ``data`` is what the task returns, ``error``
+    the exception the workflow function raised (re-raised by a task delivery).
+    ``suspended``: the run waits. ``skipped``: nothing to do (a stale or duplicate
+    delivery, or one fenced by a newer epoch or a cancellation). ``unreachable``: Redis
+    could not be reached; the run's lease lapses and the reconciler sends it again.
+    """
+
+    kind: Literal["finished", "suspended", "skipped", "unreachable"]
+    data: dict[str, Any] | None = None
+    error: BaseException | None = None
+    reason: str = ""
+
+
+SPECS_CONF = "workflow_cache_workflows"
+"""The app setting that maps each suspending workflow task's name to its ``WorkflowSpec``."""
+
+
+def register_spec(app: Celery, spec: WorkflowSpec) -> None:
+    specs: dict[str, WorkflowSpec] = app.conf.get(SPECS_CONF) or {}
+    specs[spec.name] = spec
+    app.conf[SPECS_CONF] = specs
+
+
+def spec_of(app: Celery, task_name: str) -> WorkflowSpec | None:
+    specs: dict[str, WorkflowSpec] = app.conf.get(SPECS_CONF) or {}
+    return specs.get(task_name)
+
+
 def run_delivery(
-    task: Task,
-    app: Celery,
-    cache: RedisCache,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    queue: str,
-    on_event: EventHook | None,
-    options: dict[str, Any],
+    task: Task, app: Celery, spec: WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """Run one delivery of a suspending workflow task; returns the outcome's data when done,
-    raises ``Ignore`` when it suspends (or the delivery is stale)."""
+    """One message of a suspending workflow task: returns the outcome's data when the run is
+    done, raises ``Ignore`` when it suspends (or the delivery is not needed), ``Reject``
+    (back to the queue) when Redis cannot be reached."""
     run_id = task.request.id
-    name = task.name
     try:
         batch = resumed_batch(task.request.headers)
     except ValueError as exc:
-        log.warning("workflow %s[%s] refused: %s", name, run_id, exc)
+        log.warning("workflow %s[%s] refused: %s", spec.name, run_id, exc)
         raise Ignore() from None
+    delivered = deliver(app, spec, run_id, batch, args, kwargs)
+    if delivered.kind == "finished":
+        if delivered.error is not None:
+            raise delivered.error
+        assert delivered.data is not None
+        return delivered.data
+    if delivered.kind == "unreachable":
+        raise Reject(delivered.reason, requeue=True)
+    raise Ignore()
+
+
+def deliver(
+    app: Celery,
+    spec: WorkflowSpec,
+    run_id: str,
+    batch: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Delivered:
+    """Replay run ``run_id`` as the delivery of ``batch`` (0: its first message): begin,
+    replay with hits, then suspend or finish. Knows nothing of Celery messages, so a task
+    delivery and a committer's continuation drive the same code."""
+    name = spec.name
+    cache = spec.store(app)
     runs = Runs(cache.flight)
-    begun = runs.begin(run_id, batch, Resume(name, list(args), dict(kwargs), queue))
+    begun = runs.begin(run_id, batch, Resume(name, list(args), dict(kwargs), spec.queue))
     if begun.kind in ("stale", "busy"):
         log.info(
             "workflow %s[%s]: delivery of batch %d is %s (now batch %d)",
@@ -125,15 +189,16 @@ def run_delivery(
             "stale" if begun.kind == "stale" else "not needed: another delivery holds the run",
             begun.batch,
         )
-        raise Ignore()
+        return Delivered("skipped")
     if begun.kind == "done":
         key = outcome_key(run_id)
         if cache.flight.read(key) is None:  # the finisher died before writing it: repair
             runs.publish(run_id, begun.outcome)
-        return Envelope.loads(key, begun.outcome).detached(key)
-    emit = _emitter(on_event)
+        return Delivered("finished", Envelope.loads(key, begun.outcome).detached(key))
+    emit = _emitter(spec.on_event)
     if batch > 0:
         emit(RunEvent("resumed", run_id, begun.replays, begun.batch))
+    error: BaseException | None = None
     with RunLease(runs, run_id, begun.epoch) as lease:
         known = known_outcomes(cache, run_id, begun)
         dispatcher = SuspendingDispatcher(
@@ -142,42 +207,42 @@ def run_delivery(
             lease,
             begun.steps,
             linger=settings.current().suspend_after,
-            concurrent=inspect.iscoroutinefunction(fn),
+            concurrent=inspect.iscoroutinefunction(spec.fn),
             known=known,
         )
         store = ReplayStore(cache, known)
         workflow = create_workflow(
-            None, cache=store, dispatcher=dispatcher, on_event=on_event, **options
+            None, cache=store, dispatcher=dispatcher, on_event=spec.on_event, **spec.options
         )
         try:
-            result = run_body(workflow, fn, args, kwargs)
+            result = run_body(workflow, spec.fn, args, kwargs)
         except Suspended as suspended:
             emit(RunEvent("suspended", run_id, begun.replays, suspended.batch, suspended.keys))
-            raise Ignore() from None
+            return Delivered("suspended")
         except Superseded as exc:
             log.info("workflow %s[%s]: delivery stopped: %s", name, run_id, exc)
-            raise Ignore() from None
+            return Delivered("skipped")
         except ReplayDiverged as exc:
             log.error("workflow %s[%s]: %s", name, run_id, exc)
             result = err(UnexpectedError.from_exception(exc))
         except CacheUnavailable as exc:
-            if not unreachable(exc):
-                _finish(runs, lease, err(UnexpectedError.from_exception(exc)))
-                raise
-            # Redis away (restarting, loading): not the run's outcome. The message goes
-            # back to its queue, and the run's lease lapses for the reconciler to resend.
-            log.warning("workflow %s[%s]: Redis unreachable (%s); requeued", name, run_id, exc)
-            raise Reject(str(exc), requeue=True) from exc
+            if unreachable(exc):
+                # Redis away (restarting, loading): not the run's outcome. The run's lease
+                # lapses for the reconciler to send it again.
+                log.warning("workflow %s[%s]: Redis unreachable (%s)", name, run_id, exc)
+                return Delivered("unreachable", reason=str(exc))
+            result, error = err(UnexpectedError.from_exception(exc)), exc
         except Exception as exc:
-            _finish(runs, lease, err(UnexpectedError.from_exception(exc)))
-            raise
+            result, error = err(UnexpectedError.from_exception(exc)), exc
         data = _finish(runs, lease, result)
+    if data is None:
+        return Delivered("skipped")
     emit(
         RunEvent(
             "finished", run_id, begun.replays, begun.batch, outcome="ok" if result.ok else "err"
         )
     )
-    return data
+    return Delivered("finished", data, error)
 
 
 def run_body(
@@ -196,14 +261,14 @@ def run_body(
     return done
 
 
-def _finish(runs: Runs, lease: RunLease, result: Result[Any, Any]) -> dict[str, Any]:
-    """Store the run's outcome; a fenced delivery stops instead (``Ignore``): the delivery
-    that holds the run, or the cancellation, gives the outcome."""
+def _finish(runs: Runs, lease: RunLease, result: Result[Any, Any]) -> dict[str, Any] | None:
+    """Store the run's outcome; None for a fenced delivery: the delivery that holds the
+    run, or the cancellation, gives the outcome."""
     key = outcome_key(lease.run_id)
     envelope = Envelope.from_result(key, result, ttl=None)
     if not runs.finish(lease.run_id, lease.epoch, envelope.dumps(key)):
         log.info("run %s: epoch %d no longer holds the run; outcome not stored", *_who(lease))
-        raise Ignore()
+        return None
     return envelope.detached(key)
 
 
@@ -217,4 +282,14 @@ def _emitter(on_event: EventHook | None) -> Callable[[RunEvent], None]:
     return on_event  # type: ignore[return-value]
 
 
-__all__ = ["ReplayStore", "known_outcomes", "run_body", "run_delivery"]
+__all__ = [
+    "Delivered",
+    "ReplayStore",
+    "WorkflowSpec",
+    "deliver",
+    "known_outcomes",
+    "register_spec",
+    "run_body",
+    "run_delivery",
+    "spec_of",
+]

@@ -20,6 +20,8 @@ crash between the commit and step 1 loses no resume.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from celery import Celery
 
@@ -32,24 +34,44 @@ log = logging.getLogger(__name__)
 RUN_HEADER = "wfc_run"
 
 
-def hand_over(app: Celery, flight: SingleFlight, key: str, outcome: bytes | str = b"") -> int:
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A run whose batch a commit completed: resume it as the delivery of ``batch``."""
+
+    run_id: str
+    batch: int
+    resume: Resume
+
+
+def hand_over(
+    app: Celery,
+    flight: SingleFlight,
+    key: str,
+    outcome: bytes | str = b"",
+    keep: Callable[[Resume], bool] | None = None,
+) -> tuple[int, Arrival | None]:
     """Resume the runs that waited on ``key``; ``outcome`` when it was not kept. Never raises:
-    the commit stands whatever happens here. Returns how many resumes were sent."""
+    the commit stands whatever happens here. Returns how many resumes were sent, and the
+    first run for which ``keep`` said yes: not sent, the caller resumes it itself."""
+    kept: Arrival | None = None
+    sent = 0
     try:
         waiting = Waiters(flight).take_handoff(key)
         if not waiting:
-            return 0
+            return 0, None
         runs = Runs(flight)
-        sent = 0
         for run_id, batch in waiting:
             resume = runs.arrive(run_id, batch, key, outcome)
-            if resume is not None:
-                send_resume(app, run_id, batch, resume)
-                sent += 1
-        return sent
+            if resume is None:
+                continue
+            if kept is None and keep is not None and keep(resume):
+                kept = Arrival(run_id, batch, resume)
+                continue
+            send_resume(app, run_id, batch, resume)
+            sent += 1
     except Exception as exc:
         log.warning("step %r: waiting workflows not resumed: %s", key, exc)
-        return 0
+    return sent, kept
 
 
 def send_resume(

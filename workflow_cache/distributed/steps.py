@@ -16,19 +16,9 @@ from celery import Celery
 from celery.signals import task_revoked, worker_init
 
 from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.dispatcher import require_single_flight
 from workflow_cache.distributed.execution import StepRunner, guard, on_revoked
 from workflow_cache.distributed.reconciler import reconcile_in_workers
-
-
-def require_single_flight(cache: Any, who: str) -> RedisCache:
-    """``cache`` if it can run a key once across processes, else a ``TypeError`` saying why."""
-    if isinstance(cache, RedisCache):
-        return cache
-    raise TypeError(
-        f"{who} needs a cache that can do single flight across processes (a RedisCache: "
-        f"claims, leases and commit notices in Redis shared by producers and workers); "
-        f"got {type(cache).__name__}, which only stores outcomes on one machine"
-    )
 
 
 def install(app: Celery, cache: RedisCache) -> None:

@@ -32,7 +32,7 @@ from workflow_cache import settings
 from workflow_cache.cache.claims import ClaimTimeout
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.dispatcher import CeleryDispatcher
-from workflow_cache.distributed.replay import run_body, run_delivery
+from workflow_cache.distributed.replay import WorkflowSpec, register_spec, run_body, run_delivery
 from workflow_cache.distributed.runs import RunInfo, Runs, outcome_key
 from workflow_cache.distributed.steps import route
 from workflow_cache.distributed.waiters import Waiters
@@ -88,6 +88,9 @@ def workflow_task(
     on_event = workflow_options.pop("on_event", None)
 
     route(app, task_name, queue)
+    spec = WorkflowSpec(task_name, fn, queue, cache, on_event, workflow_options)
+    if suspend:
+        register_spec(app, spec)
     if not suspend:
         _watch_blocking(app, task_name, queue)
 
@@ -101,19 +104,9 @@ def workflow_task(
         wfc_durable=suspend,  # its runs are recorded as they are sent (enqueues.py)
     )
     def run_workflow(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        store = cache or app.conf.workflow_cache["cache"]
         if suspend:
-            return run_delivery(
-                self,
-                app,
-                store,
-                fn,
-                args,
-                kwargs,
-                queue=queue,
-                on_event=on_event,
-                options=workflow_options,
-            )
+            return run_delivery(self, app, spec, args, kwargs)
+        store = spec.store(app)
         dispatcher = CeleryDispatcher(app, store, timeout=block_timeout)
         workflow = create_workflow(
             None, cache=store, dispatcher=dispatcher, on_event=on_event, **workflow_options
