@@ -140,18 +140,20 @@ class StepMessages:
         short-lived by ``enqueue``, now last ``queued_ttl`` seconds; one round trip."""
         if not keys:
             return
-        client = self.flight.client
+        calls = self.sent_calls(keys, task_ids, queued_ttl)
+        self.flight.claims.call(lambda: in_one_trip(self.flight.client, calls))
+
+    def sent_calls(
+        self, keys: Sequence[str], task_ids: Sequence[str], queued_ttl: Sequence[float]
+    ) -> list[Keyed]:
+        """``sent_many`` as calls, for a caller that makes them in one trip with its own."""
 
         def call(key: str, task_id: str, ttl: float) -> Keyed:
             args = [task_id, max(1, round(ttl * 1000))]
             queued = self.keys(key).queued
             return queued, lambda target: self._sent(keys=[queued], args=args, client=target)
 
-        def run() -> list[Any]:
-            calls = [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
-            return in_one_trip(client, calls)
-
-        self.flight.claims.call(run)
+        return [call(*row) for row in zip(keys, task_ids, queued_ttl, strict=True)]
 
     def enqueue(
         self, key: str, task_id: str, queued_ttl: float, *, since: int

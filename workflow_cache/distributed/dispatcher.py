@@ -24,6 +24,7 @@ from typing import Any
 from celery import Celery, Signature
 
 from workflow_cache.cache.claims import ClaimTimeout, Done, Notices, Running
+from workflow_cache.cache.clients import Keyed
 from workflow_cache.cache.messages import Busy, Send, StepMessages
 from workflow_cache.cache.notices import Watch
 from workflow_cache.cache.protocol import (
@@ -290,6 +291,12 @@ class Unconfirmed:
         if self.keys:
             messages.sent_many(self.keys, self.ids, self.ttls)
             self.keys, self.ids, self.ttls = [], [], []
+
+    def calls(self, messages: StepMessages) -> list[Keyed]:
+        """``confirm`` as calls to make in one trip with the caller's own, once."""
+        made = messages.sent_calls(self.keys, self.ids, self.ttls)
+        self.keys, self.ids, self.ttls = [], [], []
+        return made
 
 
 class StepWaitTimeout(ClaimTimeout):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,24 +51,33 @@ log = logging.getLogger(__name__)
 
 
 class ReplayStore:
-    """The workflow's cache during a replay: outcomes read up front are served from memory,
-    anything else goes to the ``RedisCache`` (claims included)."""
+    """The workflow's cache during a replay: outcomes read up front are served from memory;
+    a dispatched step past them is not read at all (``fresh``: the dispatcher's ``join``
+    returns its outcome if it is stored, in the script it runs anyway); anything else goes
+    to the ``RedisCache`` (claims included)."""
 
-    def __init__(self, cache: RedisCache, known: dict[str, Envelope]) -> None:
+    def __init__(
+        self, cache: RedisCache, known: dict[str, Envelope], fresh: Collection[str] = ()
+    ) -> None:
         self.cache = cache
         self.known = known
+        self.fresh = fresh
         self.default_ttl = cache.default_ttl
 
     def load(self, key: str) -> Envelope | None:
         found = self.known.get(key)
-        return found if found is not None else self.cache.load(key)
+        if found is not None or key in self.fresh:
+            return found
+        return self.cache.load(key)
 
     def load_many(self, keys: Sequence[str]) -> list[Envelope | None]:
         found: list[Envelope | None] = [self.known.get(k) for k in keys]
-        unknown = [k for k, f in zip(keys, found, strict=True) if f is None]
+        unknown = [k for k, f in zip(keys, found, strict=True) if f is None and k not in self.fresh]
         if unknown:
-            loaded = iter(self.cache.load_many(unknown))
-            found = [f if f is not None else next(loaded) for f in found]
+            loaded = dict(zip(unknown, self.cache.load_many(unknown), strict=True))
+            found = [
+                f if f is not None else loaded.get(k) for k, f in zip(keys, found, strict=True)
+            ]
         return found
 
     def save(self, key: str, envelope: Envelope) -> None:
@@ -210,7 +219,7 @@ def deliver(
             concurrent=inspect.iscoroutinefunction(spec.fn),
             known=known,
         )
-        store = ReplayStore(cache, known)
+        store = ReplayStore(cache, known, dispatcher.fresh)
         workflow = create_workflow(
             None, cache=store, dispatcher=dispatcher, on_event=spec.on_event, **spec.options
         )

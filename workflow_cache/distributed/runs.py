@@ -47,6 +47,7 @@ from weakref import WeakKeyDictionary
 
 from workflow_cache import settings
 from workflow_cache.cache.claims import SingleFlight
+from workflow_cache.cache.clients import Keyed, in_one_trip
 from workflow_cache.cache.lua import script
 from workflow_cache.distributed.run_states import STATES
 
@@ -328,15 +329,23 @@ class Runs:
         waiting: bool = False,
         deadline: str = "",
         timeout: float = 0.0,
+        along: Sequence[Keyed] = (),
     ) -> str:
         """``"wait"`` (suspended, or ``waiting`` for an event until the ``deadline`` named
         so, written once ``timeout`` seconds from the first ask), ``"go"`` (all committed
         meanwhile), ``"stale"`` (a later batch replaced it) or ``"fenced"`` (another
-        delivery holds the run)."""
+        delivery holds the run). ``along``: the caller's calls, made in the same trip."""
         k = self.keys(run_id)
         state = "waiting" if waiting else "suspended"
         args = [run_id, epoch, batch, self.recheck_ms, state, deadline, _ms(timeout), *done]
-        return _text(self._call("run_arm", [k.run, k.pending], args))
+        keys = [k.run, k.pending, *self.indexes]
+        fn = self._scripts["run_arm"]
+        if not along:
+            return _text(self.flight.claims.call(lambda: fn(keys=keys, args=args)))
+        calls: list[Keyed] = [(k.run, lambda target: fn(keys=keys, args=args, client=target))]
+        client = self.flight.client
+        replies = self.flight.claims.call(lambda: in_one_trip(client, [*calls, *along]))
+        return _text(replies[0])
 
     def sleep(
         self, run_id: str, epoch: int, history: Sequence[str], timer: str, seconds: float

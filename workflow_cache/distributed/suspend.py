@@ -101,6 +101,8 @@ class SuspendingDispatcher(CeleryDispatcher):
         self.linger = linger
         self.concurrent = concurrent
         self.known = frozenset(known)
+        self.fresh: set[str] = set()
+        """Dispatched keys asked for past the known outcomes: ``join`` reads them itself."""
         self._lock = threading.RLock()
         self._identified: list[tuple[Signature, StepOptions]] = []
         self._settled: dict[str, Result[Any, Any] | Suspended | Superseded] = {}
@@ -117,6 +119,8 @@ class SuspendingDispatcher(CeleryDispatcher):
                 cache_exceptions=True,
                 returns=options.returns,
             )
+        if _key_of(options) not in self.known:
+            self.fresh.add(_key_of(options))
         if self.concurrent:  # sent together by the first of them that runs (see run)
             with self._lock:
                 self._identified.append((work, options))
@@ -262,9 +266,9 @@ class SuspendingDispatcher(CeleryDispatcher):
             sent = self._publish(to_send, confirm=False)
             if notices is not None:
                 raws.update(self._linger(notices, [k for k in keys if k not in raws]))
-            if len(raws) < len(keys):
-                sent.confirm(self.messages)  # the run may suspend: markers get their life
-            verdict = self.runs.arm(self.run_id, epoch, batch, list(raws))
+            # the run may suspend: markers get their life, in the same trip as the arm
+            along = sent.calls(self.messages) if len(raws) < len(keys) else []
+            verdict = self.runs.arm(self.run_id, epoch, batch, list(raws), along=along)
         if verdict == "fenced":
             raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
         if verdict != "go":
