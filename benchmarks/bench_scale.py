@@ -576,6 +576,8 @@ class Setup:
     producer_cpu: float = 0.0
     batches: list[float] = field(default_factory=list)
     worker_cpu: float = 0.0
+    idle_cpu: float = 0.0  # CPU seconds per second of the cache's nodes with nothing to do
+    busy_s: float = 0.0  # seconds the bursts took
 
 
 def process_cpu(pid: int) -> float:
@@ -655,6 +657,14 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
         for s in setups:  # warm-up
             burst(s, max(20, args.burst // 5))
+        for s in setups:  # what the cache's nodes use with no step to serve (cron, bus)
+            for node in s.nodes:
+                node.reset()
+        started = time.monotonic()
+        time.sleep(args.idle)
+        quiet = time.monotonic() - started
+        for s in setups:
+            s.idle_cpu = sum(node.read().cpu for node in s.nodes) / quiet
 
         print(
             f"\n3. throughput: {args.burst} distinct-key dispatched steps in one step.all, "
@@ -672,6 +682,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 s.producer_cpu += time.process_time() - producer_before
                 s.worker_cpu += sum(process_cpu(w.pid) for w in s.workers) - workers_before
                 s.rates.append(args.burst / took)
+                s.busy_s += took
                 s.steps += args.burst
                 s.broker_cpu += broker_node.read().cpu
                 for node in s.nodes:
@@ -722,6 +733,19 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
             results[s.name]["producer_cpu_us_per_step"] = s.producer_cpu / s.steps * 1e6
             results[s.name]["worker_cpu_us_per_step"] = s.worker_cpu / s.steps * 1e6
+        print(
+            f"   the cache's CPU with no step to serve ({args.idle:g} s idle), and per step "
+            "without it:"
+        )
+        for s in setups:
+            idle_per_step = s.idle_cpu * s.busy_s / s.steps * 1e6
+            print(
+                f"     {s.name:14}{s.idle_cpu * 1000:6.1f} ms/s over {len(s.nodes)} node(s)"
+                f" = {idle_per_step:4.0f} us per step at this rate; per step without it "
+                f"{s.cpu / s.steps * 1e6 - idle_per_step:4.0f} us"
+            )
+            results[s.name]["idle_cpu_ms_per_s"] = s.idle_cpu * 1000
+            results[s.name]["net_cpu_us_per_step"] = s.cpu / s.steps * 1e6 - idle_per_step
         print(
             f"   the producer's batched calls of one burst ({args.burst} queued markers set, "
             "then confirmed; one pipeline on one server, one per primary on a Cluster):"
@@ -805,18 +829,24 @@ def model(costs: dict[str, Any], speed: dict[str, Any]) -> None:
             f"   Cluster x{size}: busiest primary {busiest:5.0f} us per step -> "
             f"{1e6 / busiest:8,.0f} steps/s"
         )
-    extra = (speed["Cluster x3"]["cpu_us_per_step"] - speed["Cluster x1"]["cpu_us_per_step"]) / 2
+    net = {size: speed[f"Cluster x{size}"]["net_cpu_us_per_step"] for size in (1, 3)}
+    extra = (net[3] - net[1]) / 2
     bus = speed["Cluster x3"]["bus_per_step"]
+    idle = speed["Cluster x3"]["idle_cpu_ms_per_s"] / 3
     crossing = f"{bus:.2f} notices per step cross the cluster bus on x3"
+    print(
+        f"   a Cluster node with nothing to do uses {idle:.1f} ms of CPU per second "
+        "(its cron and the bus's pings), whatever the step rate"
+    )
     if extra > 0:
         print(
-            f"   each primary past the first adds {extra:.0f} us of CPU per step in all "
-            f"({crossing}): that caps a Cluster near {1e6 / extra:,.0f} steps/s"
+            f"   without it, each primary past the first adds {extra:.0f} us of CPU per step "
+            f"in all ({crossing}): that caps a Cluster near {1e6 / extra:,.0f} steps/s"
         )
     else:
         print(
-            f"   the CPU per step summed over the primaries does not grow with their number "
-            f"({crossing})"
+            "   without it, the CPU per step summed over the primaries does not grow with "
+            f"their number ({crossing})"
         )
     held = costs["connections"]
     steps_w = {k: sum(v.values()) for k, v in held["scale-steps"].items()}
