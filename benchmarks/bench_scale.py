@@ -8,7 +8,8 @@ phase, then ``INFO stats cpu commandstats`` after it (the benchmark's own INFO, 
 and result polls are left out). The broker (Celery's queues and result backend) and
 the step cache are two redis-servers, so each one's share is seen. Commands include
 those a Lua script runs (Redis counts them in ``commandstats``); pub/sub messages are
-PUBLISH calls, each delivered to every subscriber of its channel.
+PUBLISH (SPUBLISH on a Cluster) calls, each delivered to every subscriber of its
+channel.
 
 1. Idle workers: commands and bytes per second and per worker on each server (Celery's
    BRPOP loop, the run reconciler), with the benchmark's workers
@@ -81,7 +82,10 @@ class Counts:
     net_out: int = 0
     cpu: float = 0.0
     bus_publish: int = 0
-    """PUBLISH messages a Cluster node forwarded to the other nodes over the bus."""
+    """Pub/sub messages a Cluster node forwarded to other nodes over the bus (a classic
+    PUBLISH goes to every node, an SPUBLISH to the replicas of its shard only)."""
+    redirects: int = 0
+    """MOVED and ASK replies: commands sent to a node that does not serve their slot."""
 
     @property
     def commands(self) -> int:
@@ -94,6 +98,7 @@ class Counts:
             self.net_out + other.net_out,
             self.cpu + other.cpu,
             self.bus_publish + other.bus_publish,
+            self.redirects + other.redirects,
         )
 
     def pubsub(self) -> tuple[int, int]:
@@ -123,7 +128,9 @@ class Node:
         if not self.cluster:
             return 0
         info = self.client.execute_command("CLUSTER INFO")
-        return int(info.get("cluster_stats_messages_publish_sent", 0))
+        return int(info.get("cluster_stats_messages_publish_sent", 0)) + int(
+            info.get("cluster_stats_messages_publishshard_sent", 0)
+        )
 
     def reset(self) -> None:
         self._cpu = self._cpu_now()
@@ -131,7 +138,7 @@ class Node:
         self.client.config_resetstat()
 
     def read(self) -> Counts:
-        info = self.client.execute_command("INFO", "stats", "cpu", "commandstats")
+        info = self.client.execute_command("INFO", "stats", "cpu", "commandstats", "errorstats")
         calls: Counter[str] = Counter()
         for name, row in info.items():
             if name.startswith("cmdstat_") and name not in OWN:
@@ -143,6 +150,9 @@ class Node:
             int(info["total_net_output_bytes"]),
             cpu,
             self._bus_now() - self._bus,
+            sum(
+                int(info.get(f"errorstat_{kind}", {}).get("count", 0)) for kind in ("MOVED", "ASK")
+            ),
         )
 
 
@@ -561,10 +571,13 @@ class Setup:
     broker_cpu: float = 0.0
     steps: int = 0
     bus: int = 0
+    redirects: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     producer_cpu: float = 0.0
     batches: list[float] = field(default_factory=list)
     worker_cpu: float = 0.0
+    idle_cpu: float = 0.0  # CPU seconds per second of the cache's nodes with nothing to do
+    busy_s: float = 0.0  # seconds the bursts took
 
 
 def process_cpu(pid: int) -> float:
@@ -644,6 +657,14 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
         for s in setups:  # warm-up
             burst(s, max(20, args.burst // 5))
+        for s in setups:  # what the cache's nodes use with no step to serve (cron, bus)
+            for node in s.nodes:
+                node.reset()
+        started = time.monotonic()
+        time.sleep(args.idle)
+        quiet = time.monotonic() - started
+        for s in setups:
+            s.idle_cpu = sum(node.read().cpu for node in s.nodes) / quiet
 
         print(
             f"\n3. throughput: {args.burst} distinct-key dispatched steps in one step.all, "
@@ -661,6 +682,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 s.producer_cpu += time.process_time() - producer_before
                 s.worker_cpu += sum(process_cpu(w.pid) for w in s.workers) - workers_before
                 s.rates.append(args.burst / took)
+                s.busy_s += took
                 s.steps += args.burst
                 s.broker_cpu += broker_node.read().cpu
                 for node in s.nodes:
@@ -670,13 +692,14 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     s.per_node_subs[node.port] += counts.pubsub()[1]
                     s.cpu += counts.cpu
                     s.bus += counts.bus_publish
+                    s.redirects += counts.redirects
                     s.calls += counts.calls
                 s.batches.append(batch(s, args.burst))  # after the counts: not in them
 
         base = setups[0]
         print(
             f"   {'cache':12}{'steps/s':>9}{'vs one':>8}{'rounds (steps/s)':>24}"
-            f"{'cmds/step':>10}{'bus pub/step':>13}"
+            f"{'cmds/step':>10}{'bus pub/step':>13}{'MOVED+ASK':>10}"
         )
         results: dict[str, Any] = {}
         for s in setups:
@@ -686,7 +709,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             print(
                 f"   {s.name:12}{rate:9.0f}{statistics.median(ratios):7.2f}x"
                 f"{min(s.rates):12.0f} - {max(s.rates):<8.0f}"
-                f"{commands / s.steps:10.1f}{s.bus / s.steps:13.2f}"
+                f"{commands / s.steps:10.1f}{s.bus / s.steps:13.2f}{s.redirects:10d}"
             )
             results[s.name] = {
                 "steps_per_s": rate,
@@ -695,6 +718,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "commands_per_step": commands / s.steps,
                 "cpu_us_per_command": s.cpu / commands * 1e6,
                 "broker_cpu_us_per_step": s.broker_cpu / s.steps * 1e6,
+                "bus_per_step": s.bus / s.steps,
             }
         print(
             f"   CPU per step, us: {'cache (all nodes)':>18}{'broker':>8}{'producer':>10}"
@@ -709,6 +733,19 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
             results[s.name]["producer_cpu_us_per_step"] = s.producer_cpu / s.steps * 1e6
             results[s.name]["worker_cpu_us_per_step"] = s.worker_cpu / s.steps * 1e6
+        print(
+            f"   the cache's CPU with no step to serve ({args.idle:g} s idle), and per step "
+            "without it:"
+        )
+        for s in setups:
+            idle_per_step = s.idle_cpu * s.busy_s / s.steps * 1e6
+            print(
+                f"     {s.name:14}{s.idle_cpu * 1000:6.1f} ms/s over {len(s.nodes)} node(s)"
+                f" = {idle_per_step:4.0f} us per step at this rate; per step without it "
+                f"{s.cpu / s.steps * 1e6 - idle_per_step:4.0f} us"
+            )
+            results[s.name]["idle_cpu_ms_per_s"] = s.idle_cpu * 1000
+            results[s.name]["net_cpu_us_per_step"] = s.cpu / s.steps * 1e6 - idle_per_step
         print(
             f"   the producer's batched calls of one burst ({args.burst} queued markers set, "
             "then confirmed; one pipeline on one server, one per primary on a Cluster):"
@@ -792,11 +829,24 @@ def model(costs: dict[str, Any], speed: dict[str, Any]) -> None:
             f"   Cluster x{size}: busiest primary {busiest:5.0f} us per step -> "
             f"{1e6 / busiest:8,.0f} steps/s"
         )
-    extra = (speed["Cluster x3"]["cpu_us_per_step"] - speed["Cluster x1"]["cpu_us_per_step"]) / 2
+    net = {size: speed[f"Cluster x{size}"]["net_cpu_us_per_step"] for size in (1, 3)}
+    extra = (net[3] - net[1]) / 2
+    bus = speed["Cluster x3"]["bus_per_step"]
+    idle = speed["Cluster x3"]["idle_cpu_ms_per_s"] / 3
+    crossing = f"{bus:.2f} notices per step cross the cluster bus on x3"
+    print(
+        f"   a Cluster node with nothing to do uses {idle:.1f} ms of CPU per second "
+        "(its cron and the bus's pings), whatever the step rate"
+    )
     if extra > 0:
         print(
-            f"   each primary past the first adds {extra:.0f} us of CPU per step (a PUBLISH "
-            f"reaches every node): classic pub/sub caps a Cluster near {1e6 / extra:,.0f} steps/s"
+            f"   without it, each primary past the first adds {extra:.0f} us of CPU per step "
+            f"in all ({crossing}): that caps a Cluster near {1e6 / extra:,.0f} steps/s"
+        )
+    else:
+        print(
+            "   without it, the CPU per step summed over the primaries does not grow with "
+            f"their number ({crossing})"
         )
     held = costs["connections"]
     steps_w = {k: sum(v.values()) for k, v in held["scale-steps"].items()}

@@ -25,6 +25,7 @@ from tests.waiting import wait_until
 from workflow_cache import RedisCache, create_workflow
 from workflow_cache.cache.claims import Done, SingleFlight
 from workflow_cache.cache.clients import BadRedisURL, client_from_url
+from workflow_cache.cache.handoffs import handoff_channel, read_handoff_notice
 from workflow_cache.cache.messages import Busy, Send, StepMessages
 from workflow_cache.distributed.waiters import Joined, Waiters
 
@@ -326,3 +327,131 @@ def test_a_run_waits_on_keys_of_every_shard(cluster_url: str) -> None:
         holder = flight.acquire(key)
         assert not isinstance(holder, Done) and holder.commit(b'{"v":1}')
         assert waiters.take_handoff(key) == [("run-1", 1)]
+
+
+def shard_subscribers(node: redis.Redis, channel: str) -> int:
+    """Clients subscribed to ``channel`` with SSUBSCRIBE on ``node``."""
+    ((name, count),) = node.pubsub_shardnumsub(channel)
+    assert name in (channel, channel.encode())
+    return int(count)
+
+
+def bus_publishes(node: redis.Redis) -> int:
+    """Classic PUBLISH messages ``node`` forwarded to other nodes over the cluster bus."""
+    info = node.execute_command("CLUSTER INFO")
+    return int(info.get("cluster_stats_messages_publish_sent", 0))
+
+
+def step_on_each_node(
+    flight: SingleFlight, nodes: dict[str, redis.Redis], prefix: str
+) -> dict[str, str]:
+    """One step key whose slot each node owns, by node name."""
+    found: dict[str, str] = {}
+    for i in range(10_000):
+        key = f"{prefix}{i}"
+        owner = flight.client.get_node_from_key(flight.keyspace.for_step(key).channel).name  # type: ignore[attr-defined]
+        found.setdefault(owner, key)
+        if len(found) == len(nodes):
+            return found
+    raise AssertionError("no key found for some node")
+
+
+def test_notices_on_a_cluster_stay_on_the_shard_of_their_step(cluster_url: str) -> None:
+    """A commit's notice is an SPUBLISH on the node owning the step; each waiter hears
+    it there through SSUBSCRIBE, whichever node it is (not only the client's default
+    node), and no notice crosses the cluster bus."""
+    nodes = nodes_of(cluster_url)
+    namespace = f"cl-{uuid.uuid4().hex[:8]}"
+    waiter = SingleFlight(client_from_url(cluster_url), namespace, lease=30)
+    holder = SingleFlight(client_from_url(cluster_url), namespace, lease=30)
+    keys = step_on_each_node(waiter, nodes, "sharded:")
+    default = waiter.client.get_default_node().name  # type: ignore[attr-defined]
+    assert set(keys) == set(nodes) and any(name != default for name in keys)
+    holders = {name: holder.acquire(key) for name, key in keys.items()}
+    for node in nodes.values():
+        node.config_resetstat()
+    bus = {name: bus_publishes(node) for name, node in nodes.items()}
+
+    with waiter.watch_many(keys.values()) as notices:
+        for name, key in keys.items():  # each subscribed on its own node, and only there
+            channel = waiter.keyspace.for_step(key).channel
+            assert [shard_subscribers(node, channel) for node in nodes.values()] == [
+                int(other == name) for other in nodes
+            ]
+        assert sorted(waiter.notifier().nodes()) == sorted(nodes)
+        for name, key in keys.items():
+            claim = holders[name]
+            assert not isinstance(claim, Done) and claim.commit(f'"{name}"'.encode())
+            assert notices.outcome(key, timeout=30) == f'"{name}"'.encode()
+
+    for name, node in nodes.items():
+        assert command_calls(node, "spublish") == 1
+        assert command_calls(node, "publish") == 0
+        assert command_calls(node, "ssubscribe") == 1
+        assert command_calls(node, "subscribe") == 0
+        assert bus_publishes(node) == bus[name]
+
+
+def test_a_waiter_on_a_step_of_another_node_wakes_on_its_commit(cluster_url: str) -> None:
+    """A thread blocked in ``acquire`` on a key another node serves wakes when the
+    holder commits, and the commit announces the runs it hands over on the
+    namespace's handoff channel, sharded too."""
+    nodes = nodes_of(cluster_url)
+    namespace = f"cl-{uuid.uuid4().hex[:8]}"
+    waiter = SingleFlight(client_from_url(cluster_url), namespace, lease=30)
+    holder = SingleFlight(client_from_url(cluster_url), namespace, lease=30)
+    default = waiter.client.get_default_node().name  # type: ignore[attr-defined]
+    name, key = next(
+        (n, k) for n, k in step_on_each_node(waiter, nodes, "far:").items() if n != default
+    )
+    channel = waiter.keyspace.for_step(key).channel
+    claim = holder.acquire(key)
+    assert not isinstance(claim, Done)
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(waiter.acquire(key, timeout=60)))
+    thread.start()
+    wait_until(lambda: shard_subscribers(nodes[name], channel) == 1, "the waiter to subscribe")
+    assert claim.commit(b'"far"')
+    thread.join(60)
+    assert got == [Done(b'"far"')]
+
+    listener = waiter.notifier()
+    watch = listener.watch(handoff_channel(waiter.keyspace))
+    try:
+        assert listener.wait_live(watch, 30)
+        holder.announce_handoff(key)
+        notice = watch.get(30)
+        assert notice is not None and read_handoff_notice(notice) == (key, b"")
+    finally:
+        listener.unwatch(watch)
+
+
+def test_a_watch_follows_its_slot_to_another_node(cluster_url: str) -> None:
+    """The node a waiter subscribed on gives the step's slot away: the node ends the
+    subscription, the listener subscribes again on the new owner and still hears the
+    commit made there."""
+    nodes = nodes_of(cluster_url)
+    namespace = f"cl-{uuid.uuid4().hex[:8]}"
+    waiter = SingleFlight(client_from_url(cluster_url), namespace, lease=30)
+    holder = SingleFlight(client_from_url(cluster_url), namespace, lease=30)
+    key = "follows"
+    channel = waiter.keyspace.for_step(key).channel
+    slot = waiter.client.keyslot(channel)  # type: ignore[attr-defined]
+    source_name = waiter.client.get_node_from_key(channel).name  # type: ignore[attr-defined]
+    target_name = next(name for name in nodes if name != source_name)
+    source, target = nodes[source_name], nodes[target_name]
+
+    with waiter.watch_many([key]) as notices:
+        assert shard_subscribers(source, channel) == 1
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", node_id(source))
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", node_id(target))
+        finish_moving(nodes, slot, source_name, target_name)
+        wait_until(
+            lambda: shard_subscribers(target, channel) == 1,
+            "the listener to subscribe on the slot's new owner",
+        )
+        assert shard_subscribers(source, channel) == 0
+        claim = holder.acquire(key)
+        assert not isinstance(claim, Done) and claim.commit(b'"moved"')
+        assert notices.outcome(key, timeout=30) == b'"moved"'
+    wait_until(lambda: shard_subscribers(target, channel) == 0, "the listener to unsubscribe")

@@ -85,8 +85,8 @@ from redis.retry import Retry
 from workflow_cache.cache.clients import (
     client_from_url,
     describe,
-    pool_of,
-    pubsub_connection,
+    notice_nodes,
+    publish,
     read_many,
 )
 from workflow_cache.cache.handoffs import handoff_channel, handoff_notice
@@ -390,15 +390,11 @@ class SingleFlight:
             if self._listener_pid != os.getpid():  # forked: the parent's thread is not here
                 self._listener, self._listener_pid = None, os.getpid()
             if self._listener is None:
-                self._listener = Listener(self._make_pubsub_connection)
+                retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), 0)
+                self._listener = Listener(notice_nodes(self.client, retry))
                 # An instance dropped without close() must not leave its thread and socket.
                 weakref.finalize(self, self._listener.close)
             return self._listener
-
-    def _make_pubsub_connection(self) -> Any:
-        return pubsub_connection(
-            pool_of(self.client), Retry(ExponentialBackoff(cap=0.05, base=0.01), 0)
-        )
 
     # -- the driver
 
@@ -426,7 +422,7 @@ class SingleFlight:
         notice = handoff_notice(key, given)
         channel = handoff_channel(self.keyspace)
         try:
-            self.claims.call(lambda: self.client.publish(channel, notice))
+            self.claims.call(lambda: publish(self.client, channel, notice))
         except CacheUnavailable as exc:
             log.warning("step %r: its waiting runs left to the reconciler: %s", key, exc)
 

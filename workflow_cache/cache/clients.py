@@ -12,15 +12,23 @@ listed nodes and routes each command to the node owning its key's slot.
 The few calls that differ on a Cluster are here, so the rest of the cache
 does not ask which kind of client it holds: reading many keys of many slots
 (``read_many``), running many scripts in one round trip per server
-(``in_one_trip``), and the connection pub/sub notices use. A Cluster client
-here sends a script or a GET straight to the node owning its key's slot.
+(``in_one_trip``), publishing a notice (``publish``) and the connections pub/sub
+notices arrive on (``notice_nodes``). A Cluster client here sends a script, a GET
+or an SPUBLISH straight to the node owning its key's slot.
+
+Notices on a Cluster are sharded pub/sub (Redis 7): a step's channel shares its
+keys' hash tag, a notice is sent with ``SPUBLISH`` on the node owning that slot (by
+the Lua scripts too, see ``lua/__init__.py``) and reaches the clients subscribed
+there with ``SSUBSCRIBE`` only, instead of being forwarded to every node over the
+cluster bus as a classic ``PUBLISH`` is. A waiting process holds one notice
+connection per node it waits on. One server keeps classic ``PUBLISH``/``SUBSCRIBE``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -88,13 +96,13 @@ class Cluster(RedisCluster):
 
 
 def _routed_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The key that alone decides the node of ``args`` when it is a script with keys or a
-    GET; None for everything else (the Cluster client routes those)."""
+    """The key that alone decides the node of ``args`` when it is a script with keys, a
+    GET or an SPUBLISH; None for everything else (the Cluster client routes those)."""
     if set(kwargs) - {"keys"} or not args:
         return None
     if args[0] == "EVALSHA" and len(args) > 3 and str(args[2]) != "0":
         return args[3]
-    if args[0] == "GET" and len(args) == 2:
+    if (args[0] == "GET" and len(args) == 2) or (args[0] == "SPUBLISH" and len(args) == 3):
         return args[1]
     return None
 
@@ -209,13 +217,87 @@ def _raised(replies: list[Any]) -> list[Any]:
 
 
 def pool_of(client: Any) -> Any:
-    """The connection pool to copy a dedicated pub/sub connection from.
-
-    On a Cluster, any node will do: a PUBLISH reaches the subscribers of every node.
-    """
+    """The connection pool to copy a dedicated connection from (on a Cluster, the
+    default node's: for a connection whose node does not matter)."""
     if is_cluster(client):
         return client.get_default_node().redis_connection.connection_pool
     return client.connection_pool
+
+
+def publish(client: Any, channel: str, message: bytes) -> Any:
+    """Announce ``message`` on ``channel``: ``SPUBLISH`` on a Cluster (to the channel's
+    shard only, where waiters subscribe), ``PUBLISH`` on one server."""
+    if is_cluster(client):
+        return client.execute_command("SPUBLISH", channel, message)
+    return client.publish(channel, message)
+
+
+class NoticeNodes(Protocol):
+    """Where the notices of a channel are heard: which node, and a connection to it."""
+
+    sharded: bool
+    """True: ``SSUBSCRIBE`` on the node owning the channel's slot; else ``SUBSCRIBE``."""
+
+    def node_of(self, channel: bytes) -> str:
+        """The name of the node whose subscribers hear ``channel``."""
+        ...
+
+    def connect(self, node: str) -> Any:
+        """A new, unconnected pub/sub connection to ``node`` (see ``pubsub_connection``)."""
+        ...
+
+    def refresh(self) -> None:
+        """Learn the slot map again (a node said a slot moved, or could not be reached)."""
+        ...
+
+
+class OneServer:
+    """Every channel is heard on the one server ``make`` connects to."""
+
+    sharded = False
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+
+    def node_of(self, channel: bytes) -> str:
+        return ""
+
+    def connect(self, node: str) -> Any:
+        return self._make()
+
+    def refresh(self) -> None:
+        pass
+
+
+class Shards:
+    """A channel is heard on the primary owning its slot, as the Cluster client maps it."""
+
+    sharded = True
+
+    def __init__(self, client: RedisCluster, retry: Any) -> None:
+        self._client = client
+        self._retry = retry
+
+    def node_of(self, channel: bytes) -> str:
+        return str(self._client.get_node_from_key(channel).name)  # type: ignore[no-untyped-call]
+
+    def connect(self, node: str) -> Any:
+        found = self._client.get_node(node_name=node)  # type: ignore[no-untyped-call]
+        if found is None:
+            raise redis.ConnectionError(f"{node} is no longer a node of the Cluster")
+        pool = self._client.get_redis_connection(found).connection_pool
+        return pubsub_connection(pool, self._retry)
+
+    def refresh(self) -> None:
+        self._client.nodes_manager.initialize()
+
+
+def notice_nodes(client: Any, retry: Any) -> NoticeNodes:
+    """Where ``client``'s notices are heard; connections made with ``retry``."""
+    if is_cluster(client):
+        return Shards(client, retry)
+    pool = client.connection_pool
+    return OneServer(lambda: pubsub_connection(pool, retry))
 
 
 def pubsub_connection(pool: Any, retry: Any) -> Any:

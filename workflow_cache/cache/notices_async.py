@@ -134,7 +134,7 @@ class AsyncListener:
                 ping_sent = True
                 continue
             ping_sent = False
-            if self._subs.received(reply):
+            if self._subs.received(reply) is True:  # one server: no subscription is ended
                 self._notify()
 
     async def aclose(self) -> None:

@@ -2,6 +2,11 @@
 
 Each script is one atomic step on the keys of one step (they share a cluster hash
 slot); the modules that run them say what each step means.
+
+A script that announces something does it with ``redis.call('PUBLISH', ...)`` on the
+step's channel (which shares the step's hash tag). Registered on a Cluster client,
+that call becomes ``SPUBLISH``: the notice stays on the node owning the slot, where
+waiters subscribe (``clients.py``), instead of crossing the cluster bus to every node.
 """
 
 from __future__ import annotations
@@ -12,6 +17,11 @@ from importlib import resources
 from typing import Any
 
 from redis.client import Pipeline
+
+from workflow_cache.cache.clients import is_cluster
+
+PUBLISH_CALL = "redis.call('PUBLISH', "
+SHARDED_CALL = "redis.call('SPUBLISH', "
 
 
 @cache
@@ -41,7 +51,14 @@ class Script:
         return self._inner(keys=keys, args=args, client=client)
 
 
+def for_client(client: Any, name: str) -> str:
+    """The source of ``<name>.lua`` as ``client`` runs it: publishing with ``SPUBLISH``
+    on a Cluster, ``PUBLISH`` elsewhere."""
+    source = script(name)
+    return source.replace(PUBLISH_CALL, SHARDED_CALL) if is_cluster(client) else source
+
+
 def register(client: Any, names: Iterable[str]) -> dict[str, Script]:
     """``names`` registered on ``client`` (blocking or asyncio): each runs by EVALSHA,
     loading the script on the first ``NOSCRIPT``."""
-    return {name: Script(client, script(name)) for name in names}
+    return {name: Script(client, for_client(client, name)) for name in names}
