@@ -10,7 +10,8 @@ never released, expiring with the interval) looks at the runs whose due time has
 
 - a delivery whose lease lapsed, and a run resumed but not yet begun: its task is sent
   again for its current batch (``begin`` fences the old delivery, and a duplicate of a
-  live one is dropped as busy or stale);
+  live one is dropped as busy or stale); a run resumed whose message still waits in its
+  broker queue (``broker_queue.py``) is left to it;
 - a suspended run: its pending keys are read, and those already committed arrive as
   their commit would have made them, which resumes the run when it empties the batch;
   a key that nothing will commit (no claim, no queued marker: the worker running it
@@ -52,6 +53,7 @@ from celery.signals import worker_ready, worker_shutdown
 from workflow_cache import settings
 from workflow_cache.cache.clients import is_cluster
 from workflow_cache.cache.redis import RedisCache
+from workflow_cache.distributed.broker_queue import BrokerQueues
 from workflow_cache.distributed.enqueues import record_enqueues
 from workflow_cache.distributed.handoffs import HandoffListener
 from workflow_cache.distributed.receipts import drop_lost, holder_of, note_receipts, receipt_key
@@ -118,6 +120,7 @@ class Reconciler:
         0: no restart the fleet saw)."""
         self.blind = False
         """Whether ``INFO`` is refused (restarts are then not noticed)."""
+        self.queues = BrokerQueues(app)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -135,6 +138,7 @@ class Reconciler:
     def settle_due(self) -> Tick:
         """Settle every due run now (what a tick does once it holds the interval)."""
         looked = resent = resumed = 0
+        self.queues.new_tick()
         try:
             self.notice_restart()
         except Exception as exc:  # the runs are still looked at, as before any restart
@@ -190,6 +194,8 @@ class Reconciler:
                 log.info("run %s: finished, its outcome written from its record", run_id)
             return 0, 0
         if action == "resend" and due.resume is not None:
+            if due.state == "resuming" and self.queues.holds(due.resume.queue, run_id):
+                return 0, 0  # its message waits behind others: looked at after a recheck
             log.info("run %s: %s; its task is sent again", run_id, _why(due.state))
             send_resume(self.app, run_id, due.batch, due.resume)
             return 1, 0
@@ -305,6 +311,7 @@ class Reconciler:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=self.interval + 5)
+        self.queues.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
