@@ -61,7 +61,8 @@ TRANSITIONS: tuple[Transition, ...] = (
         "replay",
         ("resuming", "sleeping", "waiting", "suspended", "suspending", "running"),
         "running",
-        "a delivery (a resume, a timer's, or a re-send after a lapsed lease)",
+        "a delivery (a resume, a timer's, a re-send after a lapsed lease, or the committer "
+        "carrying the run on)",
         "run_begin",
     ),
     Transition("renew", ("running", "suspending"), "running", "the delivery", "run_renew"),
