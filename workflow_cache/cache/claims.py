@@ -238,9 +238,6 @@ class Holder(Hold):
     def __init__(self, flight: SingleFlight, key: str, keys: Keys, claim: Claimed) -> None:
         super().__init__(flight.rules, key, keys, claim)
         self._flight = flight
-        self.hands_over = False
-        """True for a committer that resumes the runs its commit hands over itself (a
-        dispatched step's worker); any other announces them on the handoff channel."""
         flight.renewer().add(self)
 
     def _run(self, plan: Plan[_T]) -> _T:

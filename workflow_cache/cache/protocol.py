@@ -307,10 +307,16 @@ class Rules:
 
     @staticmethod
     def commit(
-        keys: Keys, claim: Claimed, outcome: bytes | str, ttl_ms: int | None, keep: bool
+        keys: Keys,
+        claim: Claimed,
+        outcome: bytes | str,
+        ttl_ms: int | None,
+        keep: bool,
+        take: bool = False,
     ) -> Call:
         """The fenced commit; with the waiters and handoff keys, so workflow runs
-        suspended on the key are handed over in the same step."""
+        suspended on the key are handed over in the same step (and, with ``take``,
+        taken by this committer in it too)."""
         if ttl_ms is not None and ttl_ms <= 0:
             raise ValueError(f"ttl_ms must be positive or None, got {ttl_ms}")
         return Call(
@@ -332,6 +338,7 @@ class Rules:
                 1 if keep else 0,
                 keys.channel,
                 LAST_TTL_MS,
+                1 if take else 0,
             ),
         )
 
@@ -450,6 +457,12 @@ class Hold:
         self.finished = False
         self.handed_over = False
         """True once a commit found workflows waiting to be resumed (``hand_over``)."""
+        self.hands_over = False
+        """True for a committer that resumes the runs its commit hands over itself (a
+        dispatched step's worker): its commit takes them (``taken``); any other
+        committer announces them on the handoff channel."""
+        self.taken: list[bytes] = []
+        """The waiter entries the commit took, for ``hands_over``."""
         self.last_renewed = rules.clock()
 
     @property
@@ -506,7 +519,12 @@ class Hold:
     def recommitting(self, outcome: bytes | str, ttl_ms: int | None, keep: bool) -> Plan[bool]:
         """The fenced commit alone: also the same commit tried again, once Redis answers,
         by a holder whose first commit could not reach it."""
-        reply = int((yield Rules.commit(self.keys, self.claim, outcome, ttl_ms, keep)) or 0)
+        call = Rules.commit(self.keys, self.claim, outcome, ttl_ms, keep, self.hands_over)
+        answer = yield call
+        if isinstance(answer, list):  # {2, members}: handed over and taken here
+            self.taken = [m if isinstance(m, bytes) else str(m).encode() for m in answer[1]]
+            answer = answer[0]
+        reply = int(answer or 0)
         self.handed_over = reply == 2
         if not reply:
             self.lost = True

@@ -295,7 +295,9 @@ def _commit(
         return None
     # workflows were suspended on this key: resume them
     keep_one = functools.partial(may_continue, task)
-    _, kept = hand_over(task.app, flight, header.key, b"" if keep else text, keep_one)
+    outcome = b"" if keep else text
+    taken = run.holder.taken
+    _, kept = hand_over(task.app, flight, header.key, outcome, keep_one, taken)
     return kept
 
 

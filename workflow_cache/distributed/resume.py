@@ -20,14 +20,14 @@ crash between the commit and step 1 loses no resume.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from celery import Celery
 
 from workflow_cache.cache.claims import SingleFlight
 from workflow_cache.distributed.runs import Resume, Runs
-from workflow_cache.distributed.waiters import Waiters
+from workflow_cache.distributed.waiters import Waiters, parse_member
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,20 @@ def hand_over(
     key: str,
     outcome: bytes | str = b"",
     keep: Callable[[Resume], bool] | None = None,
+    taken: Sequence[bytes] | None = None,
 ) -> tuple[int, Arrival | None]:
     """Resume the runs that waited on ``key``; ``outcome`` when it was not kept. Never raises:
     the commit stands whatever happens here. Returns how many resumes were sent, and the
-    first run for which ``keep`` said yes: not sent, the caller resumes it itself."""
+    first run for which ``keep`` said yes: not sent, the caller resumes it itself.
+    ``taken``: the waiter entries the commit took itself (else the handoff set is taken
+    here)."""
     kept: Arrival | None = None
     sent = 0
     try:
-        waiting = Waiters(flight).take_handoff(key)
+        if taken is None:
+            waiting = Waiters(flight).take_handoff(key)
+        else:
+            waiting = [m for m in (parse_member(raw) for raw in taken) if m is not None]
         if not waiting:
             return 0, None
         runs = Runs(flight)

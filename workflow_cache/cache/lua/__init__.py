@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from redis.client import Pipeline
 
@@ -58,7 +59,18 @@ def for_client(client: Any, name: str) -> str:
     return source.replace(PUBLISH_CALL, SHARDED_CALL) if is_cluster(client) else source
 
 
+_REGISTERED: WeakKeyDictionary[Any, dict[str, Script]] = WeakKeyDictionary()
+
+
 def register(client: Any, names: Iterable[str]) -> dict[str, Script]:
     """``names`` registered on ``client`` (blocking or asyncio): each runs by EVALSHA,
-    loading the script on the first ``NOSCRIPT``."""
-    return {name: Script(client, for_client(client, name)) for name in names}
+    loading the script on the first ``NOSCRIPT``. Registered once per client: objects
+    that run scripts are made per delivery and per commit, and a registration hashes the
+    source."""
+    known = _REGISTERED.get(client)
+    if known is None:
+        known = _REGISTERED[client] = {}
+    for name in names:
+        if name not in known:
+            known[name] = Script(client, for_client(client, name))
+    return {name: known[name] for name in names}

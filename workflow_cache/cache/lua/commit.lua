@@ -1,5 +1,7 @@
 -- KEYS: out, lock, epoch, last[, waiters, handoff[, by]]
--- ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel, last_ttl_ms
+-- ARGV: token, epoch, outcome, ttl_ms (0 = none), keep (1/0), channel, last_ttl_ms[, take]
+-- take = '1': a committer that resumes the handed-over runs itself takes the handoff set
+-- here too ({2, members}), saving the round trip of take_handoff.
 local holder = redis.call('GET', KEYS[2])
 if holder then
   if holder ~= ARGV[1] then
@@ -34,6 +36,11 @@ if KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then
 end
 redis.call('PUBLISH', ARGV[6], 'o' .. ARGV[3])
 if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
+  if ARGV[8] == '1' then
+    local members = redis.call('SMEMBERS', KEYS[6])
+    redis.call('DEL', KEYS[6])
+    return {2, members}
+  end
   return 2  -- committed, and workflows wait in the handoff set for their resume
 end
 return 1
