@@ -218,6 +218,7 @@ def deliver(
             linger=settings.current().suspend_after,
             concurrent=inspect.iscoroutinefunction(spec.fn),
             known=known,
+            batch=begun.batch,
         )
         store = ReplayStore(cache, known, dispatcher.fresh)
         workflow = create_workflow(

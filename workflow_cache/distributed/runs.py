@@ -319,6 +319,17 @@ class Runs:
         args = [run_id, epoch, len(history), *history, *keys]
         return int(self._call("run_prepare", [k.run, k.pending, k.steps], args))
 
+    def prepare_call(
+        self, run_id: str, epoch: int, history: Sequence[str], keys: Sequence[str]
+    ) -> Keyed:
+        """``prepare`` as a call, for a caller that makes it in one trip with its own (its
+        reply, as an int, is ``prepare``'s)."""
+        k = self.keys(run_id)
+        names = [k.run, k.pending, k.steps, *self.indexes]
+        args = [run_id, epoch, len(history), *history, *keys]
+        fn = self._scripts["run_prepare"]
+        return k.run, lambda target: fn(keys=names, args=args, client=target)
+
     def arm(
         self,
         run_id: str,

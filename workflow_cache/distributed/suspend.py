@@ -36,6 +36,7 @@ from typing import Any
 from celery import Celery, Signature
 
 from workflow_cache.cache.claims import Done
+from workflow_cache.cache.clients import in_one_trip
 from workflow_cache.cache.notices import NOTICE_OUTCOME, Notices
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.canvas import require_task
@@ -44,7 +45,7 @@ from workflow_cache.distributed.events import EventTimeout, event_key
 from workflow_cache.distributed.pending import PendingStep
 from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_lease import RunLease, Superseded
-from workflow_cache.distributed.waiters import Joined, Waiters
+from workflow_cache.distributed.waiters import Joined, Waiters, joined
 from workflow_cache.envelope import Envelope, EnvelopeError
 from workflow_cache.options import StepOptions
 from workflow_cache.result import Result, UnexpectedError, err
@@ -87,6 +88,7 @@ class SuspendingDispatcher(CeleryDispatcher):
         linger: float = 0.0,
         concurrent: bool = False,
         known: Collection[str] = (),
+        batch: int | None = None,
     ) -> None:
         if queued_ttl is None:
             super().__init__(app, cache)
@@ -101,6 +103,9 @@ class SuspendingDispatcher(CeleryDispatcher):
         self.linger = linger
         self.concurrent = concurrent
         self.known = frozenset(known)
+        self.batch = batch
+        """The run's batch as this delivery last saw it: the next ``prepare`` makes
+        ``batch + 1``, so the keys are joined in the same trip (None: not known)."""
         self.fresh: set[str] = set()
         """Dispatched keys asked for past the known outcomes: ``join`` reads them itself."""
         self._lock = threading.RLock()
@@ -190,6 +195,7 @@ class SuspendingDispatcher(CeleryDispatcher):
         batch = self.runs.prepare(self.run_id, epoch, history, [event])
         if batch < 0:
             raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+        self.batch = batch
         (joined,) = self.waiters.join_many([event], [""], [1.0], self.run_id, batch, send=False)
         done = [event] if isinstance(joined, Done) else []
         verdict = self.runs.arm(
@@ -250,12 +256,9 @@ class SuspendingDispatcher(CeleryDispatcher):
         with self._lock, self._watching(keys) as notices:
             history = [*self.asked, *self.history[len(self.asked) :]]
             epoch = self.lease.epoch
-            batch = self.runs.prepare(self.run_id, epoch, history, keys)
-            if batch < 0:
-                raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
             ids = [str(uuid.uuid4()) for _ in pending]
             ttls = [self._unsent_ttl(p) for p in pending]
-            states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
+            batch, states = self._prepare_and_join(epoch, history, keys, ids, ttls)
             raws: dict[str, bytes] = {}
             to_send = []
             for p, state in zip(pending, states, strict=True):
@@ -285,6 +288,37 @@ class SuspendingDispatcher(CeleryDispatcher):
                 raws[p.key] = raw
         outcomes = {p.key: p.decode(raws[p.key]) for p in pending}
         return [outcomes[p.key] for p in keyed]
+
+    def _prepare_and_join(
+        self,
+        epoch: int,
+        history: Sequence[str],
+        keys: Sequence[str],
+        ids: Sequence[str],
+        ttls: Sequence[float],
+    ) -> tuple[int, list[Done | Joined]]:
+        """A new batch waiting on ``keys``, and each key's join (its outcome, or the run in
+        its waiter set). One trip when the batch number is known ahead: ``prepare`` runs
+        first and holds the run, so a commit between the two is seen by the join. A
+        guess that missed (or a fenced delivery) leaves waiter entries for a batch the
+        run does not have, which a commit's arrival finds stale, and markers that no
+        message confirms, which expire as a crash's would."""
+        predicted = None if self.batch is None else self.batch + 1
+        if predicted is None:
+            batch = self.runs.prepare(self.run_id, epoch, history, keys)
+            states = None
+        else:
+            prepare = self.runs.prepare_call(self.run_id, epoch, history, keys)
+            joins = self.waiters.join_calls(keys, ids, ttls, self.run_id, predicted)
+            client = self.cache.flight.client
+            replies = self.cache.flight.claims.call(lambda: in_one_trip(client, [prepare, *joins]))
+            batch, states = int(replies[0]), joined(replies[1:])
+        if batch < 0:
+            raise Superseded(f"run {self.run_id}: epoch {epoch} no longer holds the run")
+        self.batch = batch
+        if states is None or batch != predicted:
+            states = self.waiters.join_many(keys, ids, ttls, self.run_id, batch)
+        return batch, states
 
     @contextmanager
     def _watching(self, keys: Sequence[str]) -> Iterator[Notices | None]:

@@ -68,8 +68,22 @@ class Waiters:
         ``send`` is False: something outside the fleet commits the key); one round trip."""
         if not keys:
             return []
+        calls = self.join_calls(keys, task_ids, queued_ttls, run_id, batch, send=send)
+        return joined(self.flight.claims.call(lambda: in_one_trip(self.flight.client, calls)))
+
+    def join_calls(
+        self,
+        keys: Sequence[str],
+        task_ids: Sequence[str],
+        queued_ttls: Sequence[float],
+        run_id: str,
+        batch: int,
+        *,
+        send: bool = True,
+    ) -> list[Keyed]:
+        """``join_many`` as calls, for a caller that makes them in one trip with its own;
+        ``joined`` reads their replies."""
         who = member(run_id, batch)
-        client = self.flight.client
         space = self.flight.keyspace
 
         def call(key: str, task_id: str, ttl: float) -> Keyed:
@@ -78,19 +92,7 @@ class Waiters:
             args = [task_id, max(1, round(ttl * 1000)), who, WAITERS_TTL_MS, int(send)]
             return k.out, lambda target: self._wait(keys=names, args=args, client=target)
 
-        def run() -> list[Any]:
-            rows = zip(keys, task_ids, queued_ttls, strict=True)
-            return in_one_trip(client, [call(*row) for row in rows])
-
-        out: list[Done | Joined] = []
-        for reply in self.flight.claims.call(run):
-            kind = _text(reply[0])
-            if kind == "done":
-                raw = reply[1]
-                out.append(Done(raw if isinstance(raw, bytes) else str(raw).encode()))
-            else:
-                out.append(Joined(_text(reply[1]) if kind == "send" else None))
-        return out
+        return [call(*row) for row in zip(keys, task_ids, queued_ttls, strict=True)]
 
     def take_handoff(self, key: str) -> list[tuple[str, int]]:
         """The runs a commit of ``key`` handed over; each is returned to one caller only."""
@@ -103,6 +105,19 @@ class Waiters:
         name = self.flight.keyspace.for_step(key).waiters
         raw = self.flight.claims.call(lambda: self.flight.client.smembers(name))
         return sorted({m[0] for m in (parse_member(r) for r in raw) if m is not None})
+
+
+def joined(replies: Sequence[Any]) -> list[Done | Joined]:
+    """What each join call found: the stored outcome, or joined (with the message to send)."""
+    out: list[Done | Joined] = []
+    for reply in replies:
+        kind = _text(reply[0])
+        if kind == "done":
+            raw = reply[1]
+            out.append(Done(raw if isinstance(raw, bytes) else str(raw).encode()))
+        else:
+            out.append(Joined(_text(reply[1]) if kind == "send" else None))
+    return out
 
 
 def _text(value: bytes | str) -> str:
