@@ -23,7 +23,7 @@ from celery.signals import task_received
 
 from workflow_cache.cache.claims import SingleFlight
 from workflow_cache.cache.keys import Keys
-from workflow_cache.cache.lua import script
+from workflow_cache.cache.lua import register
 from workflow_cache.distributed.execution import runner_of
 from workflow_cache.distributed.header import BadHeader, read_header
 
@@ -54,7 +54,7 @@ def holder_of(raw: bytes | str | None, task_id: bytes | str | None) -> int | Non
 def drop_lost(flight: SingleFlight, key: str, task_id: bytes | str) -> bool:
     """Drop ``key``'s queued marker if it still names ``task_id`` (its message is lost)."""
     k = flight.keyspace.for_step(key)
-    lost = flight.client.register_script(script("lost"))
+    lost = register(flight.client, ["lost"])["lost"]
     return bool(flight.claims.call(lambda: lost(keys=[k.queued, receipt_key(k)], args=[task_id])))
 
 
@@ -78,7 +78,7 @@ def note_receipts(app: Celery) -> None:
             if presence is None:
                 return
             k = flight.keyspace.for_step(header.key)
-            received = flight.client.register_script(script("received"))
+            received = register(flight.client, ["received"])["received"]
             args: list[str | int] = [request.id, presence, RECEIPT_MS]
             flight.claims.call(lambda: received(keys=[k.queued, receipt_key(k)], args=args))
         except Exception as exc:  # the marker still expires: the step is sent again later
