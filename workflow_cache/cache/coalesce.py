@@ -111,6 +111,10 @@ class Coalesced:
                 if not waiter.done():
                     waiter.set_exception(mismatch)
             return
+        if self._slice <= 0:  # no pacing: every caller goes on at the next iteration
+            for waiter, row in zip(waiting, rows, strict=True):
+                _answer(waiter, row)
+            return
         self._answered.extend(zip(waiting, rows, strict=True))
         if self._opened is None:  # nobody is waking callers: start now
             self._wake()
@@ -125,16 +129,11 @@ class Coalesced:
         if not answered:
             self._opened, self._woken = None, 0
             return
-        budget = len(answered) if self._slice <= 0 else max(1, int(self._slice / self._cost))
+        budget = max(1, int(self._slice / self._cost))
         woken = 0
         while woken < budget and answered:
             waiter, row = answered.popleft()
-            if not waiter.done():  # a caller cancelled meanwhile has left
-                if isinstance(row, Exception):
-                    waiter.set_exception(row)
-                else:
-                    waiter.set_result(row)
-                woken += 1
+            woken += _answer(waiter, row)
         self._opened, self._woken = now, woken
         # After the callers just woken (call_soon keeps order): they run first, then this
         # measures them, and wakes the next batch or stops.
@@ -144,3 +143,14 @@ class Coalesced:
         """Wait for the batches already sent (the client is about to close)."""
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _answer(waiter: asyncio.Future[Any], row: Any) -> bool:
+    """Give ``waiter`` its row (raised if an exception); False if its caller has left."""
+    if waiter.done():  # cancelled meanwhile
+        return False
+    if isinstance(row, Exception):
+        waiter.set_exception(row)
+    else:
+        waiter.set_result(row)
+    return True

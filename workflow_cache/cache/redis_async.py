@@ -58,7 +58,7 @@ class AsyncRedisCache:
             return await coro
 
     async def load(self, key: str) -> Envelope | None:
-        raw = await self._call(self._reads.get(check_key(key)))  # type: ignore[arg-type]
+        raw = await self._call(self._reads.get(check_key(key)))
         if raw is None:
             return None
         try:  # as _decode, without a coroutine more on the path of every hit
