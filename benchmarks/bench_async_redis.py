@@ -17,7 +17,10 @@ and prints the wall time (median over rounds) against the bare GET baseline
 (target for hits: <= 1.3x), the requests per workflow (writes from clients to Redis
 that the proxy forwarded, each answered after a round trip; pipelined commands that
 arrive together count once) and the event-loop lag: the worst delay of a 1 ms ticker
-running alongside, median over rounds (target: < 10 ms), as "worst / second-worst".
+running alongside, median over rounds (target: < 10 ms), as "worst / second-worst",
+then the worst tick's range over the rounds and the CPU time the loop's thread ran
+during it (median): a worst tick much longer than its CPU time waited for a CPU,
+which only a quieter machine shortens.
 asyncio runs the first step of all N coroutines in one loop iteration, so the bare
 baseline's worst tick grows with N; workflows pace their starts (``pacing.py``).
 Each run begins after a ``gc.collect()``, so no scenario pays for another's set-up
@@ -134,14 +137,15 @@ def start_proxy(target_port: int) -> tuple[subprocess.Popen[str], int, int]:
 # --------------------------------------------------------------------------- one scenario
 
 
-async def _ticker(ticks: list[tuple[float, float]], stop: asyncio.Event) -> None:
-    """Each tick's end and its delay past its 1 ms, in order."""
+async def _ticker(ticks: list[tuple[float, float, float]], stop: asyncio.Event) -> None:
+    """Each tick's end, its delay past its 1 ms, and the CPU time the loop's thread ran
+    during the tick (the rest of a long tick is time the thread waited for a CPU)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
-        before = loop.time()
+        before, cpu = loop.time(), time.thread_time()
         await asyncio.sleep(0.001)
         now = loop.time()
-        ticks.append((now, now - before - 0.001))
+        ticks.append((now, now - before - 0.001, time.thread_time() - cpu))
 
 
 async def _measure(
@@ -205,7 +209,7 @@ async def _measure(
     gc.collect()  # every scenario starts from the same heap: no garbage left from set-up
     pauses: list[float] = []  # full collections during the run, which stop the loop too
     gc.callbacks.append(_full_collections(pauses))
-    ticks: list[tuple[float, float]] = []
+    ticks: list[tuple[float, float, float]] = []
     stop = asyncio.Event()
     ticker = asyncio.ensure_future(_ticker(ticks, stop))
     await asyncio.sleep(0.01)
@@ -226,12 +230,13 @@ async def _measure(
         await aclose()
     # One tick spans the first steps of all N coroutines, which asyncio runs in a single
     # loop iteration; the second-worst tick shows whether anything else blocks the loop.
-    lags = sorted(lag for end, lag in ticks if end >= launched)
-    lags = [0.0, 0.0, *lags]
+    lags = sorted((lag, cpu) for end, lag, cpu in ticks if end >= launched)
+    lags = [(0.0, 0.0), (0.0, 0.0), *lags]
     return {
         "wall": wall,
-        "lag": lags[-1],
-        "after": lags[-2],
+        "lag": lags[-1][0],
+        "after": lags[-2][0],
+        "cpu": lags[-1][1],
         "gc": max(pauses, default=0.0),
         "requests": requests / n,
     }
@@ -302,13 +307,15 @@ def _report(label: str, n: int, results: dict[str, list[dict[str, float]]]) -> N
     print(f"-- {label}, {n} concurrent each")
     print(
         f"{'':32s} {'wall':>8s} {'ratio':>6s} {'req/wf':>6s}   {'loop lag worst / 2nd':>20s}"
-        "   full GC in run"
+        f"   {'worst: range':>12s} {'CPU':>6s}   full GC in run"
     )
     bare = statistics.median(x["wall"] for x in results["bare"])
     for name, text, target in _ROWS:
         rounds = results[name]
         wall = statistics.median(x["wall"] for x in rounds)
         lag = statistics.median(x["lag"] for x in rounds)
+        low, high = min(x["lag"] for x in rounds), max(x["lag"] for x in rounds)
+        cpu = statistics.median(x["cpu"] for x in rounds)
         after = statistics.median(x["after"] for x in rounds)
         requests = statistics.median(x["requests"] for x in rounds)
         collected = [x["gc"] for x in rounds if x["gc"] > 0]
@@ -319,7 +326,8 @@ def _report(label: str, n: int, results: dict[str, list[dict[str, float]]]) -> N
         )
         print(
             f"{text:32s} {wall * 1e3:6.1f}ms {wall / bare:5.2f}x {requests:6.3f}   "
-            f"{lag * 1e3:8.1f} / {after * 1e3:4.1f} ms   {gc_text}{target}"
+            f"{lag * 1e3:8.1f} / {after * 1e3:4.1f} ms   {low * 1e3:5.1f}-{high * 1e3:<5.1f}"
+            f" {cpu * 1e3:4.1f}ms   {gc_text}{target}"
         )
 
 

@@ -7,6 +7,12 @@ thread: claims, commits, releases, lease renewals (one task per flight renews ev
 open holder each lease/3) and waiting (``notices_async.py``) are coroutines on the
 loop the flight was made on.
 
+The scripts called during one loop iteration (a thousand workflows claiming their
+keys, committing, renewing) go to Redis as pipelines of at most ``Coalesced.BATCH``
+EVALSHAs (``coalesce.py``), each caller still getting its own reply; a pipeline's
+replies wake their callers a slice of the loop at a time. A renewal round starts its
+holders' renewals a chunk per iteration, so no iteration starts them all.
+
 A flight belongs to one event loop, like the ``redis.asyncio`` client it runs on.
 """
 
@@ -16,18 +22,20 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
 
 from workflow_cache.cache.clients import pubsub_connection
+from workflow_cache.cache.coalesce import Coalesced
 from workflow_cache.cache.handoffs import handoff_channel, handoff_notice
 from workflow_cache.cache.keys import Keys, KeySpace
-from workflow_cache.cache.lua import register
+from workflow_cache.cache.lua import register, script
 from workflow_cache.cache.notices_async import AsyncListener, AsyncWatch
 from workflow_cache.cache.presence import Presence, presence_of
 from workflow_cache.cache.protocol import (
@@ -103,6 +111,8 @@ class AsyncFlight:
 
     MARGIN_S = Rules.MARGIN_S
     CONFIRM_S = Rules.CONFIRM_S
+    RENEW_CHUNK = 64
+    """Renewals a renewal round starts per loop iteration."""
 
     def __init__(
         self,
@@ -113,7 +123,10 @@ class AsyncFlight:
         where: str,
         owner: str | None = None,
         epoch_ttl_ms: int = EPOCH_TTL_MS,
+        slice: float = 0.0,
     ) -> None:
+        """``slice``: seconds of one loop iteration that callers woken by their scripts'
+        replies may take (``coalesce.py``; 0 wakes a whole pipeline's callers at once)."""
         self.client = client
         self.keyspace = keyspace
         self.presence: Presence | None = presence_of(client)
@@ -130,6 +143,7 @@ class AsyncFlight:
         self.where = where
         self.reaching = Reaching(where)
         self._scripts = register(client, SCRIPTS)
+        self._calls = Coalesced(self._pipelined, slice)
         self.listener = AsyncListener(self._make_pubsub_connection)
         self.holders: set[AsyncHolder] = set()
         self._renewing: asyncio.Task[None] | None = None
@@ -166,7 +180,7 @@ class AsyncFlight:
         """Do what ``effect`` says, on the loop; ``watching`` keeps one acquire's watch."""
         if isinstance(effect, Call):
             with self.reaching:
-                return await self._scripts[effect.script](keys=effect.keys, args=effect.args)
+                return await self._calls.get(effect)
         if isinstance(effect, Present):
             with self.reaching:
                 try:
@@ -200,6 +214,25 @@ class AsyncFlight:
             return state
         return AsyncHolder(self, key, keys, state)
 
+    async def _pipelined(self, calls: Sequence[Call], load: bool = True) -> list[Any]:
+        """The replies of ``calls`` (one loop iteration's), made in one pipeline, errors as
+        values; calls refused for an unknown script (a new server, a ``SCRIPT FLUSH``, a
+        Redis restart) are made again, in one pipeline, once their scripts are loaded."""
+        scripts = self._scripts
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            keys = call.keys
+            pipe.evalsha(scripts[call.script].sha, len(keys), *keys, *call.args)
+        replies = list(await pipe.execute(raise_on_error=False))
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown and load:  # the server lost its scripts (flushed, restarted): load, again
+            for name in {calls[i].script for i in unknown}:
+                await self.client.script_load(script(name))
+            again = await self._pipelined([calls[i] for i in unknown], load=False)
+            for i, reply in zip(unknown, again, strict=True):
+                replies[i] = reply
+        return replies
+
     # -- renewing
 
     def hold(self, holder: AsyncHolder) -> None:
@@ -215,8 +248,21 @@ class AsyncFlight:
                 await asyncio.wait_for(self._renew_now.wait(), self.lease / 3)
             self._renew_now.clear()
             holders = list(self.holders)
-            if holders:
-                await asyncio.gather(*(h.renew() for h in holders), return_exceptions=True)
+            renewing: list[asyncio.Future[None]] = []
+            chunk = self.RENEW_CHUNK
+            try:
+                for i in range(0, len(holders), chunk):
+                    if i:  # the loop runs the chunk just started before the next one starts
+                        await asyncio.sleep(0)
+                    renewing.extend(
+                        asyncio.ensure_future(h.renew()) for h in holders[i : i + chunk]
+                    )
+            except BaseException:  # cancelled (closing): the started renewals end too
+                for started in renewing:
+                    started.cancel()
+                raise
+            if renewing:
+                await asyncio.gather(*renewing, return_exceptions=True)
 
     async def aclose(self) -> None:
         forget, self._forget_presence = self._forget_presence, None
@@ -226,4 +272,5 @@ class AsyncFlight:
         if renewing is not None:
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)  # ended, however it ends
+        await self._calls.aclose()
         await self.listener.aclose()

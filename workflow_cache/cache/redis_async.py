@@ -49,15 +49,16 @@ class AsyncRedisCache:
         self.keyspace = keyspace
         self.namespace = keyspace.namespace
         self.wait_timeout = wait_timeout
-        self.flight = AsyncFlight(client, keyspace, lease=lease, where=where)
-        self._reads = Coalesced(self._fetch)
+        slice = _configured_slice()
+        self.flight = AsyncFlight(client, keyspace, lease=lease, where=where, slice=slice)
+        self._reads = Coalesced(self._fetch, slice)
 
     async def _call(self, coro: Any) -> Any:
         with self.reaching:
             return await coro
 
     async def load(self, key: str) -> Envelope | None:
-        raw = await self._call(self._reads.get(check_key(key)))  # type: ignore[arg-type]
+        raw = await self._call(self._reads.get(check_key(key)))
         if raw is None:
             return None
         try:  # as _decode, without a coroutine more on the path of every hit
@@ -109,6 +110,14 @@ class AsyncRedisCache:
         await self._reads.aclose()
         await self.flight.aclose()
         await self.client.aclose()
+
+
+def _configured_slice() -> float:
+    """The process's ``async_slice``: how long one iteration may spend on callers whose
+    rows came back, as on workflow starts (``pacing.py``)."""
+    from workflow_cache.settings import current  # as pacing reads it: with the first view
+
+    return current().async_slice
 
 
 class AsyncRedisClaim(ClaimRecord):
