@@ -186,7 +186,8 @@ class Settings(BaseSettings):
         default=DEFAULT_ASYNC_SLICE,
         ge=0,
         description="Seconds of one event-loop iteration that a burst of async workflow "
-        "starts may take before the rest wait for the next iterations (0: no pacing).",
+        "starts, or of callers woken by answered reads and scripts, may take before the "
+        "rest wait for the next iterations (0: no pacing).",
     )
     signing_key: SecretStr | None = Field(
         default=None,
