@@ -5,7 +5,6 @@ renewal round starts a bounded chunk of renewals per iteration."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -14,35 +13,12 @@ import pytest
 import redis
 import redis.asyncio
 
+from tests.loops import Iterations, busy
 from workflow_cache import RedisCache, create_workflow
 from workflow_cache.cache.aio import AsyncFlight, AsyncHolder
 from workflow_cache.cache.coalesce import Coalesced
 from workflow_cache.cache.keys import KeySpace
 from workflow_cache.cache.protocol import Call
-
-
-def _busy(seconds: float) -> None:
-    """Hold the loop, as a caller's own work after its answer does."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-class Iterations:
-    """Counts loop iterations: a callback that re-arms itself runs once in each."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._running = True
-        asyncio.get_running_loop().call_soon(self._tick)
-
-    def _tick(self) -> None:
-        if self._running:
-            self.count += 1
-            asyncio.get_running_loop().call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._running = False
 
 
 def test_answered_rows_wake_their_callers_a_slice_per_iteration_in_order() -> None:
@@ -62,7 +38,7 @@ def test_answered_rows_wake_their_callers_a_slice_per_iteration_in_order() -> No
             row = await reads.get(i)
             woken[iterations.count] += 1
             order.append(row)
-            _busy(work_s)
+            busy(work_s)
 
         await asyncio.gather(*(caller(i) for i in range(n)))
         iterations.stop()

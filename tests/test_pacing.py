@@ -7,7 +7,6 @@ import gc
 import os
 import subprocess
 import sys
-import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
@@ -15,33 +14,10 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from tests.loops import Iterations, busy
 from tests.waiting import wait_until_async
 from workflow_cache import RedisCache, create_workflow, pacing
 from workflow_cache.pacing import Pacer
-
-
-def _busy(seconds: float) -> None:
-    """Hold the loop, as CPU-bound work between two awaits does."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-class Iterations:
-    """Counts loop iterations: a callback that re-arms itself runs once in each."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._running = True
-        asyncio.get_running_loop().call_soon(self._tick)
-
-    def _tick(self) -> None:
-        if self._running:
-            self.count += 1
-            asyncio.get_running_loop().call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._running = False
 
 
 async def _through(pacer: Pacer) -> None:
@@ -61,7 +37,7 @@ def test_a_burst_takes_at_most_one_slice_per_iteration_and_keeps_its_order() -> 
             await _through(pacer)
             order.append(i)
             seen.append(iterations.count)
-            _busy(0.0005)  # 4 starts fill the 2 ms slice
+            busy(0.0005)  # 4 starts fill the 2 ms slice
 
         await asyncio.gather(*(start(i) for i in range(200)))
         iterations.stop()
@@ -97,7 +73,7 @@ def test_a_cancelled_waiter_gives_its_place_up() -> None:
             if turn is not None:
                 await turn
             done.append(i)
-            _busy(0.001)
+            busy(0.001)
 
         tasks = [asyncio.ensure_future(start(i)) for i in range(20)]
         await wait_until_async(
@@ -124,7 +100,7 @@ def test_async_workflows_started_together_are_paced(redis_url: str, namespace: s
         def flow(i: int) -> Callable[..., object]:
             async def body(step):  # type: ignore[no-untyped-def]
                 began.append(iterations.count)
-                _busy(0.0002)
+                busy(0.0002)
                 return await step(lambda: i * 2, key=f"paced:{i}")
 
             return body
@@ -154,7 +130,7 @@ def test_misses_of_one_step_all_are_paced_and_run_once(redis_url: str, namespace
             def run() -> int:
                 runs[i] += 1
                 ran_in.append(iterations.count)
-                _busy(0.0002)
+                busy(0.0002)
                 return i
 
             return run
