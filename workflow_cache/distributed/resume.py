@@ -4,13 +4,16 @@ The commit script moved the key's waiter set into ``:handoff`` atomically with t
 outcome (``waiters.py``). Right after a successful commit the committer (the worker that
 ran the step, or the worker's main process recording a time limit or a revocation):
 
-1. takes the handoff set: read and delete in one script, so of several processes that
-   might look, exactly one gets each waiting run;
+1. takes the handoff set: read and delete in one script (a step's worker does it in its
+   commit script itself), so of several processes that might look, exactly one gets
+   each waiting run;
 2. for each run, ``arrive`` (``runs.py``) removes the key from the run's pending batch,
    delivering the outcome too when the cache does not keep it; the one arrival that
    empties a suspended run's batch gets the resume;
 3. sends it: the workflow's own task, with its original task id and arguments, to its
-   queue, with a ``wfc_run`` header naming the batch it resumes.
+   queue, with a ``wfc_run`` header naming the batch it resumes; or, for one run, a
+   step's worker that serves that queue replays it in its own slot
+   (``continuation.py``).
 
 A worker that receives a message for a key that is already committed (a redelivery
 after its executor died just after committing) takes any handoff left behind, so a
