@@ -264,9 +264,15 @@ class Runs:
         """The reconciler's tick lock of this namespace."""
         return f"{self.base}:reconciler"
 
-    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _keyed(self, name: str, keys: list[str], args: list[Any]) -> Keyed:
+        """The transition ``name`` as a call on any client or pipeline (the indexes added)."""
         fn = self._scripts[name]
-        return self.flight.claims.call(lambda: fn(keys=[*keys, *self.indexes], args=args))
+        names = [*keys, *self.indexes]
+        return keys[0], lambda target: fn(keys=names, args=args, client=target)
+
+    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        _, call = self._keyed(name, keys, args)
+        return self.flight.claims.call(lambda: call(self.flight.client))
 
     def enqueue(self, run_id: str, resume: Resume) -> bool:
         """Record a run whose first message is being sent (``resuming``, batch 0, due for a
@@ -325,10 +331,8 @@ class Runs:
         """``prepare`` as a call, for a caller that makes it in one trip with its own (its
         reply, as an int, is ``prepare``'s)."""
         k = self.keys(run_id)
-        names = [k.run, k.pending, k.steps, *self.indexes]
         args = [run_id, epoch, len(history), *history, *keys]
-        fn = self._scripts["run_prepare"]
-        return k.run, lambda target: fn(keys=names, args=args, client=target)
+        return self._keyed("run_prepare", [k.run, k.pending, k.steps], args)
 
     def arm(
         self,
@@ -349,13 +353,9 @@ class Runs:
         k = self.keys(run_id)
         state = "waiting" if waiting else "suspended"
         args = [run_id, epoch, batch, self.recheck_ms, state, deadline, _ms(timeout), *done]
-        keys = [k.run, k.pending, *self.indexes]
-        fn = self._scripts["run_arm"]
-        if not along:
-            return _text(self.flight.claims.call(lambda: fn(keys=keys, args=args)))
-        calls: list[Keyed] = [(k.run, lambda target: fn(keys=keys, args=args, client=target))]
+        arm = self._keyed("run_arm", [k.run, k.pending], args)
         client = self.flight.client
-        replies = self.flight.claims.call(lambda: in_one_trip(client, [*calls, *along]))
+        replies = self.flight.claims.call(lambda: in_one_trip(client, [arm, *along]))
         return _text(replies[0])
 
     def sleep(
