@@ -48,7 +48,7 @@ from weakref import WeakKeyDictionary
 from workflow_cache import settings
 from workflow_cache.cache.claims import SingleFlight
 from workflow_cache.cache.clients import Keyed, in_one_trip
-from workflow_cache.cache.lua import script
+from workflow_cache.cache.lua import Script, script
 from workflow_cache.distributed.run_states import STATES
 
 RUNS_TAG = "_runs"
@@ -95,6 +95,24 @@ class Resume:
     args: list[Any]
     kwargs: dict[str, Any]
     queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """The workflow tasks and queues whose runs a committer may take at their arrival, to
+    replay them in its own slot (``continuation.py``)."""
+
+    tasks: tuple[str, ...]
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A run an arrival took for its caller, as ``begin`` would for the resume's delivery:
+    replay it as ``begun``."""
+
+    resume: Resume
+    begun: Begun
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +199,13 @@ _REGISTERED: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
 
 def _scripts_of(client: Any) -> dict[str, Any]:
     """The run scripts registered on ``client`` once: a registration hashes its source,
-    and a ``Runs`` is made per delivery and per handed-over commit."""
+    and a ``Runs`` is made per delivery and per handed-over commit. Each is a ``Script``,
+    so that one queued in a pipeline costs no ``SCRIPT EXISTS`` round trip first."""
     found = _REGISTERED.get(client)
     if found is None:
         index = script("run_index")
-        found = {name: client.register_script(index + script(name)) for name in RUN_SCRIPTS}
-        found["run_forget"] = client.register_script(script("run_forget"))
+        found = {name: Script(client, index + script(name)) for name in RUN_SCRIPTS}
+        found["run_forget"] = Script(client, script("run_forget"))
         _REGISTERED[client] = found
     return found
 
@@ -298,21 +317,7 @@ class Runs:
                 self.lease_ms,
             ],
         )
-        kind = _text(reply[0])
-        if kind == "done":
-            return Begun("done", outcome=_bytes(reply[1]))
-        if kind in ("stale", "busy"):
-            return Begun("stale" if kind == "stale" else "busy", batch=int(reply[1]))
-        flat = reply[4]
-        given = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
-        return Begun(
-            "run",
-            batch=int(reply[1]),
-            replays=int(reply[2]),
-            steps=tuple(_text(s) for s in reply[3]),
-            given=given,
-            epoch=int(reply[5]),
-        )
+        return _begun(reply)
 
     def renew(self, run_id: str, epoch: int) -> bool:
         """Extend the lease of the delivery holding ``epoch``; False once it no longer does."""
@@ -379,13 +384,37 @@ class Runs:
     ) -> Resume | None:
         """``key`` committed: the resume to send if this arrival completes the batch
         (``at_once``: the caller cannot send it, so the run is due for the reconciler now)."""
+        arrived = self._arrive(run_id, batch, key, outcome, 0 if at_once else self.recheck_ms)
+        assert not isinstance(arrived, Taken)  # nothing to carry: never taken
+        return arrived
+
+    def arrive_or_take(
+        self, run_id: str, batch: int, key: str, outcome: bytes | str, carry: Carry
+    ) -> Resume | Taken | None:
+        """``arrive``, except that a run whose task and queue are among ``carry``'s is taken
+        for the caller (as ``begin`` would for the resume's delivery) instead of resumed."""
+        return self._arrive(run_id, batch, key, outcome, self.recheck_ms, carry)
+
+    def _arrive(
+        self,
+        run_id: str,
+        batch: int,
+        key: str,
+        outcome: bytes | str,
+        recheck_ms: int,
+        carry: Carry | None = None,
+    ) -> Resume | Taken | None:
         k = self.keys(run_id)
+        tasks, queues = (carry.tasks, carry.queues) if carry else ((), ())
         reply = self._call(
             "run_arrive",
-            [k.run, k.pending, k.given],
-            [run_id, batch, key, outcome, 0 if at_once else self.recheck_ms],
+            [k.run, k.pending, k.given, k.steps],
+            [run_id, batch, key, outcome, recheck_ms, self.lease_ms, len(tasks), *tasks, *queues],
         )
-        if _text(reply[0]) != "resume":
+        kind = _text(reply[0])
+        if kind == "carry":
+            return Taken(_resume(run_id, reply[1]), _begun(reply[2]))
+        if kind != "resume":
             return None
         return _resume(run_id, reply[1:5])
 
@@ -564,6 +593,24 @@ class Runs:
             lease_ms=_int(lease) if lease is not None else None,
             wake_ms=_int(fields.get("wake")) if state == "sleeping" else None,
         )
+
+
+def _begun(reply: Sequence[Any]) -> Begun:
+    kind = _text(reply[0])
+    if kind == "done":
+        return Begun("done", outcome=_bytes(reply[1]))
+    if kind in ("stale", "busy"):
+        return Begun("stale" if kind == "stale" else "busy", batch=int(reply[1]))
+    flat = reply[4]
+    given = {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    return Begun(
+        "run",
+        batch=int(reply[1]),
+        replays=int(reply[2]),
+        steps=tuple(_text(s) for s in reply[3]),
+        given=given,
+        epoch=int(reply[5]),
+    )
 
 
 def _resume(run_id: str, raw: Sequence[Any]) -> Resume:
