@@ -21,7 +21,7 @@ from workflow_cache.distributed.cancel import cancel_run
 from workflow_cache.distributed.events import event_key, send_event
 from workflow_cache.distributed.reconciler import Reconciler
 from workflow_cache.distributed.run_states import STATES, TRANSITIONS, due_action
-from workflow_cache.distributed.runs import Resume, Runs
+from workflow_cache.distributed.runs import Carry, Resume, Runs, Taken
 from workflow_cache.distributed.waiters import Joined, Waiters
 
 FLOW = Resume("t.flow", ["a"], {}, "wq")
@@ -99,6 +99,33 @@ def test_every_transition_moves_the_run_between_the_indexes(redis_url, namespace
     assert cache.get("run:r").value == 2
     table = {(t.script, t.target) for t in TRANSITIONS}
     assert set(seen) <= table  # the scripts do what the table says
+    cache.close()
+
+
+def test_an_arrival_takes_the_run_for_a_committer_that_carries_it_on(redis_url, namespace) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=60)
+    flow = _flow()
+    batches = {r: _parked(cache, runs, r, f"k-{r}", flow) for r in ("other", "mine")}
+    for run_id in batches:
+        _commit(cache, f"k-{run_id}")
+    # a committer that cannot run the workflow's task (or lacks its queue) resumes it
+    wrong = Carry(("t.flow",), ("another-queue",))
+    sent = runs.arrive_or_take("other", batches["other"], "k-other", b"", wrong)
+    assert sent == flow and _states(runs, "other") == ["resuming"]
+    first = runs.info("mine")
+    mine = Carry(("t.flow",), (flow.queue,))
+    taken = runs.arrive_or_take("mine", batches["mine"], "k-mine", b"", mine)
+    assert isinstance(taken, Taken) and taken.resume == flow
+    assert taken.begun.kind == "run" and taken.begun.batch == batches["mine"]
+    assert first is not None and taken.begun.epoch == first.epoch + 1
+    assert taken.begun.replays == 1 and taken.begun.steps == ("t.step|k-mine",)
+    assert _states(runs, "mine") == ["running"]
+    info = runs.info("mine")
+    assert info is not None and info.lease_ms == _due(runs, "mine")  # due when the lease ends
+    # the resume's delivery, if one came anyway, finds the run held
+    assert runs.begin("mine", batches["mine"], flow).kind == "busy"
+    assert ("take", "run_arrive") in {(t.name, t.script) for t in TRANSITIONS}
     cache.close()
 
 

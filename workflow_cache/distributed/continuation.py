@@ -5,7 +5,8 @@ a message: one more trip through the broker and one more Celery delivery for eve
 the workflow takes. When the worker that ran the step also serves the workflow's queue
 and knows the workflow task, it replays the run itself, right after the commit and
 before the step's message is acknowledged, exactly as that resume delivery would
-(``replay.deliver``). ``begin`` gives it a new epoch and a lease, so a crash here is a
+(``replay.deliver``). The arrival that completes the batch takes the run for it as
+``begin`` would (``run_arrive.lua``): a new epoch and a lease, so a crash here is a
 lapsed lease that the reconciler sends again, and the step's message, if redelivered,
 finds its key done. Other runs resumed by the same commit still get messages: a slot
 carries on one run per step at most, and never waits for anything.
@@ -29,40 +30,55 @@ from celery import Celery, Task
 from celery.backends.base import DisabledBackend
 
 from workflow_cache import settings
-from workflow_cache.distributed.replay import deliver, spec_of
-from workflow_cache.distributed.resume import Arrival, send_resume
-from workflow_cache.distributed.runs import Resume
+from workflow_cache.distributed.replay import deliver, spec_of, specs_of
+from workflow_cache.distributed.resume import Arrival
+from workflow_cache.distributed.runs import Carry
 
 log = logging.getLogger(__name__)
 
 
-def may_continue(task: Task, resume: Resume) -> bool:
-    """Whether the slot running ``task`` (a step) may carry on the run ``resume`` names."""
+def carriable(task: Task) -> Carry | None:
+    """The runs the slot running ``task`` (a step) may carry on: those of the workflow tasks
+    this worker knows, sent to a queue it consumes. None when it may carry on none."""
     app = task.app
-    if not settings.current().continue_inline or spec_of(app, resume.task) is None:
-        return False
-    if resume.task not in app.tasks or not _consumes(app, resume.queue):
-        return False
-    return not _time_limited(task)
+    if not settings.current().continue_inline or _time_limited(task):
+        return None
+    specs = specs_of(app)
+    tasks = tuple(name for name in specs if name in app.tasks)
+    queues = _consumed(app)
+    if not tasks or not queues:
+        return None
+    return Carry(tasks, queues)
 
 
 def carry_on(app: Celery, arrival: Arrival) -> None:
-    """Replay the run as the delivery of its new batch. Never raises: the step committed
-    whatever happens here, and a run left behind is the reconciler's."""
-    spec = spec_of(app, arrival.resume.task)
-    if spec is None:  # may_continue said yes: only a changed app gets here
-        send_resume(app, arrival.run_id, arrival.batch, arrival.resume)
-        return
+    """Replay the run, taken in its arrival, as the delivery of its new batch. Never
+    raises: the step committed whatever happens here, and a run left behind (its lease
+    lapses) is the reconciler's."""
     resume = arrival.resume
+    spec = spec_of(app, resume.task)
+    if spec is None:  # carriable named it: only a changed app gets here
+        log.warning("run %s: workflow %r unknown here; left to the reconciler", *_who(arrival))
+        return
     try:
         delivered = deliver(
-            app, spec, arrival.run_id, arrival.batch, tuple(resume.args), dict(resume.kwargs)
+            app,
+            spec,
+            arrival.run_id,
+            arrival.batch,
+            tuple(resume.args),
+            dict(resume.kwargs),
+            begun=arrival.begun,
         )
     except Exception as exc:
         log.warning("run %s: not carried on (%s); left to the reconciler", arrival.run_id, exc)
         return
     if delivered.kind == "finished":
         _report(app, resume.task, arrival.run_id, delivered.data, delivered.error)
+
+
+def _who(arrival: Arrival) -> tuple[str, str]:
+    return arrival.run_id, arrival.resume.task
 
 
 def _report(
@@ -87,12 +103,12 @@ def _report(
         log.warning("run %s: outcome not written to the result backend: %s", run_id, exc)
 
 
-def _consumes(app: Celery, queue: str) -> bool:
-    """Whether this worker consumes ``queue`` (``-Q``: the queues it was started with)."""
+def _consumed(app: Celery) -> tuple[str, ...]:
+    """The queues this worker consumes (``-Q``: the queues it was started with)."""
     try:
-        return queue in app.amqp.queues.consume_from
+        return tuple(app.amqp.queues.consume_from)
     except Exception:
-        return False
+        return ()
 
 
 def _time_limited(task: Task) -> bool:
@@ -111,4 +127,4 @@ def _time_limited(task: Task) -> bool:
     )
 
 
-__all__ = ["carry_on", "may_continue"]
+__all__ = ["carriable", "carry_on"]

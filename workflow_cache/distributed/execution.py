@@ -45,7 +45,7 @@ from workflow_cache.cache.claims import CacheUnavailable, Done, Holder, Running,
 from workflow_cache.cache.messages import StepMessages
 from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache
-from workflow_cache.distributed.continuation import carry_on, may_continue
+from workflow_cache.distributed.continuation import carriable, carry_on
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
 from workflow_cache.distributed.resume import Arrival, hand_over
 from workflow_cache.envelope import Envelope, NotStorableError
@@ -294,10 +294,9 @@ def _commit(
     if not run.holder.handed_over:
         return None
     # workflows were suspended on this key: resume them
-    keep_one = functools.partial(may_continue, task)
     outcome = b"" if keep else text
     taken = run.holder.taken
-    _, kept = hand_over(task.app, flight, header.key, outcome, keep_one, taken)
+    _, kept = hand_over(task.app, flight, header.key, outcome, carriable(task), taken)
     return kept
 
 

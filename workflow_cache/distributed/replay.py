@@ -146,9 +146,14 @@ def register_spec(app: Celery, spec: WorkflowSpec) -> None:
     app.conf[SPECS_CONF] = specs
 
 
-def spec_of(app: Celery, task_name: str) -> WorkflowSpec | None:
+def specs_of(app: Celery) -> dict[str, WorkflowSpec]:
+    """Every suspending workflow task of ``app``, by name."""
     specs: dict[str, WorkflowSpec] = app.conf.get(SPECS_CONF) or {}
-    return specs.get(task_name)
+    return specs
+
+
+def spec_of(app: Celery, task_name: str) -> WorkflowSpec | None:
+    return specs_of(app).get(task_name)
 
 
 def run_delivery(
@@ -181,14 +186,17 @@ def deliver(
     batch: int,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    begun: Begun | None = None,
 ) -> Delivered:
     """Replay run ``run_id`` as the delivery of ``batch`` (0: its first message): begin,
     replay with hits, then suspend or finish. Knows nothing of Celery messages, so a task
-    delivery and a committer's continuation drive the same code."""
+    delivery and a committer's continuation drive the same code. ``begun``: the run was
+    taken already (by the arrival that completed its batch), so it is not begun again."""
     name = spec.name
     cache = spec.store(app)
     runs = Runs(cache.flight)
-    begun = runs.begin(run_id, batch, Resume(name, list(args), dict(kwargs), spec.queue))
+    if begun is None:
+        begun = runs.begin(run_id, batch, Resume(name, list(args), dict(kwargs), spec.queue))
     if begun.kind in ("stale", "busy"):
         log.info(
             "workflow %s[%s]: delivery of batch %d is %s (now batch %d)",
@@ -302,4 +310,5 @@ __all__ = [
     "run_body",
     "run_delivery",
     "spec_of",
+    "specs_of",
 ]

@@ -12,8 +12,8 @@ ran the step, or the worker's main process recording a time limit or a revocatio
    empties a suspended run's batch gets the resume;
 3. sends it: the workflow's own task, with its original task id and arguments, to its
    queue, with a ``wfc_run`` header naming the batch it resumes; or, for one run, a
-   step's worker that serves that queue replays it in its own slot
-   (``continuation.py``).
+   step's worker that serves that queue takes the run in that same arrival and replays
+   it in its own slot (``continuation.py``).
 
 A worker that receives a message for a key that is already committed (a redelivery
 after its executor died just after committing) takes any handoff left behind, so a
@@ -23,13 +23,13 @@ crash between the commit and step 1 loses no resume.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery import Celery
 
 from workflow_cache.cache.claims import SingleFlight
-from workflow_cache.distributed.runs import Resume, Runs
+from workflow_cache.distributed.runs import Begun, Carry, Resume, Runs, Taken
 from workflow_cache.distributed.waiters import Waiters, parse_member
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ RUN_HEADER = "wfc_run"
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """A run whose batch a commit completed: resume it as the delivery of ``batch``."""
+    """A run whose batch a commit completed and took for the committer: replay it as the
+    delivery of ``batch`` that ``begun`` describes (its epoch and lease are taken)."""
 
     run_id: str
     batch: int
     resume: Resume
+    begun: Begun
 
 
 def hand_over(
@@ -51,14 +53,14 @@ def hand_over(
     flight: SingleFlight,
     key: str,
     outcome: bytes | str = b"",
-    keep: Callable[[Resume], bool] | None = None,
+    carry: Carry | None = None,
     taken: Sequence[bytes] | None = None,
 ) -> tuple[int, Arrival | None]:
     """Resume the runs that waited on ``key``; ``outcome`` when it was not kept. Never raises:
     the commit stands whatever happens here. Returns how many resumes were sent, and the
-    first run for which ``keep`` said yes: not sent, the caller resumes it itself.
-    ``taken``: the waiter entries the commit took itself (else the handoff set is taken
-    here)."""
+    first run whose task and queue are among ``carry``'s: taken in its arrival for the
+    caller, who replays it itself. ``taken``: the waiter entries the commit took itself
+    (else the handoff set is taken here)."""
     kept: Arrival | None = None
     sent = 0
     try:
@@ -70,13 +72,16 @@ def hand_over(
             return 0, None
         runs = Runs(flight)
         for run_id, batch in waiting:
-            resume = runs.arrive(run_id, batch, key, outcome)
-            if resume is None:
+            if kept is None and carry is not None:
+                arrived = runs.arrive_or_take(run_id, batch, key, outcome, carry)
+            else:
+                arrived = runs.arrive(run_id, batch, key, outcome)
+            if isinstance(arrived, Taken):
+                kept = Arrival(run_id, batch, arrived.resume, arrived.begun)
                 continue
-            if kept is None and keep is not None and keep(resume):
-                kept = Arrival(run_id, batch, resume)
+            if arrived is None:
                 continue
-            send_resume(app, run_id, batch, resume)
+            send_resume(app, run_id, batch, arrived)
             sent += 1
     except Exception as exc:
         log.warning("step %r: waiting workflows not resumed: %s", key, exc)

@@ -61,8 +61,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         "replay",
         ("resuming", "sleeping", "waiting", "suspended", "suspending", "running"),
         "running",
-        "a delivery (a resume, a timer's, a re-send after a lapsed lease, or the committer "
-        "carrying the run on)",
+        "a delivery (a resume, a timer's, or a re-send after a lapsed lease)",
         "run_begin",
     ),
     Transition("renew", ("running", "suspending"), "running", "the delivery", "run_renew"),
@@ -76,6 +75,13 @@ TRANSITIONS: tuple[Transition, ...] = (
         ("suspended", "waiting"),
         "resuming",
         "a committer, send_event or the reconciler",
+        "run_arrive",
+    ),
+    Transition(
+        "take",
+        ("suspended",),
+        "running",
+        "a committer whose arrival completes the batch, carrying the run on in its slot",
         "run_arrive",
     ),
     Transition("finish", ("running",), "done", "the delivery", "run_finish"),

@@ -3,8 +3,7 @@
 -- ARGV: run id, batch of this delivery (0 = first), task, args, kwargs, queue, lease_ms
 -- A delivery of run W starts. Finished (done or cancelled) -> its outcome; a delivery for
 -- an older batch (a stale resume) -> stale; another delivery holds a live lease -> busy.
--- Otherwise this delivery takes the run: a new epoch (which fences every earlier one),
--- a lease (renewed by run_renew), the run running, and its history in the same reply.
+-- Otherwise this delivery takes the run (`take`; its lease is renewed by run_renew).
 local run = KEYS[1]
 local state = redis.call('HGET', run, 'state')
 if state == 'done' or state == 'cancelled' then
@@ -26,17 +25,4 @@ if not state then
   redis.call('ZADD', KEYS[5], now, RUN_ID)
   redis.call('HSET', TASK_OF, RUN_ID, ARGV[3])
 end
-local replays = tonumber(redis.call('HGET', run, 'replays') or '0')
-if asked > 0 then
-  replays = redis.call('HINCRBY', run, 'replays', 1)
-end
-local epoch = redis.call('HINCRBY', run, 'epoch', 1)
-local lease = now + tonumber(ARGV[7])
-redis.call('HSET', run, 'lease', lease, 'checks', 0)
-enter(run, state, 'running', now)
-redis.call('ZADD', DUE, lease, RUN_ID)
-for i = 1, 4 do
-  redis.call('PERSIST', KEYS[i])
-end
-return {'run', batch, replays, redis.call('LRANGE', KEYS[2], 0, -1),
-  redis.call('HGETALL', KEYS[3]), epoch}
+return take(run, KEYS[2], KEYS[3], KEYS[4], state, now, ARGV[7], asked > 0)

@@ -47,3 +47,23 @@ end
 local function holds(run, epoch)
   return redis.call('HGET', run, 'epoch') == epoch
 end
+
+-- a delivery takes the run (from run_begin, or from the arrival that completes its batch
+-- for a committer that carries it on): a new epoch, which fences every earlier one, a
+-- lease, the run running, and its history in the same reply
+local function take(run, steps, given, pending, state, now, lease_ms, resumed)
+  local replays = tonumber(redis.call('HGET', run, 'replays') or '0')
+  if resumed then
+    replays = redis.call('HINCRBY', run, 'replays', 1)
+  end
+  local epoch = redis.call('HINCRBY', run, 'epoch', 1)
+  local lease = now + tonumber(lease_ms)
+  redis.call('HSET', run, 'lease', lease, 'checks', 0)
+  enter(run, state, 'running', now)
+  redis.call('ZADD', DUE, lease, RUN_ID)
+  for _, key in ipairs({run, steps, given, pending}) do
+    redis.call('PERSIST', key)
+  end
+  return {'run', tonumber(redis.call('HGET', run, 'batch') or '0'), replays,
+    redis.call('LRANGE', steps, 0, -1), redis.call('HGETALL', given), epoch}
+end
