@@ -16,6 +16,9 @@ suspended deliveries fill the prefetch window for seconds).
    in interleaved rounds (each round sends a batch of chains and a batch of runs, the
    side going first alternating). Target: at most 2x the chain's time. The worker
    runs with the default ``WORKFLOW_CACHE_SUSPEND_AFTER`` unless the environment sets it.
+   Also prints the CPU each side spent per run in the worker's main process, in its
+   pool processes and in redis-server (/proc and INFO cpu), steadier than wall time on
+   a machine shared with others.
 3. wake-up delay of ``step.sleep(1)``: for --naps runs, the time from the timer's wake
    time (in the run's record) to the replay that got past it. Target: p99 under 1 s.
 4. backlog: --backlog runs of 5 dispatched steps enqueued at once, so that most wait in
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -87,49 +91,97 @@ def tick_cost(module: ModuleType, suspended: int) -> tuple[int, int]:
     return tick.looked, after - before - 1  # the second INFO counts itself
 
 
-def overhead(module: ModuleType, runs: int, rounds: int = 4) -> tuple[float, float, float]:
-    """(durable seconds, chain seconds, workflow messages begun per run) over ``runs`` of
-    each, in interleaved rounds."""
+def cpu_seconds(worker: CeleryWorker, client: Any) -> tuple[float, float, float]:
+    """CPU time so far of the worker's main process, of its pool processes, and of
+    redis-server."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    cpu = client.info("cpu")
+    redis_cpu = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    return of(worker.pid), sum(of(pid) for pid in worker.children()), redis_cpu
+
+
+@dataclass
+class Side:
+    """One side of the comparison: wall seconds, CPU seconds of the worker's main process,
+    of its pool, and of Redis."""
+
+    wall: float = 0.0
+    main: float = 0.0
+    pool: float = 0.0
+    redis: float = 0.0
+
+    @property
+    def cpu(self) -> float:
+        return self.main + self.pool + self.redis
+
+
+def overhead(
+    module: ModuleType, worker: CeleryWorker, runs: int, rounds: int = 4
+) -> tuple[Side, Side, float]:
+    """(durable, chain, workflow messages begun per run) over ``runs`` of each, in
+    interleaved rounds."""
     from celery import chain
 
     from workflow_cache.distributed import result_of
 
-    def chains(tags: list[str]) -> float:
+    def timed(side: Side, body: Any) -> None:
+        main, pool, redis = cpu_seconds(worker, module._redis)
         started = time.perf_counter()
-        sent = [
-            chain(*(module.work.si(f"c{t}:{i}", 0.0, i) for i in range(5))).delay() for t in tags
-        ]
-        for s in sent:
-            s.get(timeout=600)
-        return time.perf_counter() - started
+        body()
+        side.wall += time.perf_counter() - started
+        after = cpu_seconds(worker, module._redis)
+        side.main += after[0] - main
+        side.pool += after[1] - pool
+        side.redis += after[2] - redis
 
-    def durables(tags: list[str]) -> float:
-        started = time.perf_counter()
-        flows = [module.five_steps.delay(t) for t in tags]
-        for f in flows:
-            assert result_of(f, timeout=600).ok
-        spent = time.perf_counter() - started
+    def chains(tags: list[str], side: Side) -> None:
+        def body() -> None:
+            sent = [
+                chain(*(module.work.si(f"c{t}:{i}", 0.0, i) for i in range(5))).delay()
+                for t in tags
+            ]
+            for s in sent:
+                s.get(timeout=600)
+
+        timed(side, body)
+
+    def durables(tags: list[str], side: Side) -> None:
+        flows: list[Any] = []
+
+        def body() -> None:
+            flows.extend(module.five_steps.delay(t) for t in tags)
+            for f in flows:
+                assert result_of(f, timeout=600).ok
+
+        timed(side, body)
         for f in flows:  # the test app records each task's prerun signal per task id
             begun.append(module._redis.lrange(f"signals:{f.id}", 0, -1).count(b"prerun:" + name))
-        return spent
 
     name = module.five_steps.name.encode()
     begun: list[int] = []
 
     warm = [uuid.uuid4().hex[:10] for _ in range(8)]  # each pool process loads its scripts
-    chains(warm)
-    durables(warm)
+    chains(warm, Side())
+    durables(warm, Side())
     begun.clear()
-    durable = plain = 0.0
+    durable, plain = Side(), Side()
     per_round = max(1, runs // rounds)
     for n in range(rounds):
         tags = [uuid.uuid4().hex[:10] for _ in range(per_round)]
         if n % 2:
-            durable += durables(tags)
-            plain += chains(tags)
+            durables(tags, durable)
+            chains(tags, plain)
         else:
-            plain += chains(tags)
-            durable += durables(tags)
+            chains(tags, plain)
+            durables(tags, durable)
     return durable, plain, sum(begun) / len(begun)
 
 
@@ -201,20 +253,23 @@ def main() -> None:
                     )
             wait_ready(module.app, [worker])
             if "2" in args.parts:
-                durable, plain, begun = overhead(module, args.runs)
+                durable, plain, begun = overhead(module, worker, args.runs)
                 linger = os.environ.get("WORKFLOW_CACHE_SUSPEND_AFTER", "default")
                 print(
                     f"2. {args.runs} runs of 5 dispatched steps, one worker (prefork, 4 slots), "
                     f"WORKFLOW_CACHE_SUSPEND_AFTER={linger}"
                 )
+                per = 1000 / args.runs
+                for label, side in (("chain (baseline)", plain), ("durable runs", durable)):
+                    print(
+                        f"   {label:16s}: {side.wall:6.2f} s ({side.wall * per:5.1f} ms/run); "
+                        f"CPU ms/run: worker main {side.main * per:4.1f}, pool "
+                        f"{side.pool * per:4.1f}, Redis {side.redis * per:4.1f}"
+                    )
                 print(
-                    f"   chain (baseline): {plain:6.2f} s ({plain / args.runs * 1000:5.1f} ms/run)"
-                    f"   durable runs: {durable:6.2f} s ({durable / args.runs * 1000:5.1f} ms/run)"
-                )
-                print(
-                    f"   ratio durable/chain: {durable / plain:.2f}x (target at most 2x); "
-                    f"workflow messages begun per run: {begun:.2f} (1: every replay carried "
-                    "on by the step's slot)",
+                    f"   ratio durable/chain: {durable.wall / plain.wall:.2f}x in time (target at "
+                    f"most 2x), {durable.cpu / plain.cpu:.2f}x in CPU; workflow messages begun "
+                    f"per run: {begun:.2f} (1: every replay carried on by the step's slot)",
                     flush=True,
                 )
             if "4" in args.parts:
