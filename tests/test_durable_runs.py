@@ -129,6 +129,22 @@ def test_an_arrival_takes_the_run_for_a_committer_that_carries_it_on(redis_url, 
     cache.close()
 
 
+def test_a_due_run_is_looked_at_again_sooner_never_later(redis_url, namespace) -> None:
+    cache = RedisCache(redis_url, namespace=namespace)
+    runs = Runs(cache.flight, recheck=600)
+    _parked(cache, runs, "later", "k-later")
+    due = _due(runs, "later")
+    assert due is not None and due > runs.now_ms() + 500_000
+    assert runs.look_again_within("later", 1_000)  # a claim it waits on ends in 1 s
+    sooner = _due(runs, "later")
+    assert sooner is not None and sooner <= runs.now_ms() + 1_000
+    assert not runs.look_again_within("later", 60_000)  # never later than it is
+    assert _due(runs, "later") == sooner
+    assert not runs.look_again_within("not-a-run", 1_000)  # only a run in the due index
+    assert _due(runs, "not-a-run") is None
+    cache.close()
+
+
 def test_a_lapsed_lease_is_superseded_and_its_writes_refused(redis_url, namespace) -> None:
     cache = RedisCache(redis_url, namespace=namespace)
     runs = Runs(cache.flight, lease=0.3)

@@ -286,8 +286,8 @@ class Runs:
     def _keyed(self, name: str, keys: list[str], args: list[Any]) -> Keyed:
         """The transition ``name`` as a call on any client or pipeline (the indexes added)."""
         fn = self._scripts[name]
-        names = [*keys, *self.indexes]
-        return keys[0], lambda target: fn(keys=names, args=args, client=target)
+        names = [*keys, *self.indexes]  # all in the run's slot; some scripts take no others
+        return names[0], lambda target: fn(keys=names, args=args, client=target)
 
     def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         _, call = self._keyed(name, keys, args)
@@ -521,7 +521,8 @@ class Runs:
 
     def restarted(self, server_run_id: str, uptime_ms: int) -> tuple[int, int]:
         """Compare the server's ``run_id`` with the one last seen: (suspended runs made due
-        now because it changed, 0 if it did not; when the server last started, ms)."""
+        now because it changed, 0 if it did not; when the server last started, in ms, at
+        the latest it can be: INFO counts whole seconds)."""
         reply = self._call("run_restarted", [self.server_key], [server_run_id, max(0, uptime_ms)])
         return int(reply[0]), int(reply[1])
 

@@ -16,7 +16,10 @@ if not known then
   redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'restarted', 0)
   return {0, 0}
 end
-local restarted = now - tonumber(ARGV[2])
+-- INFO's uptime counts whole seconds between whole-second clocks: the start lies up to
+-- a second after now - uptime. The latest it can be is kept, so that no run suspended
+-- just before the restart is taken for one suspended after it.
+local restarted = now - tonumber(ARGV[2]) + 1000
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'restarted', restarted)
 local ids = redis.call('ZRANGE', INDEX['suspended'], 0, -1)
 for _, id in ipairs(ids) do
