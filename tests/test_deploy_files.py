@@ -28,7 +28,7 @@ import pytest
 import yaml
 from celery import Celery
 
-from tests.workers import CeleryWorker, wait_ready
+from tests.workers import CeleryWorker, stop_all, wait_ready
 from workflow_cache import RedisCache, metrics
 from workflow_cache.settings import PREFIX, Settings
 
@@ -284,8 +284,7 @@ def test_the_distributed_example_runs_on_two_real_workers(redis_url: str, tmp_pa
             for _ in range(2)  # the second run finds user:1 in the cache
         ]
     finally:
-        for worker in workers:
-            worker.stop()
+        stop_all(workers)
         control.close()
     for run in runs:
         assert run.returncode == 0, run.stderr + log.read_text()

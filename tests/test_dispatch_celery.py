@@ -21,7 +21,7 @@ from celery import group
 from celery.signals import before_task_publish
 
 from tests.waiting import wait_until
-from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import (
     LocalCache,
     NotStorableError,
@@ -94,8 +94,7 @@ def fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             wait_ready(module.app, list(fleet.workers.values()))
             yield fleet
         finally:
-            for worker in fleet.workers.values():
-                worker.stop()
+            stop_all(fleet.workers.values())
 
 
 @pytest.fixture

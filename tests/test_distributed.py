@@ -19,7 +19,7 @@ from celery.signals import before_task_publish
 
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import (
     CacheUnavailable,
     RedisCache,
@@ -88,8 +88,7 @@ def fleet(redis_url, tmp_path_factory) -> Iterator[Fleet]:
             wait_ready(module.app, fleet.steps + fleet.flows)
             yield fleet
         finally:
-            for worker in fleet.steps + fleet.flows:
-                worker.stop()
+            stop_all(fleet.steps + fleet.flows)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers import CeleryWorker, wait_ready
+from tests.workers import CeleryWorker, stop_all, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/caching.md", "docs/distributed.md"]
@@ -43,8 +43,7 @@ def fleet_app(redis_url, tmp_path, monkeypatch) -> Iterator[None]:
         wait_ready(workers.app.app, workers_)
         yield
     finally:
-        for worker in workers_:
-            worker.stop()
+        stop_all(workers_)
         sys.modules.pop("workers.app", None)
 
 

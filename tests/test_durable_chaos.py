@@ -34,7 +34,7 @@ from celery import Celery
 
 from tests.servers import RedisServer
 from tests.waiting import wait_until
-from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import RedisCache
 from workflow_cache.cache.claims import Done
 from workflow_cache.cache.keys import KeySpace
@@ -177,8 +177,7 @@ class Fleet:
 
     def stop(self) -> None:
         self.resume_all()
-        for worker in self.all():
-            worker.stop()
+        stop_all(self.all())
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

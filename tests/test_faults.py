@@ -22,7 +22,7 @@ import redis
 from tests.proxy import LinkProxy
 from tests.servers import RedisServer
 from tests.waiting import wait_until
-from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import CacheUnavailable, RedisCache, Result, create_workflow
 from workflow_cache.cache.claims import Holder
 from workflow_cache.distributed import CeleryDispatcher
@@ -80,8 +80,7 @@ def fault_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet
             wait_ready(module.app, workers)
             yield FaultFleet(server, link, module, workers)
         finally:
-            for worker in workers:
-                worker.stop()
+            stop_all(workers)
             link.close()
             server.stop()
 

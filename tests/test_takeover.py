@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from tests.waiting import wait_until
-from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import RedisCache, create_workflow
 from workflow_cache.distributed import CeleryDispatcher
 
@@ -89,11 +89,9 @@ def fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             yield fleet
         finally:
             for worker in fleet.workers:
-                worker.stop()
-                if not worker.alive():
-                    continue
-                worker.proc.send_signal(signal.SIGCONT)
-                worker.kill()
+                if worker.alive():
+                    worker.proc.send_signal(signal.SIGCONT)  # a paused one can stop too
+            stop_all(fleet.workers)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 
 from tests.waiting import wait_until
-from tests.workers import CeleryWorker, configured_test_app, wait_ready
+from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import UnexpectedError
 from workflow_cache.distributed import outcome_of, result_of, run_info, waiting_on
 
@@ -48,8 +48,7 @@ def workers(module: ModuleType, *made: CeleryWorker) -> Iterator[list[CeleryWork
         wait_ready(module.app, running)
         yield running
     finally:
-        for w in running:
-            w.stop()
+        stop_all(running)
 
 
 def events(module: ModuleType, run_id: str) -> list[str]:

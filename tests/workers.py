@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -86,12 +87,21 @@ class CeleryWorker:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_all([self])
+
+
+def stop_all(workers: Iterable[CeleryWorker], grace: float = 10.0) -> None:
+    """Warm shutdown (SIGTERM) of every worker at once, then SIGKILL for any still alive
+    after ``grace`` seconds: one wait for the fleet, not one per worker."""
+    alive = [w for w in workers if w.alive()]
+    for worker in alive:
+        worker.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for worker in alive:
+        try:
+            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
 
 
 def wait_ready(app: Celery, workers: list[CeleryWorker], timeout: float = 60.0) -> None:
