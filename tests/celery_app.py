@@ -275,17 +275,10 @@ def approval(step, tag: str, timeout: float | None = None) -> list[object]:
 
 @workflow_task(app, name="tests.five_steps")
 def five_steps(step, tag: str) -> int:
-    """Five trivial dispatched steps one after another (benchmarks/bench_durable.py)."""
+    """Five trivial dispatched steps one after another, each counted."""
     for i in range(5):
         step(work.s(f"{tag}:{i}", 0.0, i), key=f"{tag}:{i}")
     return 5
-
-
-@workflow_task(app, name="tests.nap_only")
-def nap_only(step, tag: str, seconds: float) -> None:
-    """A durable sleep, then the time the replay got past it (benchmarks/bench_durable.py)."""
-    step.sleep(seconds)
-    _redis.rpush(f"woke:{tag}", time.time())
 
 
 @workflow_task(app, name="tests.limited_step")
