@@ -389,7 +389,7 @@ RACER = textwrap.dedent(
     from workflow_cache import RedisCache, create_workflow
 
     url, namespace = sys.argv[1], sys.argv[2]
-    counter = redis.Redis.from_url(url)
+    counter = redis.Redis.from_url(url, socket_timeout=None)  # it blocks in BLPOP
 
     def report():
         counter.incr(f"{namespace}:executions")

@@ -90,7 +90,7 @@ _RACER = textwrap.dedent(
     from workflow_cache import RedisCache, create_workflow
 
     url, namespace, name = sys.argv[1:4]
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=None)  # it blocks in BLPOP
 
     def body(step):
         client.rpush(f"{namespace}:bodies", name)

@@ -54,6 +54,11 @@ class SentinelSet:
                 return int(addr[1])
         return None
 
+    def replica_in_sync(self) -> bool:
+        """The replica has loaded the primary's data and follows its stream."""
+        info = self.replica.client().info("replication")
+        return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+
     def sees_replica(self) -> bool:
         for port in self.sentinel_ports:
             replicas = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).sentinel_slaves(
@@ -96,6 +101,7 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
         procs.append(proc)
     group = SentinelSet(primary, replica, ports, procs)
     try:
+        wait_until(group.replica_in_sync, "the replica's link to the primary", ignoring=ERRORS)
         wait_until(group.sees_replica, "every sentinel to list the replica", ignoring=ERRORS)
         yield group
     finally:
@@ -121,7 +127,9 @@ def test_a_failover_keeps_replicated_outcomes_and_fences_the_old_holder(
     old_holder = cache.flight.acquire("contested", timeout=0)
     assert isinstance(old_holder, Holder)
     primary = sentinels.primary.client()
-    assert primary.execute_command("WAIT", 1, 5000) == 1  # both writes reached the replica
+    wait_until(  # both writes reached the replica (WAIT answers within 1 s, with a count)
+        lambda: primary.execute_command("WAIT", 1, 1000) == 1, "the replica to acknowledge"
+    )
 
     sentinels.primary.kill()  # the primary dies without a word
     killed_at = time.monotonic()
