@@ -144,7 +144,7 @@ def overhead(
 
     def chains(tags: list[str], side: Side) -> None:
         def body() -> None:
-            sent = [chain(*(module.noop.si(i) for i in range(5))).delay() for t in tags]
+            sent = [chain(*(module.noop.si(i) for i in range(5))).delay() for _ in tags]
             for s in sent:
                 s.get(timeout=600)
 

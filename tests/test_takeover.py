@@ -88,9 +88,6 @@ def fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 fleet.start_worker()
             yield fleet
         finally:
-            for worker in fleet.workers:
-                if worker.alive():
-                    worker.proc.send_signal(signal.SIGCONT)  # a paused one can stop too
             stop_all(fleet.workers)
 
 

@@ -92,10 +92,12 @@ class CeleryWorker:
 
 def stop_all(workers: Iterable[CeleryWorker], grace: float = 10.0) -> None:
     """Warm shutdown (SIGTERM) of every worker at once, then SIGKILL for any still alive
-    after ``grace`` seconds: one wait for the fleet, not one per worker."""
+    after ``grace`` seconds: one wait for the fleet, not one per worker. SIGCONT follows
+    the SIGTERM, so a worker a test paused (SIGSTOP) stops as well."""
     alive = [w for w in workers if w.alive()]
     for worker in alive:
         worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.send_signal(signal.SIGCONT)
     deadline = time.monotonic() + grace
     for worker in alive:
         try:
