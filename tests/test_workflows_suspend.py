@@ -208,8 +208,8 @@ def test_kill_9_while_suspended_and_while_replaying(redis_url, tmp_path) -> None
             first.proc.wait(timeout=10)
             second = flows("flows-2")
             running.append(second)
-            wait_ready(module.app, [second])
-            # a commits and resumes the run on the new worker, which pauses in the replay
+            # a commits and resumes the run on the new worker, which pauses in the replay (no
+            # ping first: a solo worker already pausing in the replay could not answer it)
             pid = int(
                 wait_until(
                     lambda: module._redis.lindex(f"pids:{tag}:pause", 0), "the replay to pause"
