@@ -281,6 +281,14 @@ def five_steps(step, tag: str) -> int:
     return 5
 
 
+@workflow_task(app, name="tests.small_and_large")
+def small_and_large(step, tag: str, large: int) -> list[int]:
+    """A step with a small value, then one whose value is ``large`` characters long."""
+    small = step(work.s(f"{tag}:small", 0.0, "s"), key=f"{tag}:small")
+    big = step(work.s(f"{tag}:large", 0.0, "x" * large), key=f"{tag}:large")
+    return [len(small), len(big)]
+
+
 @workflow_task(app, name="tests.limited_step")
 def limited_step(step, tag: str) -> object:
     """One dispatched step with a soft time limit (its slot does not carry the run on)."""

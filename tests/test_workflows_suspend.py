@@ -23,6 +23,8 @@ from tests.waiting import wait_until
 from tests.workers import CeleryWorker, configured_test_app, stop_all, wait_ready
 from workflow_cache import UnexpectedError
 from workflow_cache.distributed import outcome_of, result_of, run_info, waiting_on
+from workflow_cache.distributed.resume import GIVE_LIMIT
+from workflow_cache.distributed.runs import Runs
 
 LEASE = 1.5
 VISIBILITY = 8
@@ -121,6 +123,18 @@ class TestOneSoloWorkerOnBothQueues:
         outcome = outcome_of(module.cache, r.id, timeout=60)  # no result backend involved
         assert outcome.ok and outcome.value == [1, 1, 1]
         assert module.cache.get(f"run:{r.id}") == outcome
+
+    def test_small_outcomes_come_with_the_run_record_large_ones_are_read(self, solo) -> None:
+        module, _ = solo
+        tag = uuid.uuid4().hex[:10]
+        large = GIVE_LIMIT + 1
+        r = module.small_and_large.delay(tag, large)
+        assert result_of(r, timeout=60).value == [1, large]  # both replays saw both values
+        given = module._redis.hgetall(Runs(module.cache.flight).keys(r.id).given)
+        small_key = module.cache.flight.keyspace.for_step(f"{tag}:small").out
+        # the small outcome was delivered into the record, byte for byte as it is stored
+        assert given == {f"{tag}:small".encode(): module._redis.get(small_key)}
+        assert [module.count(f"{tag}:{k}") for k in ("small", "large")] == [1, 1]
 
     def test_a_divergent_replay_is_a_clear_error(self, solo) -> None:
         module, _ = solo

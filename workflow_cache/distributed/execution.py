@@ -47,7 +47,7 @@ from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache
 from workflow_cache.distributed.continuation import carriable, carry_on
 from workflow_cache.distributed.header import BadHeader, StepHeader, read_header
-from workflow_cache.distributed.resume import Arrival, hand_over
+from workflow_cache.distributed.resume import Arrival, delivered, hand_over
 from workflow_cache.envelope import Envelope, NotStorableError
 from workflow_cache.options import keeps
 from workflow_cache.result import Result, UnexpectedError, err, ok
@@ -294,8 +294,8 @@ def _commit(
     if not run.holder.handed_over:
         return None
     # workflows were suspended on this key: resume them
-    outcome = b"" if keep else text
     taken = run.holder.taken
+    outcome = delivered(text, keep)
     _, kept = hand_over(task.app, flight, header.key, outcome, carriable(task), taken)
     return kept
 
@@ -332,7 +332,7 @@ def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, wha
         messages = runner.messages(header.ns)
         text = envelope.sealed(header.key)
         if messages.fail_task(header.key, task_id, text, ttl_ms, keep):
-            hand_over(task.app, messages.flight, header.key, b"" if keep else text)
+            hand_over(task.app, messages.flight, header.key, delivered(text, keep))
     except Exception as error:  # the lease or the queued marker still runs out
         log.warning("step %r: %s not recorded as its outcome: %s", header.key, what, error)
 

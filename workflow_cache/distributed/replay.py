@@ -6,9 +6,10 @@ A delivery (the first message, or a resume) runs the workflow function from the 
   outcomes delivered with commits; a delivery for a batch that is not the current one
   (a duplicate resume) is acknowledged without running, and a run that is done already
   returns its stored outcome;
-- the outcomes of every step in the history are read in one batched read (``MGET``) and
-  served to the replay from memory (``ReplayStore``): a replay costs one script and one
-  read, however many steps it replays;
+- the outcomes of every step in the history are served to the replay from memory
+  (``ReplayStore``): those delivered into the run's record with their commits come with
+  ``begin``'s reply, the others in one batched read (``MGET``); a replay costs one
+  script and at most one read, however many steps it replays;
 - steps past the history run as usual: local steps in place (under their claim), and
   dispatched misses suspend the run (``suspend.py``): the task raises Celery's
   ``Ignore``, so the message is acknowledged, no result is stored and the slot is free;
@@ -88,11 +89,13 @@ class ReplayStore:
 
 
 def known_outcomes(cache: RedisCache, run_id: str, begun: Begun) -> dict[str, Envelope]:
-    """Outcomes of the run's recorded steps (one ``MGET``) and of those delivered to it."""
-    keys = history_keys(run_id, begun.steps)
+    """Outcomes delivered into the run's record with their commits, and those of its other
+    recorded steps (one ``MGET``, none when every step's outcome was delivered)."""
+    given = begun.given
+    keys = [key for key in history_keys(run_id, begun.steps) if key not in given]
     raw = cache.flight.read_many(keys) if keys else []
     known: dict[str, Envelope] = {}
-    for key, value in [*zip(keys, raw, strict=True), *begun.given.items()]:
+    for key, value in [*zip(keys, raw, strict=True), *given.items()]:
         envelope = decode_or_none(key, value)
         if envelope is None and value is not None:
             log.warning(

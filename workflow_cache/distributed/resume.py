@@ -8,8 +8,9 @@ ran the step, or the worker's main process recording a time limit or a revocatio
    commit script itself), so of several processes that might look, exactly one gets
    each waiting run;
 2. for each run, ``arrive`` (``runs.py``) removes the key from the run's pending batch,
-   delivering the outcome too when the cache does not keep it; the one arrival that
-   empties a suspended run's batch gets the resume;
+   delivering the outcome too (``delivered``: always when the cache does not keep it,
+   and when it is small), so the replay reads it with the run's record; the one
+   arrival that empties a suspended run's batch gets the resume;
 3. sends it: the workflow's own task, with its original task id and arguments, to its
    queue, with a ``wfc_run`` header naming the batch it resumes; or, for one run, a
    step's worker that serves that queue takes the run in that same arrival and replays
@@ -35,6 +36,16 @@ from workflow_cache.distributed.waiters import Waiters, parse_member
 log = logging.getLogger(__name__)
 
 RUN_HEADER = "wfc_run"
+
+GIVE_LIMIT = 16 * 1024
+"""The largest kept outcome (bytes of its text) a commit also delivers into its waiting runs'
+records: their replays then read it from there, not with a read of their own."""
+
+
+def delivered(text: str, keep: bool) -> str:
+    """The outcome an arrival delivers with the commit: always one the cache does not keep
+    (the replay would not find it), and a kept one when it is small; else ``""``."""
+    return text if not keep or len(text) <= GIVE_LIMIT else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,10 @@ transition is one Lua script on one cluster slot (``wfc:<ns>:{_runs}:...``):
     The keys the current batch still waits on, plus ``""`` until the run has finished
     suspending.
 ``given:<id>`` (hash)
-    Outcomes that are not kept in the cache (an error the step's policy drops),
-    delivered with the commit so the replay sees the outcome it waited for.
+    Outcomes delivered with their commits (``resume.delivered``): those the cache does
+    not keep (an error the step's policy drops), so the replay sees the outcome it
+    waited for, and small kept ones, so the replay need not read them. Kept with the
+    record: ``run_info`` shows them for a finished run.
 ``state:<state>``, ``due`` (sorted sets)
     The indexes: runs by state (scored by when they entered it) and by due time (when
     the reconciler must look at them: a lease's end, a recheck).
