@@ -273,6 +273,14 @@ def approval(step, tag: str, timeout: float | None = None) -> list[object]:
     return [a["count"], payload]
 
 
+@workflow_task(app, name="tests.unkeyed_then_event", on_event=record_run_event)
+def unkeyed_then_event(step, tag: str) -> list[object]:
+    """An unkeyed dispatched step, then a wait for the event ``go:<tag>``."""
+    a = step(work.s(f"{tag}:u"))
+    payload = step.wait_event(f"go:{tag}")
+    return [a["count"], payload]
+
+
 @workflow_task(app, name="tests.five_steps")
 def five_steps(step, tag: str) -> int:
     """Five trivial dispatched steps one after another, each counted."""

@@ -35,7 +35,7 @@ INTERVAL = 0.5
 
 @contextmanager
 def durable_app(
-    redis_url: str, app: str = "tests.celery_app", *, recheck: float = 1.0
+    redis_url: str, app: str = "tests.celery_app", *, recheck: float = 1.0, **extra: str
 ) -> Iterator[tuple[ModuleType, dict[str, str]]]:
     env = {
         "WORKFLOW_CACHE_BROKER": redis_url,
@@ -44,6 +44,7 @@ def durable_app(
         "WORKFLOW_CACHE_RECONCILE_INTERVAL": str(INTERVAL),
         "WORKFLOW_CACHE_RUN_RECHECK": str(recheck),
         "WORKFLOW_CACHE_SUSPEND_AFTER": "0",  # every pending step suspends: these tests watch it
+        **extra,
     }
     with configured_test_app(env, app) as module:
         yield module, env
@@ -305,6 +306,26 @@ def test_a_durable_sleep_holds_no_slot_and_wakes_once(redis_url, tmp_path: Path)
         assert outcome.ok and outcome.value == [1, 1]
         assert len(woke) == 2  # past the sleep once, then once more after b: never early
         assert all(t >= info.wake_ms / 1000 - 0.05 for t in woke)
+
+
+def test_a_run_waiting_past_the_retention_keeps_its_unkeyed_steps_outcome(
+    redis_url, tmp_path: Path
+) -> None:
+    retention = {"WORKFLOW_CACHE_RUN_RETENTION": "2"}
+    with durable_app(redis_url, **retention) as (module, env), fleet(module, env, tmp_path):
+        tag = uuid.uuid4().hex[:10]
+        r = module.unkeyed_then_event.delay(tag)
+        wait_until(
+            lambda: (i := run_info(module.cache, r.id)) and i.state == "waiting",
+            "the run to wait for its event",
+        )
+        shared = module.cache.flight.keyspace.for_step(f"_run:{r.id}:0").out
+        wait_until(  # the unkeyed step's shared copy lives for the retention only
+            lambda: not module.cache.client.exists(shared), "the step's stored outcome to expire"
+        )
+        assert send_event(module.cache, f"go:{tag}", "yes")
+        assert result_of(r, timeout=60).value == [1, "yes"]
+        assert module.count(f"{tag}:u") == 1  # the replay found it in the run's record
 
 
 def test_events_before_and_after_the_wait_a_timeout_and_a_second_send(

@@ -295,7 +295,7 @@ def _commit(
         return None
     # workflows were suspended on this key: resume them
     taken = run.holder.taken
-    outcome = delivered(text, keep)
+    outcome = delivered(header.key, text, keep)
     _, kept = hand_over(task.app, flight, header.key, outcome, carriable(task), taken)
     return kept
 
@@ -332,7 +332,7 @@ def fail_message(task: Task, task_id: str, headers: Any, exc: BaseException, wha
         messages = runner.messages(header.ns)
         text = envelope.sealed(header.key)
         if messages.fail_task(header.key, task_id, text, ttl_ms, keep):
-            hand_over(task.app, messages.flight, header.key, delivered(text, keep))
+            hand_over(task.app, messages.flight, header.key, delivered(header.key, text, keep))
     except Exception as error:  # the lease or the queued marker still runs out
         log.warning("step %r: %s not recorded as its outcome: %s", header.key, what, error)
 

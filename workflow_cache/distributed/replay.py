@@ -34,7 +34,14 @@ from workflow_cache.cache.reaching import unreachable
 from workflow_cache.cache.redis import RedisCache, RedisClaim
 from workflow_cache.distributed.resume import resumed_batch
 from workflow_cache.distributed.run_lease import RunLease, Superseded
-from workflow_cache.distributed.runs import Begun, Resume, RunEvent, Runs, outcome_key
+from workflow_cache.distributed.runs import (
+    RUN_STEP_PREFIX,
+    Begun,
+    Resume,
+    RunEvent,
+    Runs,
+    outcome_key,
+)
 from workflow_cache.distributed.suspend import (
     ReplayDiverged,
     Suspended,
@@ -90,7 +97,9 @@ class ReplayStore:
 
 def known_outcomes(cache: RedisCache, run_id: str, begun: Begun) -> dict[str, Envelope]:
     """Outcomes delivered into the run's record with their commits, and those of its other
-    recorded steps (one ``MGET``, none when every step's outcome was delivered)."""
+    recorded steps (one ``MGET``, none when every step's outcome was delivered). A
+    delivered outcome of the run's own unkeyed step does not expire: its time to live
+    bounds the shared copy, and the record lives as long as the run."""
     given = begun.given
     keys = [key for key in history_keys(run_id, begun.steps) if key not in given]
     raw = cache.flight.read_many(keys) if keys else []
@@ -101,7 +110,8 @@ def known_outcomes(cache: RedisCache, run_id: str, begun: Begun) -> dict[str, En
             log.warning(
                 "run %s: stored outcome of step %r is not valid; treated as a miss", run_id, key
             )
-        if envelope is not None and not envelope.expired():
+        own = key in given and key.startswith(RUN_STEP_PREFIX)
+        if envelope is not None and (own or not envelope.expired()):
             known[key] = envelope
     return known
 

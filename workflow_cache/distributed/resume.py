@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from workflow_cache.cache.claims import SingleFlight
-from workflow_cache.distributed.runs import Begun, Carry, Resume, Runs, Taken
+from workflow_cache.distributed.runs import RUN_STEP_PREFIX, Begun, Carry, Resume, Runs, Taken
 from workflow_cache.distributed.waiters import Waiters, parse_member
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,14 @@ GIVE_LIMIT = 16 * 1024
 records: their replays then read it from there, not with a read of their own."""
 
 
-def delivered(text: str, keep: bool) -> str:
-    """The outcome an arrival delivers with the commit: always one the cache does not keep
-    (the replay would not find it), and a kept one when it is small; else ``""``."""
-    return text if not keep or len(text) <= GIVE_LIMIT else ""
+def delivered(key: str, text: str, keep: bool) -> str:
+    """The outcome an arrival delivers with the commit, else ``""``: always one the cache does
+    not keep (the replay would not find it) and one of a run's unkeyed steps (its shared
+    copy expires with the retention, the run's record lives as long as the run), and a
+    kept one when it is small."""
+    if not keep or key.startswith(RUN_STEP_PREFIX) or len(text) <= GIVE_LIMIT:
+        return text
+    return ""
 
 
 @dataclass(frozen=True, slots=True)

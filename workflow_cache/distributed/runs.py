@@ -56,6 +56,9 @@ from workflow_cache.distributed.run_states import STATES
 RUNS_TAG = "_runs"
 """The hash tag of every run record and index of a namespace."""
 
+RUN_STEP_PREFIX = "_run:"
+"""The keys of a run's unkeyed dispatched steps begin so (``_run:<run id>:<position>``)."""
+
 
 def outcome_key(run_id: str) -> str:
     """The cache key of a workflow run's own outcome."""

@@ -45,12 +45,12 @@ from workflow_cache.distributed.events import EventTimeout, event_key
 from workflow_cache.distributed.pending import PendingStep
 from workflow_cache.distributed.resume import send_resume
 from workflow_cache.distributed.run_lease import RunLease, Superseded
+from workflow_cache.distributed.runs import RUN_STEP_PREFIX
 from workflow_cache.distributed.waiters import Joined, Waiters, joined
 from workflow_cache.envelope import Envelope, EnvelopeError
 from workflow_cache.options import StepOptions
 from workflow_cache.result import Result, UnexpectedError, err
 
-RUN_STEP_PREFIX = "_run:"
 EVENT_ENTRY = "event"
 """The task name a ``step.wait_event`` is recorded under in a run's history."""
 SLEEP_ENTRY = "sleep"
