@@ -8,9 +8,10 @@ ran the step, or the worker's main process recording a time limit or a revocatio
    commit script itself), so of several processes that might look, exactly one gets
    each waiting run;
 2. for each run, ``arrive`` (``runs.py``) removes the key from the run's pending batch,
-   delivering the outcome too (``delivered``: always when the cache does not keep it,
-   and when it is small), so the replay reads it with the run's record; the one
-   arrival that empties a suspended run's batch gets the resume;
+   delivering the outcome too (``delivered``: always when the cache does not keep it
+   or when it is the run's own unkeyed step, else when it is small), so the replay
+   reads it with the run's record; the one arrival that empties a suspended run's
+   batch gets the resume;
 3. sends it: the workflow's own task, with its original task id and arguments, to its
    queue, with a ``wfc_run`` header naming the batch it resumes; or, for one run, a
    step's worker that serves that queue takes the run in that same arrival and replays

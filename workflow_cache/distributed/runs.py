@@ -20,7 +20,8 @@ transition is one Lua script on one cluster slot (``wfc:<ns>:{_runs}:...``):
 ``given:<id>`` (hash)
     Outcomes delivered with their commits (``resume.delivered``): those the cache does
     not keep (an error the step's policy drops), so the replay sees the outcome it
-    waited for, and small kept ones, so the replay need not read them. Kept with the
+    waited for; those of the run's unkeyed steps, whose shared copy expires with the
+    retention; and small kept ones, so the replay need not read them. Kept with the
     record: ``run_info`` shows them for a finished run.
 ``state:<state>``, ``due`` (sorted sets)
     The indexes: runs by state (scored by when they entered it) and by due time (when
