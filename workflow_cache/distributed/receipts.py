@@ -11,28 +11,16 @@ marker names a holder whose presence is gone, drops the marker (``lost``) and se
 the run again, whose replay sends the step again. A false alarm (a live worker whose
 presence connection was renewed after a Redis restart) only sends a second message,
 which finds the key running or done and is acknowledged.
-
-Only a message that waits is worth the record: one a pool slot starts at once has its
-marker dropped by the step's claim a moment later. So the record is written
-``receipt_after`` seconds (50 ms by default) after the receipt, by one thread of the
-main process, and only for a message no pool process has accepted by then. A worker
-killed whole within that moment leaves its message to the marker's end, as one killed
-between its receipt and the record always did.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.signals import task_received
 
-from workflow_cache import settings
 from workflow_cache.cache.claims import SingleFlight
 from workflow_cache.cache.keys import Keys
 from workflow_cache.cache.lua import register
@@ -70,47 +58,9 @@ def drop_lost(flight: SingleFlight, key: str, task_id: bytes | str) -> bool:
     return bool(flight.claims.call(lambda: lost(keys=[k.queued, receipt_key(k)], args=[task_id])))
 
 
-class Deferred:
-    """Receipts to write once their delay has passed, unless their message was accepted by a
-    pool process meanwhile (``request.time_start`` set). One thread, started with the first."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self._due: deque[tuple[float, Any, Callable[[], None]]] = deque()
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def add(self, request: Any, write: Callable[[], None]) -> None:
-        if self.delay <= 0:
-            write()
-            return
-        with self._wake:
-            self._due.append((time.monotonic() + self.delay, request, write))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="wfc-receipts", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._due:
-                    self._wake.wait()
-                due, request, write = self._due[0]
-                left = due - time.monotonic()
-                if left > 0:
-                    self._wake.wait(left)
-                    continue
-                self._due.popleft()
-            if getattr(request, "time_start", None) is None:  # still waits for a slot
-                write()
-
-
 def note_receipts(app: Celery) -> None:
-    """In each worker of ``app``, record who received each step message that waits more
-    than ``receipt_after`` seconds for a pool process (``task_received`` fires in the
-    main process, which holds the message until a pool process accepts it)."""
-    deferred: list[Deferred] = []
+    """In each worker of ``app``, record who received each step message (``task_received``
+    fires in the main process, which holds the message until a pool process starts it)."""
 
     def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app or request is None:
@@ -122,23 +72,16 @@ def note_receipts(app: Celery) -> None:
         runner = runner_of(app)
         if header is None or runner is None or not isinstance(request.id, str):
             return
-        task_id: str = request.id
-
-        def write() -> None:
-            try:
-                flight = runner.messages(header.ns).flight
-                presence = flight.presence_id()
-                if presence is None:
-                    return
-                k = flight.keyspace.for_step(header.key)
-                received = register(flight.client, ["received"])["received"]
-                args: list[str | int] = [task_id, presence, RECEIPT_MS]
-                flight.claims.call(lambda: received(keys=[k.queued, receipt_key(k)], args=args))
-            except Exception as exc:  # the marker still expires: the step is sent again later
-                log.debug("step %r: receipt not recorded: %s", header.key, exc)
-
-        if not deferred:
-            deferred.append(Deferred(settings.current().receipt_after))
-        deferred[0].add(request, write)
+        try:
+            flight = runner.messages(header.ns).flight
+            presence = flight.presence_id()
+            if presence is None:
+                return
+            k = flight.keyspace.for_step(header.key)
+            received = register(flight.client, ["received"])["received"]
+            args: list[str | int] = [request.id, presence, RECEIPT_MS]
+            flight.claims.call(lambda: received(keys=[k.queued, receipt_key(k)], args=args))
+        except Exception as exc:  # the marker still expires: the step is sent again later
+            log.debug("step %r: receipt not recorded: %s", header.key, exc)
 
     task_received.connect(on_received, weak=False)
