@@ -141,7 +141,12 @@ def guard_task(task: Task) -> None:
     plain = original is BaseTask.__call__
 
     def __call__(self: Task, *args: Any, **kwargs: Any) -> Any:
-        return _call(self, original, plain, args, kwargs)
+        try:
+            return _call(self, original, plain, args, kwargs)
+        except Ignore:
+            # Raised again here, its traceback is two frames deep: Celery copies and
+            # formats every frame of it twice per ignored message (a suspension).
+            raise Ignore() from None
 
     cls.__call__ = __call__
     base = symbol_by_name(cls.Request)
