@@ -34,6 +34,7 @@ class CeleryWorker:
         pool: str = "solo",
         concurrency: int = 1,
         log: Path | None = None,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.name = f"{name}@{os.uname().nodename}"
         self.log = log
@@ -59,6 +60,7 @@ class CeleryWorker:
                 "--without-mingle",
                 "--without-gossip",
                 "--without-heartbeat",
+                *options,
             ],
             cwd=ROOT,
             env={**os.environ, **env},

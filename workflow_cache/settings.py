@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "same slot when it serves the workflow's queue (no resume message); false: always "
         "send the resume as a message.",
     )
+    receipt_after: float = Field(
+        default=0.05,
+        ge=0,
+        description="Seconds a step message a worker received may wait for a pool slot before "
+        "the worker records that it holds it (the reconciler then knows it lost if the worker "
+        "dies); a message started sooner costs no record (0: record every message at once).",
+    )
     suspend_after: float = Field(
         default=0.0,
         ge=0,

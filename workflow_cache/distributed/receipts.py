@@ -11,6 +11,14 @@ marker names a holder whose presence is gone, drops the marker (``lost``) and se
 the run again, whose replay sends the step again. A false alarm (a live worker whose
 presence connection was renewed after a Redis restart) only sends a second message,
 which finds the key running or done and is acknowledged.
+
+Only a message that waits is worth the record: one a pool slot starts at once has its
+marker dropped by the step's claim a moment later. So a worker with an event loop (the
+prefork pool) writes the record ``receipt_after`` seconds (50 ms by default) after the
+receipt, from that loop's timer in the main process, and only for a message no pool
+process has accepted by then. A worker killed whole within that moment leaves its
+message to the marker's end, as one killed between its receipt and the record always
+did. Other pools (solo, threads) write it at once.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import task_received
 
+from workflow_cache import settings
 from workflow_cache.cache.claims import SingleFlight
 from workflow_cache.cache.keys import Keys
 from workflow_cache.cache.lua import register
@@ -59,8 +68,9 @@ def drop_lost(flight: SingleFlight, key: str, task_id: bytes | str) -> bool:
 
 
 def note_receipts(app: Celery) -> None:
-    """In each worker of ``app``, record who received each step message (``task_received``
-    fires in the main process, which holds the message until a pool process starts it)."""
+    """In each worker of ``app``, record who received each step message that waits more
+    than ``receipt_after`` seconds for a pool process (``task_received`` fires in the
+    main process, which holds the message until a pool process accepts it)."""
 
     def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app or request is None:
@@ -72,16 +82,31 @@ def note_receipts(app: Celery) -> None:
         runner = runner_of(app)
         if header is None or runner is None or not isinstance(request.id, str):
             return
-        try:
-            flight = runner.messages(header.ns).flight
-            presence = flight.presence_id()
-            if presence is None:
-                return
-            k = flight.keyspace.for_step(header.key)
-            received = register(flight.client, ["received"])["received"]
-            args: list[str | int] = [request.id, presence, RECEIPT_MS]
-            flight.claims.call(lambda: received(keys=[k.queued, receipt_key(k)], args=args))
-        except Exception as exc:  # the marker still expires: the step is sent again later
-            log.debug("step %r: receipt not recorded: %s", header.key, exc)
+        task_id: str = request.id
+
+        def write() -> None:
+            try:
+                flight = runner.messages(header.ns).flight
+                presence = flight.presence_id()
+                if presence is None:
+                    return
+                k = flight.keyspace.for_step(header.key)
+                received = register(flight.client, ["received"])["received"]
+                args: list[str | int] = [task_id, presence, RECEIPT_MS]
+                flight.claims.call(lambda: received(keys=[k.queued, receipt_key(k)], args=args))
+            except Exception as exc:  # the marker still expires: the step is sent again later
+                log.debug("step %r: receipt not recorded: %s", header.key, exc)
+
+        def if_still_waiting() -> None:
+            if getattr(request, "time_start", None) is None:  # no pool process accepted it
+                write()
+
+        # The consumer's hub is the main thread's own loop: no thread races its forks.
+        hub = getattr(sender, "hub", None)
+        delay = settings.current().receipt_after
+        if hub is None or delay <= 0:
+            write()
+        else:
+            hub.call_later(delay, if_still_waiting)
 
     task_received.connect(on_received, weak=False)
